@@ -1,0 +1,27 @@
+//! Protocol types for tether.
+//!
+//! tether's own messages (compiled from `proto/` at build time) plus re-exports of the
+//! containerd task, event and option types the shim speaks, so that the other crates name one
+//! source for every wire type.
+
+#![allow(clippy::all)]
+
+pub use containerd_shim_protos::{cgroups, events, protobuf, shim, ttrpc, types};
+pub use containerd_shim_protos::{api, shim::oci as runc_options};
+
+/// containerd's `runtimeoptions.v1.Options`: the config path sent by
+/// `ctr run --runtime-config-path` and by the CRI plugin's `ConfigPath`.
+#[allow(non_upper_case_globals, non_camel_case_types, unused_imports, unused_mut)]
+pub mod runtimeoptions {
+    include!(concat!(env!("OUT_DIR"), "/runtimeoptions.rs"));
+}
+
+/// The type urls under which containerd wraps runtime options in an `Any`.
+pub mod type_urls {
+    /// containerd's generic runtime options (config path).
+    pub const RUNTIME_OPTIONS: &str = "runtimeoptions.v1.Options";
+    /// containerd's runc shim options (BinaryName, Root, SystemdCgroup, ...).
+    pub const RUNC_OPTIONS: &str = "containerd.runc.v1.Options";
+    /// The OCI runtime spec's Process, carried by Exec requests as JSON.
+    pub const OCI_PROCESS: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+}

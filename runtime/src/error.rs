@@ -1,0 +1,52 @@
+//! Errors an executor reports to the shim.
+
+use std::{io, path::PathBuf};
+
+/// Why an executor operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The runtime does not know the container (never created, or already deleted).
+    #[error("container {0} does not exist in the runtime")]
+    NotFound(String),
+    /// The runtime binary could not be started at all.
+    #[error("cannot run OCI runtime {binary:?}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The runtime ran and reported a failure; `message` is its own words (from its log).
+    #[error("{binary} {op} failed: {message}")]
+    Runtime {
+        binary: String,
+        op: &'static str,
+        message: String,
+    },
+    /// The runtime's output could not be understood.
+    #[error("cannot parse {binary} {op} output: {message}")]
+    Output {
+        binary: String,
+        op: &'static str,
+        message: String,
+    },
+    /// A file the executor needs (pid file, process spec, log) could not be used.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Result of an executor operation.
+pub type Result<T> = std::result::Result<T, Error>;

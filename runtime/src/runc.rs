@@ -1,0 +1,372 @@
+//! An executor that forks a runc-compatible OCI runtime binary (runc, crun, youki) per
+//! operation, speaking the CLI those binaries share.
+
+use std::{
+    ffi::OsString,
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Command, Stdio as ProcStdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use serde::Deserialize;
+
+use crate::{
+    ChildWaiter, ContainerState, CreateOpts, Error, ExecOpts, Executor, Result, Stdio,
+};
+
+/// Settings of a [`RuncExecutor`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuncConfig {
+    /// The runtime binary: a path, or a name looked up on PATH.
+    pub binary: PathBuf,
+    /// The runtime's state directory (`--root`).
+    pub root: PathBuf,
+    /// Let systemd manage the container's cgroups (`--systemd-cgroup`).
+    pub systemd_cgroup: bool,
+}
+
+/// Runs containers by forking a runc-compatible binary.
+///
+/// Each call writes the runtime's log (`--log`, JSON) to its own file under the root, so that a
+/// failure is reported in the runtime's own words even when its stderr is the container's.
+pub struct RuncExecutor {
+    config: RuncConfig,
+    waiter: Arc<dyn ChildWaiter>,
+    log_seq: AtomicU64,
+}
+
+impl RuncExecutor {
+    /// An executor using `config`, waiting for its children through `waiter`.
+    pub fn new(config: RuncConfig, waiter: Arc<dyn ChildWaiter>) -> Self {
+        RuncExecutor {
+            config,
+            waiter,
+            log_seq: AtomicU64::new(0),
+        }
+    }
+
+    /// The settings this executor runs with.
+    pub fn config(&self) -> &RuncConfig {
+        &self.config
+    }
+
+    fn binary_name(&self) -> String {
+        self.config
+            .binary
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.config.binary.display().to_string())
+    }
+
+    /// Runs `<binary> --root R --log L --log-format json [--systemd-cgroup] args...` and returns
+    /// its stdout when `stdio` is not given (streams are then captured/null).
+    fn run(
+        &self,
+        op: &'static str,
+        args: Vec<OsString>,
+        stdio: Option<Stdio>,
+    ) -> Result<Vec<u8>> {
+        fs::create_dir_all(&self.config.root)
+            .map_err(|e| Error::io(format!("creating runtime root {}", self.config.root.display()), e))?;
+        let seq = self.log_seq.fetch_add(1, Ordering::Relaxed);
+        let log = self
+            .config
+            .root
+            .join(format!(".tether-{}-{op}-{seq}.log", std::process::id()));
+
+        let mut cmd = Command::new(&self.config.binary);
+        cmd.arg("--root")
+            .arg(&self.config.root)
+            .arg("--log")
+            .arg(&log)
+            .arg("--log-format")
+            .arg("json");
+        if self.config.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd.args(args);
+        let capture = stdio.is_none();
+        match stdio {
+            Some(s) => {
+                cmd.stdin(into_stdio(s.stdin))
+                    .stdout(into_stdio(s.stdout))
+                    .stderr(into_stdio(s.stderr));
+            }
+            None => {
+                cmd.stdin(ProcStdio::null())
+                    .stdout(ProcStdio::piped())
+                    .stderr(ProcStdio::null());
+            }
+        }
+
+        let spawned = Instant::now();
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+            binary: self.config.binary.clone(),
+            source,
+        })?;
+        // The Command keeps our copies of the streams; drop them now so the container's
+        // pipes see EOF once the container (not this call) closes them.
+        drop(cmd);
+        let mut out = Vec::new();
+        if capture {
+            if let Some(mut stdout) = child.stdout.take() {
+                stdout
+                    .read_to_end(&mut out)
+                    .map_err(|e| Error::io(format!("reading {} {op} output", self.binary_name()), e))?;
+            }
+        }
+        let status = self.waiter.wait_child(child.id() as i32, spawned);
+        let log_text = fs::read_to_string(&log).unwrap_or_default();
+        let _ = fs::remove_file(&log);
+        if exit_code(status) == 0 {
+            return Ok(out);
+        }
+        let message = error_message(&log_text)
+            .unwrap_or_else(|| format!("exited with {}", describe_status(status)));
+        Err(Error::Runtime {
+            binary: self.binary_name(),
+            op,
+            message,
+        })
+    }
+
+    /// Maps the runtime's "no such container" to [`Error::NotFound`].
+    fn not_found_as(&self, id: &str, err: Error) -> Error {
+        match err {
+            Error::Runtime { ref message, .. } if is_not_exist(message) => {
+                Error::NotFound(id.to_string())
+            }
+            other => other,
+        }
+    }
+}
+
+fn into_stdio(fd: Option<std::os::fd::OwnedFd>) -> ProcStdio {
+    fd.map(ProcStdio::from).unwrap_or_else(ProcStdio::null)
+}
+
+fn os(s: impl Into<OsString>) -> OsString {
+    s.into()
+}
+
+fn read_pid(path: &Path) -> Result<i32> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading pid file {}", path.display()), e))?;
+    text.trim()
+        .parse()
+        .map_err(|_| Error::io(format!("pid file {} holds {text:?}", path.display()), std::io::ErrorKind::InvalidData.into()))
+}
+
+/// The exit code of a raw wait status; a death by signal counts as 128 + signal.
+pub fn exit_code(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        255
+    }
+}
+
+fn describe_status(status: i32) -> String {
+    if libc::WIFSIGNALED(status) {
+        format!("signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("status {}", exit_code(status))
+    }
+}
+
+fn is_not_exist(message: &str) -> bool {
+    message.contains("does not exist") || message.contains("not exist") || message.contains("not found")
+}
+
+/// The runtime's error lines from its JSON log (`{"level":"error","msg":...}`), joined.
+fn error_message(log: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Line {
+        level: Option<String>,
+        msg: Option<String>,
+    }
+    let errors: Vec<String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Line>(l).ok())
+        .filter(|l| matches!(l.level.as_deref(), Some("error" | "fatal")))
+        .filter_map(|l| l.msg)
+        .collect();
+    if errors.is_empty() {
+        let last = log.lines().rev().find(|l| !l.trim().is_empty())?;
+        return Some(last.trim().to_string());
+    }
+    Some(errors.join("; "))
+}
+
+impl Executor for RuncExecutor {
+    fn name(&self) -> &str {
+        self.config.binary.to_str().unwrap_or("runc")
+    }
+
+    fn create(&self, opts: CreateOpts) -> Result<i32> {
+        let mut args = vec![os("create"), os("--bundle"), opts.bundle.into(), os("--pid-file")];
+        args.push(opts.pid_file.clone().into());
+        if let Some(sock) = opts.console_socket {
+            args.push(os("--console-socket"));
+            args.push(sock.into());
+        }
+        if opts.no_pivot_root {
+            args.push(os("--no-pivot"));
+        }
+        if opts.no_new_keyring {
+            args.push(os("--no-new-keyring"));
+        }
+        args.push(os(&opts.id));
+        self.run("create", args, Some(opts.stdio))?;
+        read_pid(&opts.pid_file)
+    }
+
+    fn start(&self, id: &str) -> Result<()> {
+        self.run("start", vec![os("start"), os(id)], None)
+            .map(drop)
+            .map_err(|e| self.not_found_as(id, e))
+    }
+
+    fn exec(&self, id: &str, opts: ExecOpts) -> Result<i32> {
+        let mut args = vec![
+            os("exec"),
+            os("--detach"),
+            os("--process"),
+            opts.process_spec.into(),
+            os("--pid-file"),
+            opts.pid_file.clone().into(),
+        ];
+        if let Some(sock) = opts.console_socket {
+            args.push(os("--console-socket"));
+            args.push(sock.into());
+        }
+        args.push(os(id));
+        self.run("exec", args, Some(opts.stdio))
+            .map_err(|e| self.not_found_as(id, e))?;
+        read_pid(&opts.pid_file)
+    }
+
+    fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        let mut args = vec![os("kill")];
+        if all {
+            args.push(os("--all"));
+        }
+        args.extend([os(id), os(signal.to_string())]);
+        self.run("kill", args, None)
+            .map(drop)
+            .map_err(|e| self.not_found_as(id, e))
+    }
+
+    fn pause(&self, id: &str) -> Result<()> {
+        self.run("pause", vec![os("pause"), os(id)], None)
+            .map(drop)
+            .map_err(|e| self.not_found_as(id, e))
+    }
+
+    fn resume(&self, id: &str) -> Result<()> {
+        self.run("resume", vec![os("resume"), os(id)], None)
+            .map(drop)
+            .map_err(|e| self.not_found_as(id, e))
+    }
+
+    fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let mut args = vec![os("delete")];
+        if force {
+            args.push(os("--force"));
+        }
+        args.push(os(id));
+        match self.run("delete", args, None).map_err(|e| self.not_found_as(id, e)) {
+            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn state(&self, id: &str) -> Result<ContainerState> {
+        #[derive(Deserialize)]
+        struct State {
+            status: String,
+            #[serde(default)]
+            pid: i32,
+        }
+        let out = self
+            .run("state", vec![os("state"), os(id)], None)
+            .map_err(|e| self.not_found_as(id, e))?;
+        let s: State = serde_json::from_slice(&out).map_err(|e| Error::Output {
+            binary: self.binary_name(),
+            op: "state",
+            message: e.to_string(),
+        })?;
+        Ok(ContainerState {
+            status: s.status,
+            pid: s.pid,
+        })
+    }
+
+    fn ps(&self, id: &str) -> Result<Vec<i32>> {
+        let out = self
+            .run("ps", vec![os("ps"), os("--format"), os("json"), os(id)], None)
+            .map_err(|e| self.not_found_as(id, e))?;
+        let pids: Option<Vec<i32>> = serde_json::from_slice(&out).map_err(|e| Error::Output {
+            binary: self.binary_name(),
+            op: "ps",
+            message: e.to_string(),
+        })?;
+        Ok(pids.unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_message_prefers_error_lines() {
+        let log = concat!(
+            r#"{"level":"info","msg":"starting","time":"t"}"#,
+            "\n",
+            r#"{"level":"error","msg":"runc run failed: exec: \"nope\": executable file not found in $PATH","time":"t"}"#,
+            "\n"
+        );
+        assert_eq!(
+            error_message(log).unwrap(),
+            "runc run failed: exec: \"nope\": executable file not found in $PATH"
+        );
+    }
+
+    #[test]
+    fn error_message_falls_back_to_last_line() {
+        assert_eq!(error_message("plain text failure\n\n").unwrap(), "plain text failure");
+        assert_eq!(error_message(""), None);
+    }
+
+    #[test]
+    fn exit_codes_follow_shell_convention() {
+        assert_eq!(exit_code(3 << 8), 3);
+        assert_eq!(exit_code(libc::SIGKILL), 137);
+    }
+
+    #[test]
+    fn missing_binary_is_a_spawn_error() {
+        let dir = std::env::temp_dir().join(format!("tether-runc-test-{}", std::process::id()));
+        let exec = RuncExecutor::new(
+            RuncConfig {
+                binary: "/nonexistent/runc-binary".into(),
+                root: dir.clone(),
+                systemd_cgroup: false,
+            },
+            Arc::new(crate::DirectWaiter),
+        );
+        let err = exec.state("x").unwrap_err();
+        assert!(matches!(err, Error::Spawn { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/runc-binary"));
+        let _ = fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,37 @@
+//! Waiting for the exit of a child the executor forked.
+
+use std::time::Instant;
+
+/// Delivers the wait status of a child process.
+///
+/// The shim reaps every child with `waitpid(-1)`, so `Child::wait` would race with it and lose.
+/// Implementations must return the status even when the child exited (and was reaped) before
+/// this call: `spawned` is an instant taken before the child was forked, so an exit reaped
+/// before it belongs to an earlier process that had the same pid.
+pub trait ChildWaiter: Send + Sync {
+    /// Blocks until the child `pid` has exited and returns its raw wait status.
+    fn wait_child(&self, pid: i32, spawned: Instant) -> i32;
+}
+
+/// A waiter for processes that do not run a reaper: waits on the pid itself.
+///
+/// For tools and tests; inside the serving shim use its reaper.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DirectWaiter;
+
+impl ChildWaiter for DirectWaiter {
+    fn wait_child(&self, pid: i32, _spawned: Instant) -> i32 {
+        let mut status = 0;
+        loop {
+            // SAFETY: waitpid on a pid this process forked, with a valid out pointer.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if r == pid {
+                return status;
+            }
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                // Someone else reaped it; report a generic failure rather than hang.
+                return 255 << 8;
+            }
+        }
+    }
+}
