@@ -1,0 +1,200 @@
+//! tether's configuration: a TOML file named by the runtime options containerd sends with
+//! Create, or containerd's runc options, resolved into the settings of one container.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tether_protos::{protobuf::Message, protobuf::well_known_types::any::Any, runc_options, runtimeoptions};
+use tether_runtime::runc::RuncConfig;
+
+use crate::error::{Error, Result};
+
+/// Where runtime state lives when the config does not say (`<this>/<namespace>`).
+pub const DEFAULT_ROOT: &str = "/run/tether";
+
+/// The TOML file's contents. Unknown keys are an error, so that a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Which executor runs containers: `runc` (an OCI runtime binary).
+    #[serde(default)]
+    pub executor: ExecutorKind,
+    /// Settings of the runc-CLI executor.
+    #[serde(default)]
+    pub runc: RuncSection,
+}
+
+/// The executors tether knows.
+#[derive(Debug, Default, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// Fork a runc-compatible binary per operation.
+    #[default]
+    Runc,
+}
+
+/// `[runc]` in the config file.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuncSection {
+    /// The runtime binary: a path, or a name looked up on PATH (default `runc`).
+    pub binary: Option<String>,
+    /// The runtime's state directory (default `/run/tether/<namespace>`).
+    pub root: Option<PathBuf>,
+    /// Use systemd to manage cgroups.
+    #[serde(default)]
+    pub systemd_cgroup: bool,
+}
+
+/// The resolved settings of one container's executor. Persisted in the bundle so that the
+/// `delete` subcommand, run by containerd after the shim died, drives the same runtime.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Settings {
+    pub executor: ExecutorKind,
+    pub binary: PathBuf,
+    pub root: PathBuf,
+    pub systemd_cgroup: bool,
+}
+
+impl Settings {
+    /// The defaults for `namespace`: runc on PATH, state under `/run/tether/<namespace>`.
+    pub fn defaults(namespace: &str) -> Self {
+        Settings {
+            executor: ExecutorKind::Runc,
+            binary: "runc".into(),
+            root: Path::new(DEFAULT_ROOT).join(namespace),
+            systemd_cgroup: false,
+        }
+    }
+
+    /// Resolves the runtime options of a Create request (absent, containerd's runtimeoptions
+    /// naming a config file, or containerd's runc options).
+    pub fn from_options(namespace: &str, options: Option<&Any>) -> Result<Self> {
+        let mut settings = Settings::defaults(namespace);
+        let Some(any) = options.filter(|a| !a.type_url.is_empty()) else {
+            return Ok(settings);
+        };
+        let url = any.type_url.as_str();
+        if url.ends_with("runtimeoptions.v1.Options") {
+            let opts = runtimeoptions::Options::parse_from_bytes(&any.value)
+                .map_err(|e| Error::InvalidArgument(format!("bad runtime options: {e}")))?;
+            if !opts.config_body.is_empty() {
+                settings.apply_file(&parse_config("<config body>", &opts.config_body)?);
+            } else if !opts.config_path.is_empty() {
+                let text = std::fs::read_to_string(&opts.config_path).map_err(|e| Error::Config {
+                    path: opts.config_path.clone(),
+                    message: e.to_string(),
+                })?;
+                settings.apply_file(&parse_config(&opts.config_path, &text)?);
+            }
+        } else if url.ends_with("containerd.runc.v1.Options") {
+            let opts = runc_options::Options::parse_from_bytes(&any.value)
+                .map_err(|e| Error::InvalidArgument(format!("bad runc options: {e}")))?;
+            if !opts.binary_name.is_empty() {
+                settings.binary = opts.binary_name.into();
+            }
+            if !opts.root.is_empty() {
+                settings.root = Path::new(&opts.root).join(namespace);
+            }
+            settings.systemd_cgroup = opts.systemd_cgroup;
+        } else {
+            return Err(Error::InvalidArgument(format!(
+                "unsupported runtime options type {url:?}: tether takes runtimeoptions.v1.Options (a config path) or containerd.runc.v1.Options"
+            )));
+        }
+        Ok(settings)
+    }
+
+    fn apply_file(&mut self, file: &ConfigFile) {
+        self.executor = file.executor;
+        if let Some(binary) = &file.runc.binary {
+            self.binary = binary.into();
+        }
+        if let Some(root) = &file.runc.root {
+            self.root = root.clone();
+        }
+        self.systemd_cgroup = file.runc.systemd_cgroup;
+    }
+
+    /// The runc-CLI executor's configuration.
+    pub fn runc(&self) -> RuncConfig {
+        RuncConfig {
+            binary: self.binary.clone(),
+            root: self.root.clone(),
+            systemd_cgroup: self.systemd_cgroup,
+        }
+    }
+}
+
+/// Parses a config file's text; errors name the file and (through toml's message) the key.
+pub fn parse_config(path: &str, text: &str) -> Result<ConfigFile> {
+    toml::from_str(text).map_err(|e| Error::Config {
+        path: path.to_string(),
+        message: e.to_string().trim().replace('\n', " "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(url: &str, msg: &dyn tether_protos::protobuf::MessageDyn) -> Any {
+        let mut a = Any::new();
+        a.type_url = url.into();
+        a.value = msg.write_to_bytes_dyn().unwrap();
+        a
+    }
+
+    #[test]
+    fn no_options_give_defaults() {
+        let s = Settings::from_options("k8s.io", None).unwrap();
+        assert_eq!(s, Settings::defaults("k8s.io"));
+        assert_eq!(s.root, Path::new("/run/tether/k8s.io"));
+        assert_eq!(s.binary, Path::new("runc"));
+    }
+
+    #[test]
+    fn config_file_is_read_from_runtime_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tether.toml");
+        std::fs::write(
+            &path,
+            "executor = \"runc\"\n[runc]\nbinary = \"/opt/bin/my-runc\"\nroot = \"/run/x\"\nsystemd_cgroup = true\n",
+        )
+        .unwrap();
+        let mut opts = runtimeoptions::Options::new();
+        opts.config_path = path.display().to_string();
+        let s = Settings::from_options("default", Some(&any("runtimeoptions.v1.Options", &opts))).unwrap();
+        assert_eq!(s.binary, Path::new("/opt/bin/my-runc"));
+        assert_eq!(s.root, Path::new("/run/x"));
+        assert!(s.systemd_cgroup);
+    }
+
+    #[test]
+    fn bad_config_names_file_and_key() {
+        let err = parse_config("/etc/tether/config.toml", "[runc]\nsystemd_cgroup = \"yes\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/etc/tether/config.toml"), "{msg}");
+        assert!(msg.contains("systemd_cgroup"), "{msg}");
+        let err = parse_config("f.toml", "[runc]\nbinery = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("binery"), "{err}");
+        assert_eq!(err.code(), tether_protos::ttrpc::Code::INVALID_ARGUMENT);
+    }
+
+    #[test]
+    fn runc_options_are_honoured() {
+        let mut opts = runc_options::Options::new();
+        opts.binary_name = "/usr/local/bin/runc".into();
+        opts.root = "/run/myroot".into();
+        let s = Settings::from_options("ns", Some(&any("containerd.runc.v1.Options", &opts))).unwrap();
+        assert_eq!(s.binary, Path::new("/usr/local/bin/runc"));
+        assert_eq!(s.root, Path::new("/run/myroot/ns"));
+    }
+
+    #[test]
+    fn unknown_options_type_is_invalid() {
+        let opts = runtimeoptions::Options::new();
+        let err = Settings::from_options("ns", Some(&any("example.Other", &opts))).unwrap_err();
+        assert_eq!(err.code(), tether_protos::ttrpc::Code::INVALID_ARGUMENT);
+    }
+}

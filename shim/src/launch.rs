@@ -1,0 +1,163 @@
+//! The short-lived subcommands containerd runs: `start` (spawn or find the serving shim and
+//! print its address) and `delete` (clean up after a shim that died).
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::{fs::{DirBuilderExt, PermissionsExt}, net::{UnixListener, UnixStream}},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use tether_protos::{api, protobuf::Message};
+use tether_runtime::{runc::RuncExecutor, DirectWaiter, Executor};
+
+use crate::{
+    cli::Args,
+    config::Settings,
+    events::timestamp,
+    mount,
+    process::{read_init_pid, SETTINGS_FILE},
+};
+
+/// Annotations that group containers into one shim (one shim per pod), in order of precedence.
+const GROUP_ANNOTATIONS: [&str; 2] = ["io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"];
+
+type Result<T> = std::result::Result<T, String>;
+
+/// The bundle: `-bundle`, else the working directory containerd started us in.
+pub fn bundle_dir(args: &Args) -> Result<PathBuf> {
+    match &args.bundle {
+        Some(b) => Ok(b.clone()),
+        None => std::env::current_dir().map_err(|e| format!("cannot read the working directory: {e}")),
+    }
+}
+
+/// The key that names the shim serving this container: a group annotation in config.json,
+/// else the container id.
+pub fn grouping(bundle: &Path, id: &str) -> String {
+    let spec: Option<serde_json::Value> = fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let annotations = spec.as_ref().and_then(|s| s.get("annotations"));
+    GROUP_ANNOTATIONS
+        .iter()
+        .find_map(|key| annotations?.get(*key)?.as_str().filter(|v| !v.is_empty()))
+        .unwrap_or(id)
+        .to_string()
+}
+
+fn socket_path(address: &str) -> &str {
+    address.strip_prefix("unix://").unwrap_or(address)
+}
+
+/// `start`: finds the live shim of this container's group or spawns one, writes the bundle's
+/// `address` file and returns the address to print.
+pub fn start(args: &Args) -> Result<String> {
+    let bundle = bundle_dir(args)?;
+    let group = grouping(&bundle, &args.id);
+    let address = containerd_shim::socket_address(&args.address, &args.namespace, &group);
+    let path = socket_path(&address);
+
+    let listener = if UnixStream::connect(path).is_ok() {
+        // A shim for this group serves already (another container of the pod).
+        None
+    } else {
+        let _ = fs::remove_file(path);
+        if let Some(dir) = Path::new(path).parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        let l = UnixListener::bind(path).map_err(|e| format!("binding {path}: {e}"))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("restricting {path}: {e}"))?;
+        Some(l)
+    };
+
+    if let Some(listener) = listener {
+        let exe = std::env::current_exe().map_err(|e| format!("finding the shim binary: {e}"))?;
+        let mut cmd = Command::new(exe);
+        cmd.current_dir(&bundle)
+            .args(["-namespace", &args.namespace, "-id", &args.id, "-address", &args.address])
+            .args(["-publish-binary", &args.publish_binary, "-socket", &address])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if args.debug {
+            cmd.arg("-debug");
+        }
+        cmd.arg("serve");
+        let listener_fd = std::os::fd::OwnedFd::from(listener);
+        let passed = crate::sys::pass_fds(&mut cmd, &[&listener_fd]).map_err(|e| format!("passing the listener: {e}"))?;
+        // SAFETY: setsid is async-signal-safe; the serving shim must outlive containerd's
+        // process group and session.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().map_err(|e| format!("spawning the serving shim: {e}"))?;
+        drop(passed);
+    }
+    fs::write(bundle.join("address"), &address).map_err(|e| format!("writing the address file: {e}"))?;
+    Ok(address)
+}
+
+/// `delete`: the shim is gone; force-delete the container through the executor it used,
+/// unmount its rootfs and return the DeleteResponse containerd expects on stdout.
+pub fn delete(args: &Args) -> Result<Vec<u8>> {
+    let bundle = bundle_dir(args)?;
+    let settings = fs::read(bundle.join(SETTINGS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Settings>(&b).ok())
+        .unwrap_or_else(|| Settings::defaults(&args.namespace));
+    let executor = RuncExecutor::new(settings.runc(), Arc::new(DirectWaiter));
+    if let Err(e) = executor.delete(&args.id, true) {
+        log::warn!("force-deleting {}: {e}", args.id);
+    }
+    mount::unmount(&bundle.join("rootfs"));
+    let resp = api::DeleteResponse {
+        pid: read_init_pid(&bundle),
+        exit_status: 128 + libc::SIGKILL as u32,
+        exited_at: Some(timestamp(SystemTime::now())).into(),
+        ..Default::default()
+    };
+    resp.write_to_bytes().map_err(|e| format!("encoding the DeleteResponse: {e}"))
+}
+
+/// Writes `bytes` to stdout in full.
+pub fn print(bytes: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes).and_then(|()| out.flush()).map_err(|e| format!("writing stdout: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouping_prefers_annotations() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(grouping(dir.path(), "c1"), "c1");
+        fs::write(
+            dir.path().join("config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(grouping(dir.path(), "c1"), "pod1");
+        fs::write(
+            dir.path().join("config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod1","io.containerd.runc.v2.group":"g"}}"#,
+        )
+        .unwrap();
+        assert_eq!(grouping(dir.path(), "c1"), "g");
+    }
+}

@@ -1,0 +1,109 @@
+//! `containerd-shim-tether-v2`: the shim containerd starts for each task (or pod) of the
+//! runtime type `io.containerd.tether.v2`.
+
+mod cli;
+mod config;
+mod error;
+mod events;
+mod launch;
+mod logger;
+mod mount;
+mod process;
+mod reaper;
+mod service;
+mod stdio;
+mod sys;
+
+use std::{
+    fs::OpenOptions,
+    os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
+    process::ExitCode,
+    sync::Arc,
+    thread,
+    time::Duration,
+};
+
+use tether_protos::ttrpc;
+
+use crate::{cli::Action, events::Publisher, process::Table, reaper::Reaper, service::TaskService};
+
+/// The listener `start` hands to `serve`.
+const LISTENER_FD: i32 = 3;
+/// How long Shutdown lets pending events go out before the shim exits.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let args = match cli::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("containerd-shim-tether-v2: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logger::init(args.debug);
+    let result = match args.action {
+        Action::Version => {
+            println!("containerd-shim-tether-v2 {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Action::Start => launch::start(&args).and_then(|addr| launch::print(addr.as_bytes())),
+        Action::Delete => launch::delete(&args).and_then(|resp| launch::print(&resp)),
+        Action::Serve => serve(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("containerd-shim-tether-v2: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Points stderr (and so the log) at the bundle's `log` FIFO when containerd reads it.
+fn redirect_log() {
+    let fifo = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("log");
+    if let Ok(f) = fifo {
+        // SAFETY: dup2 onto stderr of an fd we own.
+        unsafe { libc::dup2(f.as_raw_fd(), libc::STDERR_FILENO) };
+    }
+}
+
+/// The serving shim: subreaper, reaper, events, the task service on the inherited socket.
+fn serve(args: &cli::Args) -> Result<(), String> {
+    redirect_log();
+    // SAFETY: prctl with plain integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+        return Err(format!("becoming a subreaper: {}", std::io::Error::last_os_error()));
+    }
+    let reaper = Reaper::start().map_err(|e| format!("starting the reaper: {e}"))?;
+    let events = Publisher::start(std::env::var("TTRPC_ADDRESS").ok(), &args.namespace);
+    let table = Table::new(&args.namespace, reaper, events.clone());
+    let socket = args.socket.clone();
+    let service = Arc::new(TaskService::new(table, move || {
+        let events = events.clone();
+        let socket = socket.clone();
+        thread::spawn(move || {
+            // Let the Shutdown reply go out, then the events still queued.
+            thread::sleep(Duration::from_millis(50));
+            if !events.flush(SHUTDOWN_FLUSH) {
+                log::warn!("exiting with {} events undelivered", events.pending());
+            }
+            let _ = std::fs::remove_file(socket.strip_prefix("unix://").unwrap_or(&socket));
+            log::info!("shutdown: no tasks left, exiting");
+            std::process::exit(0);
+        });
+    }));
+    let mut server = ttrpc::Server::new()
+        .add_listener(LISTENER_FD)
+        .map_err(|e| format!("using the inherited listener: {e}"))?
+        .register_service(service.methods());
+    server.start().map_err(|e| format!("starting the ttrpc server: {e}"))?;
+    log::info!("serving {} for namespace {} (pid {})", args.socket, args.namespace, std::process::id());
+    loop {
+        thread::park();
+    }
+}

@@ -1,0 +1,36 @@
+//! The container's root filesystem: the mounts containerd passes in Create (a snapshot, e.g.
+//! overlay), mounted at `<bundle>/rootfs` and removed again on Delete.
+
+use std::{fs, path::Path};
+
+use tether_protos::api::Mount;
+
+use crate::error::{Error, Result};
+
+/// Mounts each of `mounts` at `target`, in order; on failure, undoes what was mounted.
+pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
+    fs::create_dir_all(target).map_err(|e| Error::io(format!("creating rootfs {}", target.display()), e))?;
+    for m in mounts {
+        if let Err(e) = containerd_shim::mount::mount_rootfs(
+            Some(m.type_.as_str()).filter(|t| !t.is_empty()),
+            Some(m.source.as_str()).filter(|s| !s.is_empty()),
+            &m.options,
+            target,
+        ) {
+            unmount(target);
+            return Err(Error::io(
+                format!("mounting {} ({}) at {}", m.source, m.type_, target.display()),
+                std::io::Error::other(e.to_string()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts everything at and below `target`, detaching what is busy. Errors are logged: a
+/// leftover mount must not stop a delete.
+pub fn unmount(target: &Path) {
+    if let Err(e) = containerd_shim::mount::umount_recursive(target.to_str(), libc::MNT_DETACH) {
+        log::warn!("unmounting {}: {e}", target.display());
+    }
+}

@@ -1,0 +1,755 @@
+//! The process table: every container this shim serves, each with its init and exec
+//! processes, and the state machine each process follows.
+//!
+//! ```text
+//!   Created ──start──▶ Running ◀──resume── Paused
+//!      │                  │  └────pause────▶  │
+//!      └──exit/delete──▶ Stopped ◀───exit─────┘ ──delete──▶ (gone)
+//! ```
+//!
+//! The table owns all state; the task service only translates requests. Lifecycle calls on
+//! one container (create, start, exec start, pause, resume, delete, and the handling of its
+//! exits) are serialised by the container's lifecycle lock, and OCI runtime calls are made
+//! without holding the table lock, so a slow runtime never blocks State, Wait or another
+//! container.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    path::{Path, PathBuf},
+    sync::{mpsc, Arc, Condvar, Mutex, MutexGuard},
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tether_protos::{
+    api,
+    events::task::{TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused, TaskResumed, TaskStart},
+    protobuf::well_known_types::any::Any,
+    runc_options::ProcessDetails,
+    topics,
+};
+use tether_runtime::{runc::{exit_code, RuncExecutor}, CreateOpts, ExecOpts, Executor};
+
+use crate::{
+    config::Settings,
+    error::{Error, Result},
+    events::{timestamp, to_any, Publisher},
+    mount,
+    reaper::{Exit, Reaper},
+    stdio::{ProcessIo, StdioSpec},
+};
+
+/// How long an exit waits for the process's output to drain before it is reported anyway
+/// (a background child may hold the stream open forever).
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// The file in the bundle holding the executor settings, for the `delete` subcommand.
+pub const SETTINGS_FILE: &str = "tether.json";
+/// The file in the bundle where the runtime writes the init's pid.
+pub const INIT_PID_FILE: &str = "init.pid";
+
+/// Where a process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl Status {
+    fn api(self) -> api::Status {
+        match self {
+            Status::Created => api::Status::CREATED,
+            Status::Running => api::Status::RUNNING,
+            Status::Paused => api::Status::PAUSED,
+            Status::Stopped => api::Status::STOPPED,
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exited {
+    /// The exit code; death by signal N is 128 + N.
+    pub code: u32,
+    pub at: SystemTime,
+}
+
+/// One process: a container's init (empty exec id) or an exec.
+pub struct Process {
+    pub exec_id: String,
+    pub pid: i32,
+    pub status: Status,
+    pub exited: Option<Exited>,
+    pub stdio: StdioSpec,
+    io: Option<Arc<ProcessIo>>,
+    /// An exec's OCI process spec (JSON), kept until it is started.
+    spec: Vec<u8>,
+}
+
+impl Process {
+    fn new(exec_id: &str, stdio: StdioSpec) -> Self {
+        Process {
+            exec_id: exec_id.to_string(),
+            pid: 0,
+            status: Status::Created,
+            exited: None,
+            stdio,
+            io: None,
+            spec: Vec::new(),
+        }
+    }
+
+    /// Moves to `to` if the state machine allows it.
+    fn transition(&mut self, to: Status) -> Result<()> {
+        use Status::*;
+        let ok = matches!(
+            (self.status, to),
+            (Created, Running) | (Created, Stopped) | (Running, Paused) | (Paused, Running) | (Running, Stopped) | (Paused, Stopped)
+        );
+        if !ok {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is {:?}, cannot become {:?}",
+                self.name(),
+                self.status,
+                to
+            )));
+        }
+        self.status = to;
+        Ok(())
+    }
+
+    fn name(&self) -> String {
+        if self.exec_id.is_empty() {
+            "the container's init process".into()
+        } else {
+            format!("exec process {}", self.exec_id)
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        matches!(self.status, Status::Running | Status::Paused)
+    }
+
+    fn exit_fields(&self) -> (u32, SystemTime) {
+        self.exited.map(|e| (e.code, e.at)).unwrap_or((0, SystemTime::UNIX_EPOCH))
+    }
+}
+
+/// One container and its processes.
+struct Container {
+    bundle: PathBuf,
+    executor: Arc<dyn Executor>,
+    init: Process,
+    execs: HashMap<String, Process>,
+    /// The init's exit, held back until every exec's exit has been reported.
+    deferred_init_exit: Option<Exit>,
+    rootfs: Option<PathBuf>,
+    lifecycle: Arc<Mutex<()>>,
+}
+
+impl Container {
+    fn process(&self, exec_id: &str) -> Result<&Process> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| Error::NotFound(format!("exec {exec_id}")))
+    }
+
+    fn process_mut(&mut self, exec_id: &str) -> Result<&mut Process> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| Error::NotFound(format!("exec {exec_id}")))
+    }
+
+    fn live_execs(&self) -> bool {
+        self.execs.values().any(Process::is_live)
+    }
+}
+
+/// What Create needs.
+pub struct CreateRequest {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: Vec<api::Mount>,
+    pub stdio: StdioSpec,
+    pub options: Option<Any>,
+}
+
+/// A process's exit as Delete and Wait report it.
+pub struct ExitInfo {
+    pub pid: u32,
+    pub code: u32,
+    pub at: SystemTime,
+}
+
+type ExitMsg = (String, String, Exit);
+
+/// Every container this shim serves. See the module docs.
+pub struct Table {
+    namespace: String,
+    containers: Mutex<HashMap<String, Container>>,
+    /// Ids being created, so that two Creates of one id cannot both proceed.
+    creating: Mutex<HashSet<String>>,
+    changed: Condvar,
+    reaper: Arc<Reaper>,
+    events: Arc<Publisher>,
+    exits: Mutex<mpsc::Sender<ExitMsg>>,
+}
+
+impl Table {
+    /// A table publishing to `events`, learning of exits from `reaper`.
+    pub fn new(namespace: &str, reaper: Arc<Reaper>, events: Arc<Publisher>) -> Arc<Table> {
+        let (tx, rx) = mpsc::channel::<ExitMsg>();
+        let table = Arc::new(Table {
+            namespace: namespace.to_string(),
+            containers: Mutex::default(),
+            creating: Mutex::default(),
+            changed: Condvar::new(),
+            reaper,
+            events,
+            exits: Mutex::new(tx),
+        });
+        let weak = Arc::downgrade(&table);
+        thread::Builder::new()
+            .name("exits".into())
+            .spawn(move || {
+                // One thread handles every exit, in reap order, so events keep their order.
+                for (id, exec_id, exit) in rx {
+                    let Some(table) = weak.upgrade() else { return };
+                    table.handle_exit(&id, &exec_id, exit);
+                }
+            })
+            .expect("spawning the exits thread");
+        table
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Container>> {
+        self.containers.lock().unwrap()
+    }
+
+    fn with<T>(&self, id: &str, f: impl FnOnce(&mut Container) -> Result<T>) -> Result<T> {
+        let mut map = self.lock();
+        let c = map.get_mut(id).ok_or_else(|| Error::NotFound(format!("container {id}")))?;
+        f(c)
+    }
+
+    fn lifecycle(&self, id: &str) -> Result<Arc<Mutex<()>>> {
+        self.with(id, |c| Ok(c.lifecycle.clone()))
+    }
+
+    fn watch(&self, id: &str, exec_id: &str, pid: i32, spawned: Instant) {
+        let tx = self.exits.lock().unwrap().clone();
+        let (id, exec_id) = (id.to_string(), exec_id.to_string());
+        self.reaper.watch(pid, spawned, move |exit| {
+            let _ = tx.send((id, exec_id, exit));
+        });
+    }
+
+    /// Whether no container is left (Shutdown may exit the shim).
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty() && self.creating.lock().unwrap().is_empty()
+    }
+
+    /// Creates a container: mounts its rootfs, prepares stdio, has the executor create it.
+    pub fn create(&self, req: CreateRequest) -> Result<u32> {
+        validate_id(&req.id)?;
+        if !req.bundle.join("config.json").is_file() {
+            return Err(Error::InvalidArgument(format!(
+                "bundle {} has no config.json",
+                req.bundle.display()
+            )));
+        }
+        {
+            let map = self.lock();
+            let mut creating = self.creating.lock().unwrap();
+            if map.contains_key(&req.id) || !creating.insert(req.id.clone()) {
+                return Err(Error::AlreadyExists(format!("container {}", req.id)));
+            }
+        }
+        let result = self.create_reserved(&req);
+        self.creating.lock().unwrap().remove(&req.id);
+        result
+    }
+
+    fn create_reserved(&self, req: &CreateRequest) -> Result<u32> {
+        let settings = Settings::from_options(&self.namespace, req.options.as_ref())?;
+        let settings_json = serde_json::to_vec(&settings).expect("settings serialise");
+        fs::write(req.bundle.join(SETTINGS_FILE), settings_json)
+            .map_err(|e| Error::io(format!("writing {SETTINGS_FILE} in the bundle"), e))?;
+        let executor: Arc<dyn Executor> =
+            Arc::new(RuncExecutor::new(settings.runc(), self.reaper.clone()));
+
+        let rootfs = if req.rootfs.is_empty() {
+            None
+        } else {
+            let target = req.bundle.join("rootfs");
+            mount::mount_all(&req.rootfs, &target)?;
+            Some(target)
+        };
+        let undo_mount = || {
+            if let Some(t) = &rootfs {
+                mount::unmount(t);
+            }
+        };
+
+        let (mut io, stdio, console) = match ProcessIo::prepare(&req.stdio, &req.id, &self.namespace) {
+            Ok(p) => p,
+            Err(e) => {
+                undo_mount();
+                return Err(e);
+            }
+        };
+        let spawned = Instant::now();
+        let created = executor.create(CreateOpts {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            pid_file: req.bundle.join(INIT_PID_FILE),
+            console_socket: console.as_ref().map(|c| c.path().to_path_buf()),
+            stdio,
+            no_pivot_root: false,
+            no_new_keyring: false,
+        });
+        let pid = match created.map_err(Error::from).and_then(|pid| io.start(console).map(|()| pid)) {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = executor.delete(&req.id, true);
+                undo_mount();
+                return Err(e);
+            }
+        };
+
+        let mut init = Process::new("", req.stdio.clone());
+        init.pid = pid;
+        init.io = Some(Arc::new(io));
+        self.lock().insert(
+            req.id.clone(),
+            Container {
+                bundle: req.bundle.clone(),
+                executor,
+                init,
+                execs: HashMap::new(),
+                deferred_init_exit: None,
+                rootfs,
+                lifecycle: Arc::default(),
+            },
+        );
+        self.watch(&req.id, "", pid, spawned);
+        self.events.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            &TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.display().to_string(),
+                rootfs: req.rootfs.clone(),
+                io: Some(TaskIO {
+                    stdin: req.stdio.stdin.clone(),
+                    stdout: req.stdio.stdout.clone(),
+                    stderr: req.stdio.stderr.clone(),
+                    terminal: req.stdio.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                pid: pid as u32,
+                ..Default::default()
+            },
+        );
+        Ok(pid as u32)
+    }
+
+    /// Starts the init (empty `exec_id`) or an exec; returns its pid.
+    pub fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
+        let lifecycle = self.lifecycle(id)?;
+        let _serial = lifecycle.lock().unwrap();
+        if exec_id.is_empty() {
+            let executor = self.with(id, |c| {
+                if c.init.status != Status::Created {
+                    return Err(Error::FailedPrecondition(format!(
+                        "container {id} is {:?}, not created",
+                        c.init.status
+                    )));
+                }
+                Ok(c.executor.clone())
+            })?;
+            executor.start(id)?;
+            let pid = self.with(id, |c| {
+                c.init.transition(Status::Running)?;
+                Ok(c.init.pid as u32)
+            })?;
+            self.events.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                &TaskStart { container_id: id.into(), pid, ..Default::default() },
+            );
+            return Ok(pid);
+        }
+        self.start_exec(id, exec_id)
+    }
+
+    fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32> {
+        let (executor, stdio, spec, bundle) = self.with(id, |c| {
+            if c.init.status != Status::Running {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot start exec {exec_id}: container {id} is {:?}",
+                    c.init.status
+                )));
+            }
+            let p = c.process(exec_id)?;
+            if p.status != Status::Created {
+                return Err(Error::FailedPrecondition(format!("exec {exec_id} is {:?}, not created", p.status)));
+            }
+            Ok((c.executor.clone(), p.stdio.clone(), p.spec.clone(), c.bundle.clone()))
+        })?;
+        let spec_file = bundle.join(format!("exec-{exec_id}.json"));
+        let pid_file = bundle.join(format!("exec-{exec_id}.pid"));
+        fs::write(&spec_file, &spec).map_err(|e| Error::io("writing the exec's process spec", e))?;
+        let (mut io, streams, console) = ProcessIo::prepare(&stdio, id, &self.namespace)?;
+        let spawned = Instant::now();
+        let result = executor
+            .exec(
+                id,
+                ExecOpts {
+                    process_spec: spec_file.clone(),
+                    pid_file: pid_file.clone(),
+                    console_socket: console.as_ref().map(|c| c.path().to_path_buf()),
+                    stdio: streams,
+                },
+            )
+            .map_err(Error::from)
+            .and_then(|pid| io.start(console).map(|()| pid));
+        let _ = fs::remove_file(&spec_file);
+        let _ = fs::remove_file(&pid_file);
+        let pid = result?;
+        self.with(id, |c| {
+            let p = c.process_mut(exec_id)?;
+            p.pid = pid;
+            p.io = Some(Arc::new(io));
+            p.transition(Status::Running)
+        })?;
+        self.watch(id, exec_id, pid, spawned);
+        self.events.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            &TaskExecStarted {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+                pid: pid as u32,
+                ..Default::default()
+            },
+        );
+        Ok(pid as u32)
+    }
+
+    /// Registers an exec process (started later by [`Table::start`]).
+    pub fn exec(&self, id: &str, exec_id: &str, spec: Vec<u8>, stdio: StdioSpec) -> Result<()> {
+        validate_id(exec_id)?;
+        serde_json::from_slice::<serde_json::Value>(&spec)
+            .ok()
+            .filter(serde_json::Value::is_object)
+            .ok_or_else(|| Error::InvalidArgument(format!("exec {exec_id}: the process spec is not a JSON object")))?;
+        self.with(id, |c| {
+            if c.init.status == Status::Stopped {
+                return Err(Error::FailedPrecondition(format!("container {id} has exited")));
+            }
+            if c.execs.contains_key(exec_id) {
+                return Err(Error::AlreadyExists(format!("exec {exec_id}")));
+            }
+            let mut p = Process::new(exec_id, stdio);
+            p.spec = spec;
+            c.execs.insert(exec_id.to_string(), p);
+            Ok(())
+        })?;
+        self.events.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            &TaskExecAdded { container_id: id.into(), exec_id: exec_id.into(), ..Default::default() },
+        );
+        Ok(())
+    }
+
+    /// Sends a signal to the init (with `all`, to every process of the container) or an exec.
+    pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let (executor, status, pid) = self.with(id, |c| {
+            let p = c.process(exec_id)?;
+            Ok((c.executor.clone(), p.status, p.pid))
+        })?;
+        match status {
+            Status::Stopped => Err(Error::NotFound(format!("process {exec_id:?} of {id} has already finished"))),
+            Status::Created if !exec_id.is_empty() => {
+                Err(Error::FailedPrecondition(format!("exec {exec_id} has not been started")))
+            }
+            _ if exec_id.is_empty() => Ok(executor.kill(id, signal, all)?),
+            _ => {
+                // An exec is not the runtime's to signal: it is our child, by pid.
+                let sig = nix::sys::signal::Signal::try_from(signal as i32)
+                    .map_err(|_| Error::InvalidArgument(format!("invalid signal {signal}")))?;
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+                    .map_err(|e| Error::io(format!("signalling exec {exec_id}"), e.into()))
+            }
+        }
+    }
+
+    /// Freezes (`pause = true`) or thaws the container.
+    pub fn pause(&self, id: &str, pause: bool) -> Result<()> {
+        let lifecycle = self.lifecycle(id)?;
+        let _serial = lifecycle.lock().unwrap();
+        let (from, to) = if pause { (Status::Running, Status::Paused) } else { (Status::Paused, Status::Running) };
+        let executor = self.with(id, |c| {
+            if c.init.status != from {
+                return Err(Error::FailedPrecondition(format!("container {id} is {:?}, not {from:?}", c.init.status)));
+            }
+            Ok(c.executor.clone())
+        })?;
+        if pause {
+            executor.pause(id)?;
+        } else {
+            executor.resume(id)?;
+        }
+        self.with(id, |c| c.init.transition(to))?;
+        if pause {
+            self.events.publish(topics::TASK_PAUSED_EVENT_TOPIC, &TaskPaused { container_id: id.into(), ..Default::default() });
+        } else {
+            self.events.publish(topics::TASK_RESUMED_EVENT_TOPIC, &TaskResumed { container_id: id.into(), ..Default::default() });
+        }
+        Ok(())
+    }
+
+    /// Deletes a stopped (or never started) process; deleting the init removes the container.
+    pub fn delete(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
+        if !exec_id.is_empty() {
+            return self.with(id, |c| {
+                let p = c.process(exec_id)?;
+                if p.is_live() {
+                    return Err(Error::FailedPrecondition(format!("exec {exec_id} is still running")));
+                }
+                let (code, at) = p.exit_fields();
+                let pid = p.pid as u32;
+                c.execs.remove(exec_id);
+                Ok(ExitInfo { pid, code, at })
+            });
+        }
+        let lifecycle = self.lifecycle(id)?;
+        let _serial = lifecycle.lock().unwrap();
+        let (executor, status) = self.with(id, |c| Ok((c.executor.clone(), c.init.status)))?;
+        if matches!(status, Status::Running | Status::Paused) {
+            return Err(Error::FailedPrecondition(format!("container {id} is still running; kill it first")));
+        }
+        executor.delete(id, true)?;
+        let c = self.lock().remove(id).ok_or_else(|| Error::NotFound(format!("container {id}")))?;
+        if let Some(t) = &c.rootfs {
+            mount::unmount(t);
+        }
+        let _ = fs::remove_file(c.bundle.join(SETTINGS_FILE));
+        self.changed.notify_all();
+        let (code, at) = match c.init.exited {
+            Some(e) => (e.code, e.at),
+            // Deleted before it ran: the runtime killed it.
+            None => (128 + libc::SIGKILL as u32, SystemTime::now()),
+        };
+        let pid = c.init.pid as u32;
+        self.events.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            &TaskDelete {
+                container_id: id.into(),
+                pid,
+                exit_status: code,
+                exited_at: Some(timestamp(at)).into(),
+                ..Default::default()
+            },
+        );
+        Ok(ExitInfo { pid, code, at })
+    }
+
+    /// The State response for a process.
+    pub fn state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse> {
+        self.with(id, |c| {
+            let p = c.process(exec_id)?;
+            let (code, at) = p.exit_fields();
+            Ok(api::StateResponse {
+                id: if exec_id.is_empty() { id.into() } else { exec_id.into() },
+                bundle: c.bundle.display().to_string(),
+                pid: p.pid as u32,
+                status: p.status.api().into(),
+                stdin: p.stdio.stdin.clone(),
+                stdout: p.stdio.stdout.clone(),
+                stderr: p.stdio.stderr.clone(),
+                terminal: p.stdio.terminal,
+                exit_status: code,
+                exited_at: p.exited.map(|_| timestamp(at)).into(),
+                exec_id: exec_id.into(),
+                ..Default::default()
+            })
+        })
+    }
+
+    /// Blocks until the process has stopped, and reports how.
+    pub fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
+        let mut map = self.lock();
+        loop {
+            let c = map.get(id).ok_or_else(|| Error::NotFound(format!("container {id}")))?;
+            let p = c.process(exec_id)?;
+            if let Some(e) = p.exited {
+                return Ok(ExitInfo { pid: p.pid as u32, code: e.code, at: e.at });
+            }
+            map = self.changed.wait(map).unwrap();
+        }
+    }
+
+    /// The container's processes, exec processes named by their exec id.
+    pub fn pids(&self, id: &str) -> Result<Vec<api::ProcessInfo>> {
+        let (executor, execs) = self.with(id, |c| {
+            let execs: HashMap<i32, String> = c.execs.values().filter(|p| p.pid > 0).map(|p| (p.pid, p.exec_id.clone())).collect();
+            Ok((c.executor.clone(), execs))
+        })?;
+        let pids = executor.ps(id)?;
+        Ok(pids
+            .into_iter()
+            .map(|pid| {
+                let mut info = api::ProcessInfo { pid: pid as u32, ..Default::default() };
+                if let Some(exec_id) = execs.get(&pid) {
+                    info.info = Some(to_any(&ProcessDetails { exec_id: exec_id.clone(), ..Default::default() })).into();
+                }
+                info
+            })
+            .collect())
+    }
+
+    fn io(&self, id: &str, exec_id: &str) -> Result<Arc<ProcessIo>> {
+        self.with(id, |c| {
+            let p = c.process(exec_id)?;
+            p.io.clone().ok_or_else(|| Error::FailedPrecondition(format!("{} has no stdio yet", p.name())))
+        })
+    }
+
+    /// Closes a process's stdin (CloseIO).
+    pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        self.io(id, exec_id)?.close_stdin();
+        Ok(())
+    }
+
+    /// Resizes a process's terminal.
+    pub fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        self.io(id, exec_id)?.resize(width, height)
+    }
+
+    /// The init's pid, for Connect (0 when the container is unknown).
+    pub fn init_pid(&self, id: &str) -> u32 {
+        self.with(id, |c| Ok(c.init.pid as u32)).unwrap_or(0)
+    }
+
+    /// Records an exit: drains the process's output, marks it stopped, wakes waiters and
+    /// publishes /tasks/exit. An init's exit waits until its execs' exits are reported.
+    fn handle_exit(&self, id: &str, exec_id: &str, exit: Exit) {
+        let Ok(lifecycle) = self.lifecycle(id) else {
+            log::debug!("exit of pid {} for deleted container {id}", exit.pid);
+            return;
+        };
+        let _serial = lifecycle.lock().unwrap();
+        if exec_id.is_empty() {
+            let deferred = self
+                .with(id, |c| {
+                    if c.live_execs() {
+                        c.deferred_init_exit = Some(exit);
+                        return Ok(true);
+                    }
+                    Ok(false)
+                })
+                .unwrap_or(true);
+            if !deferred {
+                self.finish(id, "", exit);
+            }
+            return;
+        }
+        self.finish(id, exec_id, exit);
+        let init_exit = self
+            .with(id, |c| Ok(if c.live_execs() { None } else { c.deferred_init_exit.take() }))
+            .ok()
+            .flatten();
+        if let Some(init_exit) = init_exit {
+            self.finish(id, "", init_exit);
+        }
+    }
+
+    fn finish(&self, id: &str, exec_id: &str, exit: Exit) {
+        if let Ok(io) = self.io(id, exec_id) {
+            if !io.wait_output(OUTPUT_DRAIN_TIMEOUT) {
+                log::warn!("{id}/{exec_id}: output still open {OUTPUT_DRAIN_TIMEOUT:?} after exit; reporting the exit");
+            }
+        }
+        let code = exit_code(exit.status) as u32;
+        let pid = self.with(id, |c| {
+            let p = c.process_mut(exec_id)?;
+            p.transition(Status::Stopped)?;
+            p.exited = Some(Exited { code, at: exit.at });
+            Ok(p.pid as u32)
+        });
+        let Ok(pid) = pid else { return };
+        self.changed.notify_all();
+        self.events.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            &TaskExit {
+                container_id: id.into(),
+                id: if exec_id.is_empty() { id.into() } else { exec_id.into() },
+                pid,
+                exit_status: code,
+                exited_at: Some(timestamp(exit.at)).into(),
+                ..Default::default()
+            },
+        );
+    }
+}
+
+/// Ids name directories and runtime state: reject what could escape or confuse a path.
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 253
+        && id != "."
+        && id != ".."
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+' | '@' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid id {id:?}: use 1-253 characters of [A-Za-z0-9_.+@:-]"
+        )))
+    }
+}
+
+/// Reads the init's pid a runtime wrote into `bundle` (0 when none).
+pub fn read_init_pid(bundle: &Path) -> u32 {
+    fs::read_to_string(bundle.join(INIT_PID_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        for good in ["c1", "my-container_2", "a.b", "sha256:abc", "x@y"] {
+            assert!(validate_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "../x", "a/b", "a b", "x\0y"] {
+            let err = validate_id(bad).unwrap_err();
+            assert_eq!(err.code(), tether_protos::ttrpc::Code::INVALID_ARGUMENT, "{bad}");
+        }
+    }
+
+    #[test]
+    fn state_machine_allows_only_lifecycle_moves() {
+        let mut p = Process::new("", StdioSpec::default());
+        assert!(p.transition(Status::Paused).is_err());
+        p.transition(Status::Running).unwrap();
+        p.transition(Status::Paused).unwrap();
+        assert!(p.transition(Status::Created).is_err());
+        p.transition(Status::Running).unwrap();
+        p.transition(Status::Stopped).unwrap();
+        let err = p.transition(Status::Running).unwrap_err();
+        assert_eq!(err.code(), tether_protos::ttrpc::Code::FAILED_PRECONDITION);
+    }
+}

@@ -1,0 +1,535 @@
+//! A process's standard streams, as the shim holds them.
+//!
+//! containerd names each stream by a URI: a FIFO path (the client reads or writes the other
+//! end), `file:///path` (append to a file) or `binary:///path?k=v` (a logging program reads the
+//! streams), or asks for a terminal (the runtime sends the pty master over a console socket).
+//! The container never writes to a client's FIFO itself: it gets a pipe, and the shim copies,
+//! so the container is unaffected by clients coming and going. The shim holds a read end of
+//! every output FIFO, so a writer never gets EPIPE while the client is away.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Read, Write},
+    os::{
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::{
+            fs::{DirBuilderExt, OpenOptionsExt},
+            net::UnixListener,
+        },
+    },
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+    sys::socket::{recvmsg, ControlMessageOwned, MsgFlags},
+};
+use tether_runtime::Stdio;
+
+use crate::error::{Error, Result};
+
+/// Where console sockets are created: short paths, because a unix socket path is limited to
+/// 108 bytes and bundle paths are long.
+const CONSOLE_DIR: &str = "/run/tether/console";
+/// How long a `binary://` logger may take to signal that it is ready.
+const LOGGER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+const COPY_BUF: usize = 64 * 1024;
+
+/// The stdio a client asked for in Create or Exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StdioSpec {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// What one output URI means.
+#[derive(Debug, PartialEq, Eq)]
+enum Output {
+    Null,
+    Fifo(PathBuf),
+    File(PathBuf),
+    Binary { path: PathBuf, args: Vec<String> },
+}
+
+fn parse_output(uri: &str) -> Result<Output> {
+    if uri.is_empty() {
+        return Ok(Output::Null);
+    }
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Ok(Output::Fifo(uri.into()));
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || !path.starts_with('/') {
+        return Err(Error::InvalidArgument(format!("stdio uri {uri:?} needs an absolute path")));
+    }
+    match scheme {
+        "fifo" => Ok(Output::Fifo(path.into())),
+        "file" => Ok(Output::File(path.into())),
+        "binary" => {
+            let mut args = Vec::new();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                args.push(percent_decode(k));
+                if !v.is_empty() {
+                    args.push(percent_decode(v));
+                }
+            }
+            Ok(Output::Binary { path: path.into(), args })
+        }
+        other => Err(Error::InvalidArgument(format!(
+            "stdio uri {uri:?}: unsupported scheme {other:?} (fifo path, file://, binary://)"
+        ))),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Counts copy threads still running, so that an exit is reported only after its output.
+#[derive(Default)]
+struct Drain {
+    running: Mutex<usize>,
+    done: Condvar,
+}
+
+impl Drain {
+    fn spawn(self: &Arc<Self>, name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        *self.running.lock().unwrap() += 1;
+        let me = self.clone();
+        thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                f();
+                *me.running.lock().unwrap() -= 1;
+                me.done.notify_all();
+            })
+            .map(drop)
+            .map_err(|e| {
+                *self.running.lock().unwrap() -= 1;
+                Error::io("spawning a stdio thread", e)
+            })
+    }
+
+    fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut running = self.running.lock().unwrap();
+        while *running > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            running = self.done.wait_timeout(running, deadline - now).unwrap().0;
+        }
+        true
+    }
+}
+
+/// A console socket the runtime connects to, to hand over the pty master.
+pub struct ConsoleSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ConsoleSocket {
+    fn new() -> Result<Self> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(CONSOLE_DIR)
+            .map_err(|e| Error::io(format!("creating {CONSOLE_DIR}"), e))?;
+        let path = Path::new(CONSOLE_DIR).join(format!(
+            "{}-{}.sock",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| Error::io(format!("binding console socket {}", path.display()), e))?;
+        Ok(ConsoleSocket { listener, path })
+    }
+
+    /// The socket's path, for the runtime's `--console-socket`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes the pty master the runtime sent. Call after the runtime call returned: by then
+    /// the runtime has connected and sent it.
+    fn receive(&self) -> Result<OwnedFd> {
+        self.listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("console socket", e))?;
+        let (conn, _) = self.listener.accept().map_err(|e| {
+            Error::io("the runtime did not connect to the console socket", e)
+        })?;
+        conn.set_nonblocking(false).map_err(|e| Error::io("console socket", e))?;
+        let mut buf = [0u8; 4096];
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(|e| Error::io("receiving the pty master", e.into()))?;
+        for c in msg.cmsgs().map_err(|e| Error::io("receiving the pty master", e.into()))? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                if let Some(&fd) = fds.first() {
+                    // SAFETY: the kernel just installed this fd in our table for us.
+                    return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+        }
+        Err(Error::io("the runtime sent no pty master", io::ErrorKind::InvalidData.into()))
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// The shim's side of a process's stdio: copy threads, the stdin closer and the pty master.
+pub struct ProcessIo {
+    spec: StdioSpec,
+    drain: Arc<Drain>,
+    /// Dropping this wakes the stdin copier, which then closes the process's stdin.
+    stdin_cancel: Mutex<Option<OwnedFd>>,
+    stdin_cancel_rx: Option<OwnedFd>,
+    /// The stdin pipe's write end until the console (for terminals) or the copier takes it.
+    stdin_sink: Option<File>,
+    console: Option<File>,
+}
+
+/// What [`ProcessIo::prepare`] gives back: the shim side, the streams for the runtime, and a
+/// console socket when a terminal was asked for.
+pub type Prepared = (ProcessIo, Stdio, Option<ConsoleSocket>);
+
+impl ProcessIo {
+    /// Opens what the client asked for and returns the runtime's streams. Nothing is copied
+    /// until [`ProcessIo::start`], after the runtime created the process.
+    pub fn prepare(spec: &StdioSpec, id: &str, namespace: &str) -> Result<Prepared> {
+        let mut io = ProcessIo {
+            spec: spec.clone(),
+            drain: Arc::default(),
+            stdin_cancel: Mutex::new(None),
+            stdin_cancel_rx: None,
+            stdin_sink: None,
+            console: None,
+        };
+        let mut stdio = Stdio::default();
+        if !spec.stdin.is_empty() {
+            let (cancel_rx, cancel_tx) = pipe()?;
+            *io.stdin_cancel.lock().unwrap() = Some(cancel_tx);
+            io.stdin_cancel_rx = Some(cancel_rx);
+            if !spec.terminal {
+                let (r, w) = pipe()?;
+                stdio.stdin = Some(r);
+                io.stdin_sink = Some(File::from(w));
+            }
+        }
+        if spec.terminal {
+            return Ok((io, stdio, Some(ConsoleSocket::new()?)));
+        }
+        let stdout = parse_output(&spec.stdout)?;
+        let stderr = parse_output(&spec.stderr)?;
+        if let (Output::Binary { path, args }, true) = (&stdout, spec.stdout == spec.stderr) {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            start_logger(path, args, id, namespace, out_r, err_r)?;
+            stdio.stdout = Some(out_w);
+            stdio.stderr = Some(err_w);
+            return Ok((io, stdio, None));
+        }
+        stdio.stdout = io.output(&stdout, "stdout", id, namespace)?;
+        stdio.stderr = io.output(&stderr, "stderr", id, namespace)?;
+        Ok((io, stdio, None))
+    }
+
+    /// The runtime-side fd for one output stream, starting its copier where one is needed.
+    fn output(&mut self, out: &Output, name: &str, id: &str, ns: &str) -> Result<Option<OwnedFd>> {
+        match out {
+            Output::Null => Ok(None),
+            // The file itself is the process's stream: nothing to copy.
+            Output::File(_) => Ok(open_sink(out, name)?.map(OwnedFd::from)),
+            Output::Fifo(_) => {
+                let sink = open_sink(out, name)?.expect("a fifo has a sink");
+                let (r, w) = pipe()?;
+                self.drain.spawn(name, move || copy_output(File::from(r), sink))?;
+                Ok(Some(w))
+            }
+            Output::Binary { path, args } => {
+                let (r, w) = pipe()?;
+                let (unused_r, _unused_w) = pipe()?;
+                let (out_r, err_r) = if name == "stdout" { (r, unused_r) } else { (unused_r, r) };
+                start_logger(path, args, id, ns, out_r, err_r)?;
+                Ok(Some(w))
+            }
+        }
+    }
+
+    /// Starts copying after the runtime created the process; for terminals, takes the pty
+    /// master from `console`.
+    pub fn start(&mut self, console: Option<ConsoleSocket>) -> Result<()> {
+        if let Some(sock) = console {
+            let master = File::from(sock.receive()?);
+            if let Some(out) = open_sink(&parse_output(&self.spec.stdout)?, "stdout")? {
+                let reader = master.try_clone().map_err(|e| Error::io("dup pty master", e))?;
+                self.drain.spawn("pty-out", move || copy_output(reader, out))?;
+            }
+            self.stdin_sink = Some(master.try_clone().map_err(|e| Error::io("dup pty master", e))?);
+            self.console = Some(master);
+        }
+        if let (Some(sink), Some(cancel)) = (self.stdin_sink.take(), self.stdin_cancel_rx.take()) {
+            let fifo = open_fifo(Path::new(&self.spec.stdin), libc::O_RDONLY | libc::O_NONBLOCK, "stdin")?;
+            // stdin is not drained before an exit is reported: it is input, not output.
+            thread::Builder::new()
+                .name("stdin".into())
+                .spawn(move || copy_stdin(fifo, sink, cancel))
+                .map_err(|e| Error::io("spawning the stdin thread", e))?;
+        }
+        Ok(())
+    }
+
+    /// Closes the process's stdin (CloseIO): the copier stops and the process reads EOF.
+    pub fn close_stdin(&self) {
+        self.stdin_cancel.lock().unwrap().take();
+    }
+
+    /// Resizes the terminal (ResizePty).
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        let Some(console) = &self.console else {
+            return Err(Error::FailedPrecondition("the process has no terminal".into()));
+        };
+        let ws = libc::winsize {
+            ws_row: height as u16,
+            ws_col: width as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer on a pty master fd we own.
+        if unsafe { libc::ioctl(console.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+            return Err(Error::io("resizing the pty", io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Waits until all output the process wrote has been copied (its streams reached EOF), at
+    /// most `timeout`: a background child that keeps a stream open must not hold up the exit.
+    pub fn wait_output(&self, timeout: Duration) -> bool {
+        self.drain.wait(timeout)
+    }
+}
+
+/// Opens where copied output goes: a FIFO read-write (so that the shim holds a read end and
+/// never blocks waiting for a reader), a file for appending; `None` for nothing or a logger.
+fn open_sink(out: &Output, name: &str) -> Result<Option<File>> {
+    match out {
+        Output::Fifo(path) => open_fifo(path, libc::O_RDWR, name).map(Some),
+        Output::File(path) => {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            }
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(path)
+                .map(Some)
+                .map_err(|e| Error::io(format!("opening {name} log {}", path.display()), e))
+        }
+        Output::Null | Output::Binary { .. } => Ok(None),
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::io("creating a pipe", e.into()))?;
+    Ok((r, w))
+}
+
+fn open_fifo(path: &Path, flags: i32, name: &str) -> Result<File> {
+    OpenOptions::new()
+        .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+        .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+        .custom_flags((flags & !libc::O_ACCMODE) | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening {name} {}", path.display()), e))
+}
+
+/// Copies a process's output stream to its destination until EOF. A pty reports EIO once
+/// the last slave closes: that is its EOF.
+fn copy_output(mut from: File, mut to: File) {
+    let mut buf = vec![0u8; COPY_BUF];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        if let Err(e) = to.write_all(&buf[..n]) {
+            log::warn!("copying output: {e}");
+            return;
+        }
+    }
+}
+
+/// Copies the client's stdin FIFO to the process until the client closes it or CloseIO.
+/// The FIFO is opened non-blocking, so waiting for a writer is a poll that CloseIO (closing
+/// `cancel`'s other end) can interrupt.
+fn copy_stdin(fifo: File, mut sink: File, cancel: OwnedFd) {
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut fifo = fifo;
+    loop {
+        let mut fds = [
+            PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
+            PollFd::new(cancel.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            return;
+        }
+        match fifo.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if sink.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Starts a `binary://` logger: its fd 3 and 4 read the process's stdout and stderr, and it
+/// closes fd 5 once it is ready (containerd's logging-binary protocol).
+fn start_logger(path: &Path, args: &[String], id: &str, ns: &str, out: OwnedFd, err: OwnedFd) -> Result<()> {
+    let (ready_r, ready_w) = pipe()?;
+    let mut cmd = Command::new(path);
+    cmd.args(args)
+        .env("CONTAINER_ID", id)
+        .env("CONTAINER_NAMESPACE", ns)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let passed = crate::sys::pass_fds(&mut cmd, &[&out, &err, &ready_w])
+        .map_err(|e| Error::io("passing fds to the logging binary", e))?;
+    cmd.spawn()
+        .map_err(|e| Error::io(format!("starting logging binary {}", path.display()), e))?;
+    drop((cmd, passed, ready_w, out, err));
+    // The logger closes (or writes to) its fd 5 once ready: wait for that, bounded.
+    let mut ready = File::from(ready_r);
+    let mut fds = [PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
+    let ms = LOGGER_READY_TIMEOUT.as_millis().min(u16::MAX as u128) as u16;
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(0) => Err(Error::io(
+            format!("logging binary {} did not signal ready", path.display()),
+            io::ErrorKind::TimedOut.into(),
+        )),
+        _ => {
+            let _ = ready.read(&mut [0u8; 1]);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+
+    fn mkfifo(path: &Path) -> io::Result<()> {
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: valid NUL-terminated path.
+        if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn output_uris_parse() {
+        assert_eq!(parse_output("").unwrap(), Output::Null);
+        assert_eq!(parse_output("/run/x/stdout").unwrap(), Output::Fifo("/run/x/stdout".into()));
+        assert_eq!(parse_output("file:///var/log/c.log").unwrap(), Output::File("/var/log/c.log".into()));
+        assert_eq!(
+            parse_output("binary:///usr/bin/logger?tag=my%20app&debug").unwrap(),
+            Output::Binary { path: "/usr/bin/logger".into(), args: vec!["tag".into(), "my app".into(), "debug".into()] }
+        );
+        assert!(parse_output("http://x/y").is_err());
+        assert!(parse_output("file://relative").is_err());
+    }
+
+    #[test]
+    fn fifo_output_is_copied_and_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("out");
+        mkfifo(&fifo).unwrap();
+        let spec = StdioSpec { stdout: fifo.display().to_string(), ..Default::default() };
+        let mut reader = open_fifo(&fifo, libc::O_RDONLY | libc::O_NONBLOCK, "test").unwrap();
+        let (mut io, stdio, console) = ProcessIo::prepare(&spec, "c", "ns").unwrap();
+        assert!(console.is_none());
+        io.start(None).unwrap();
+        let mut w = File::from(stdio.stdout.unwrap());
+        w.write_all(b"hello").unwrap();
+        drop(w);
+        assert!(io.wait_output(Duration::from_secs(5)));
+        let mut got = [0u8; 5];
+        reader.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+    }
+
+    #[test]
+    fn close_stdin_gives_the_process_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("in");
+        mkfifo(&fifo).unwrap();
+        let spec = StdioSpec { stdin: fifo.display().to_string(), ..Default::default() };
+        let (mut io, stdio, _) = ProcessIo::prepare(&spec, "c", "ns").unwrap();
+        io.start(None).unwrap();
+        let mut client = OpenOptions::new().write(true).open(&fifo).unwrap();
+        client.write_all(b"abc").unwrap();
+        let mut proc_stdin = File::from(stdio.stdin.unwrap());
+        let mut got = [0u8; 3];
+        proc_stdin.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"abc");
+        io.close_stdin();
+        let mut rest = Vec::new();
+        proc_stdin.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
+}
