@@ -129,6 +129,9 @@ impl RuncExecutor {
         }
         let message = error_message(&log_text)
             .unwrap_or_else(|| format!("exited with {}", describe_status(status)));
+        // runc prefixes its own errors with "runc <op> failed: "; say it once.
+        let own_prefix = format!("{} {op} failed: ", self.binary_name());
+        let message = message.strip_prefix(&own_prefix).map(str::to_string).unwrap_or(message);
         Err(Error::Runtime {
             binary: self.binary_name(),
             op,
