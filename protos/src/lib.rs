@@ -6,7 +6,7 @@
 
 #![allow(clippy::all)]
 
-pub use containerd_shim_protos::{cgroups, events, protobuf, shim, topics, ttrpc, types};
+pub use containerd_shim_protos::{cgroups, cgroups_v2, events, protobuf, shim, topics, ttrpc, types};
 pub use containerd_shim_protos::{api, shim::oci as runc_options};
 
 /// containerd's `runtimeoptions.v1.Options`: the config path sent by

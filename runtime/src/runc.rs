@@ -5,6 +5,7 @@ use std::{
     ffi::OsString,
     fs,
     io::Read,
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     process::{Command, Stdio as ProcStdio},
     sync::{
@@ -72,7 +73,11 @@ impl RuncExecutor {
         args: Vec<OsString>,
         stdio: Option<Stdio>,
     ) -> Result<Vec<u8>> {
-        fs::create_dir_all(&self.config.root)
+        // Runtime state (and our per-call logs) is root's alone.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.config.root)
             .map_err(|e| Error::io(format!("creating runtime root {}", self.config.root.display()), e))?;
         let seq = self.log_seq.fetch_add(1, Ordering::Relaxed);
         let log = self

@@ -1,0 +1,141 @@
+//! Which containerd runtime the scenarios drive, and where its shim binary is.
+
+use std::path::{Path, PathBuf};
+
+/// tether's runtime type.
+pub const TETHER: &str = "io.containerd.tether.v2";
+/// containerd's own Go shim, the reference behaviour.
+pub const GO_RUNC: &str = "io.containerd.runc.v2";
+/// Selects the runtime under test (default: tether).
+pub const RUNTIME_ENV: &str = "TETHER_TEST_RUNTIME";
+/// A tether TOML config passed (`--runtime-config-path`) to every `ctr run` that does not set
+/// its own, e.g. to run the whole suite with another executor.
+pub const RUNTIME_CONFIG_ENV: &str = "TETHER_TEST_RUNTIME_CONFIG";
+/// Overrides where the shim binary is taken from.
+pub const SHIM_BINARY_ENV: &str = "TETHER_SHIM_BINARY";
+/// The shim binary's file name.
+pub const SHIM_BINARY: &str = "containerd-shim-tether-v2";
+
+/// A containerd runtime type, e.g. `io.containerd.tether.v2`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Runtime {
+    pub name: String,
+}
+
+impl Runtime {
+    pub fn new(name: impl Into<String>) -> Runtime {
+        Runtime { name: name.into() }
+    }
+
+    /// `$TETHER_TEST_RUNTIME`, else tether.
+    pub fn from_env() -> Runtime {
+        match std::env::var(RUNTIME_ENV) {
+            Ok(v) if !v.trim().is_empty() => Runtime::new(v.trim()),
+            _ => Runtime::new(TETHER),
+        }
+    }
+
+    pub fn tether() -> Runtime {
+        Runtime::new(TETHER)
+    }
+
+    pub fn is_tether(&self) -> bool {
+        self.name == TETHER
+    }
+
+    /// containerd's Go runc shim (the reference).
+    pub fn is_go_runc(&self) -> bool {
+        self.name == GO_RUNC
+    }
+
+    /// The binary containerd looks for on its PATH: `io.containerd.NAME.v2` →
+    /// `containerd-shim-NAME-v2`.
+    pub fn shim_binary_name(&self) -> String {
+        let parts: Vec<&str> = self.name.split('.').collect();
+        match parts.as_slice() {
+            ["io", "containerd", name, version] => format!("containerd-shim-{name}-{version}"),
+            _ => panic!(
+                "runtime {:?} is not of the form io.containerd.NAME.VERSION",
+                self.name
+            ),
+        }
+    }
+
+    /// The tether config from `$TETHER_TEST_RUNTIME_CONFIG`, if any (tether only).
+    pub fn default_config(&self) -> Option<PathBuf> {
+        if !self.is_tether() {
+            return None;
+        }
+        std::env::var_os(RUNTIME_CONFIG_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    }
+}
+
+/// The cargo target profile dir (`target/debug`) this executable was built into: test
+/// executables live in `<profile>/deps/`, binaries in `<profile>/`. Honours wherever
+/// CARGO_TARGET_DIR put them, since it starts from the running executable.
+pub fn target_profile_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let mut dir = exe.parent()?.to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent()?.to_path_buf();
+    }
+    Some(dir)
+}
+
+/// The built `containerd-shim-tether-v2`: `$TETHER_SHIM_BINARY`, else next to this executable
+/// in the cargo target dir. Panics with instructions when it has not been built.
+pub fn tether_shim_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os(SHIM_BINARY_ENV).filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(
+            is_executable(&p),
+            "{SHIM_BINARY_ENV}={} is not an executable file",
+            p.display()
+        );
+        return absolute(&p);
+    }
+    let mut candidates = Vec::new();
+    if let Some(dir) = target_profile_dir() {
+        candidates.push(dir.join(SHIM_BINARY));
+    }
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(&dir).join("debug").join(SHIM_BINARY));
+        candidates.push(PathBuf::from(&dir).join("release").join(SHIM_BINARY));
+    }
+    for c in &candidates {
+        if is_executable(c) {
+            return absolute(c);
+        }
+    }
+    panic!(
+        "the tether shim binary {SHIM_BINARY} was not found (looked at: {}).\n\
+         Build it first: `cargo build --workspace` (then `cargo test --workspace`),\n\
+         or point {SHIM_BINARY_ENV} at it, or run the suite against containerd's Go shim with \
+         {RUNTIME_ENV}={GO_RUNC}.",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// A regular file with an execute bit.
+pub fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Looks `name` up on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}

@@ -1,0 +1,271 @@
+//! Runtime options: the OCI runtime binary and its state dir (tether: `--runtime-config-path`
+//! TOML; the Go shim: ctr's runc flags), crun, defaults, and bad configs.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tether_tests::env::{skip, Env, TetherConfig};
+use tether_tests::runtime::which;
+use tether_tests::{secs, wait_until};
+
+/// A runc under another name: a wrapper that records each invocation, then runs the real runc.
+fn renamed_runc(dir: &Path, name: &str, record: &Path) -> PathBuf {
+    let runc = which("runc")
+        .or_else(|| Some(PathBuf::from("/usr/sbin/runc")))
+        .filter(|p| p.exists())
+        .expect("runc not found: apt-get install runc");
+    fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            record.display(),
+            runc.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The words the runtime was called with (one invocation per line of `record`).
+fn subcommands(record: &Path) -> String {
+    fs::read_to_string(record).unwrap_or_default()
+}
+
+#[test]
+fn runtime_binary_under_another_name() {
+    let env = Env::new("runtime_binary");
+    let ctr = &env.ctr;
+
+    // By path, outside any PATH.
+    let record = env.work().join("my-runc.calls");
+    let my_runc = renamed_runc(&env.work().join("alt-bin"), "my-runc", &record);
+    env.run("c1")
+        .detach()
+        .runtime_binary(&my_runc.display().to_string())
+        .run(&["sleep", "1000"])
+        .expect_ok();
+    ctr.wait_status("c1", "RUNNING", secs(10));
+    env.exec("c1", "e1", &["echo", "exec-ok"]).expect_ok();
+    ctr.kill("c1", "SIGKILL", false).expect_ok();
+    ctr.wait_status("c1", "STOPPED", secs(10));
+    assert_eq!(ctr.rm_task("c1"), 137);
+    let calls = subcommands(&record);
+    for sub in ["create", "start", "exec", "kill", "delete"] {
+        assert!(
+            calls
+                .lines()
+                .any(|l| l.split_whitespace().any(|w| w == sub)),
+            "my-runc was used for `{sub}`; calls:\n{calls}"
+        );
+    }
+
+    // By name, looked up on containerd's PATH (which the shim inherits).
+    let record2 = env.work().join("runc-by-name.calls");
+    renamed_runc(&env.containerd.dir().join("bin"), "runc-by-name", &record2);
+    env.run("c2")
+        .rm()
+        .runtime_binary("runc-by-name")
+        .run(&["sh", "-c", "exit 3"])
+        .expect_code(3);
+    assert!(
+        subcommands(&record2).contains("create"),
+        "runc-by-name was used: {}",
+        subcommands(&record2)
+    );
+}
+
+#[test]
+fn runtime_root_is_honoured() {
+    let env = Env::new("runtime_root");
+    let root = env.work().join("rt-root");
+    env.run("c1")
+        .detach()
+        .runtime_root(&root)
+        .run(&["sleep", "1000"])
+        .expect_ok();
+    env.ctr.wait_status("c1", "RUNNING", secs(10));
+    // runc keeps ROOT/[namespace/]ID/state.json (the Go shim adds the namespace).
+    let state = find_state(&root, "c1");
+    assert!(
+        state.is_some(),
+        "runc state of c1 under {}: {:?}",
+        root.display(),
+        list(&root)
+    );
+    env.ctr.kill("c1", "SIGKILL", false).expect_ok();
+    env.ctr.wait_status("c1", "STOPPED", secs(10));
+    env.ctr.rm_task("c1");
+    assert!(
+        find_state(&root, "c1").is_none(),
+        "runc state removed with the task: {:?}",
+        list(&root)
+    );
+}
+
+fn find_state(root: &Path, id: &str) -> Option<PathBuf> {
+    let direct = root.join(id).join("state.json");
+    if direct.exists() {
+        return Some(direct);
+    }
+    fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join(id).join("state.json"))
+        .find(|p| p.exists())
+}
+
+fn list(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            out.push(e.path().display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) && out.len() < 200 {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn crun_binary() {
+    let env = Env::new("crun_binary");
+    if which("crun").is_none() {
+        panic!("crun not found: apt-get install crun");
+    }
+    let out = env
+        .run("c1")
+        .detach()
+        .runtime_binary("crun")
+        .run(&["sleep", "1000"]);
+    if !out.ok() {
+        // crun 1.8 (Debian 12) refuses cgroup v1 "hybrid" hosts. Only that may skip the test.
+        if out.stderr.contains("cgroups in hybrid mode not supported") {
+            skip(
+                "crun_binary",
+                &format!("crun refuses this host: {}", out.stderr.trim()),
+            );
+            return;
+        }
+        panic!("crun run failed:\n{out}");
+    }
+    env.ctr.wait_status("c1", "RUNNING", secs(10));
+    env.exec("c1", "e1", &["echo", "hello-crun"]).expect_ok();
+    env.ctr.kill("c1", "SIGKILL", false).expect_ok();
+    env.ctr.wait_status("c1", "STOPPED", secs(10));
+    assert_eq!(env.ctr.rm_task("c1"), 137);
+}
+
+#[test]
+fn tether_config_file_and_defaults() {
+    let env = Env::new("tether_config");
+    if !env.runtime.is_tether() {
+        skip(
+            "tether_config_file_and_defaults",
+            &format!("tether-only (runtime is {})", env.runtime.name),
+        );
+        return;
+    }
+    let ctr = &env.ctr;
+
+    // No runtime options at all: runc on PATH, state under /run/tether/<namespace>.
+    env.run("c0")
+        .detach()
+        .no_options()
+        .run(&["sleep", "1000"])
+        .expect_ok();
+    ctr.wait_status("c0", "RUNNING", secs(10));
+    let default_state = Path::new("/run/tether")
+        .join(&env.ns)
+        .join("c0")
+        .join("state.json");
+    assert!(
+        default_state.exists(),
+        "default runc root: {} exists",
+        default_state.display()
+    );
+    ctr.kill("c0", "SIGKILL", false).expect_ok();
+    ctr.wait_status("c0", "STOPPED", secs(10));
+    assert_eq!(ctr.rm_task("c0"), 137);
+
+    // Every key spelled out.
+    let root = env.work().join("root-all-keys");
+    let config = TetherConfig {
+        executor: Some("runc".into()),
+        binary: Some("runc".into()),
+        root: Some(root.clone()),
+        systemd_cgroup: Some(false),
+    }
+    .write(&env.work().join("all-keys.toml"));
+    let out = env
+        .run("c1")
+        .rm()
+        .config_path(&config)
+        .run(&["sh", "-c", "echo configured; exit 4"]);
+    out.expect_code(4);
+    assert_eq!(out.stdout, "configured\n");
+    assert!(root.exists(), "[runc] root was used: {}", root.display());
+}
+
+#[test]
+fn tether_bad_config_is_a_clear_error() {
+    let env = Env::new("tether_bad_config");
+    if !env.runtime.is_tether() {
+        skip(
+            "tether_bad_config_is_a_clear_error",
+            &format!("tether-only (runtime is {})", env.runtime.name),
+        );
+        return;
+    }
+    let ctr = &env.ctr;
+
+    // A value of the wrong type: the error names the file and the key.
+    let bad_type = env.work().join("bad-type.toml");
+    fs::write(&bad_type, "[runc]\nbinary = 42\n").unwrap();
+    let out = env.run("c1").detach().config_path(&bad_type).run(&["true"]);
+    out.expect_failure()
+        .expect_stderr(&bad_type.display().to_string())
+        .expect_stderr("binary");
+
+    // A misspelt key is not silently ignored.
+    let typo = env.work().join("typo.toml");
+    fs::write(&typo, "[runc]\nbinnary = \"runc\"\n").unwrap();
+    let out = env.run("c2").detach().config_path(&typo).run(&["true"]);
+    out.expect_failure()
+        .expect_stderr(&typo.display().to_string())
+        .expect_stderr("binnary");
+
+    // A config file that does not exist.
+    let missing = env.work().join("missing.toml");
+    let out = env.run("c3").detach().config_path(&missing).run(&["true"]);
+    out.expect_failure()
+        .expect_stderr(&missing.display().to_string());
+
+    // A runtime binary that does not exist: Create fails, nothing is left running.
+    let out = env
+        .run("c4")
+        .detach()
+        .runtime_binary("/no/such/runc")
+        .run(&["true"]);
+    out.expect_failure();
+    assert!(ctr.task("c4").is_none(), "no task after a failed create");
+
+    // None of this hurt anything: a good run works.
+    env.run("c5").rm().run(&["echo", "fine"]).expect_ok();
+    // The failed creates left no shim behind.
+    assert!(
+        wait_until(secs(10), || env
+            .containerd
+            .shim_processes()
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "shims still running: {:?}",
+        env.containerd.shim_processes()
+    );
+}

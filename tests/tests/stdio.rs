@@ -1,0 +1,209 @@
+//! Terminals and log URIs.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use tether_tests::env::Env;
+use tether_tests::{secs, wait_until};
+
+/// Prints "tty-yes" if stdin is a terminal, then the terminal size once it is `want` (ctr
+/// resizes the pty just after the task started, so poll briefly), then exits 6.
+fn tty_probe(want: &str) -> String {
+    format!(
+        "[ -t 0 ] && [ -t 1 ] && echo tty-yes; \
+         for i in $(seq 1 100); do s=$(stty size 2>/dev/null); [ \"$s\" = \"{want}\" ] && break; sleep 0.05; done; \
+         echo \"size=$s\"; exit 6"
+    )
+}
+
+#[test]
+fn tty_run_and_resize() {
+    let env = Env::new("tty_run");
+    let out = env
+        .run("t1")
+        .rm()
+        .tty()
+        .run_on_tty(&["sh", "-c", &tty_probe("45 123")], 123, 45);
+    out.expect_code(6);
+    let lines = out.stdout_lines();
+    assert!(
+        lines.iter().any(|l| l == "tty-yes"),
+        "the init has a terminal: {out}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "size=45 123"),
+        "ResizePty reached the pty: {out}"
+    );
+}
+
+#[test]
+fn tty_exec_and_resize() {
+    let env = Env::new("tty_exec");
+    env.run("c1").detach().run(&["sleep", "1000"]).expect_ok();
+    env.ctr.wait_status("c1", "RUNNING", secs(10));
+    let args = env.ctr.exec_args(
+        &["--tty"],
+        "c1",
+        "tty-exec",
+        &["sh", "-c", &tty_probe("30 100")],
+    );
+    let out = env.ctr.run_on_tty(&args, 100, 30);
+    out.expect_code(6);
+    let lines = out.stdout_lines();
+    assert!(
+        lines.iter().any(|l| l == "tty-yes"),
+        "the exec has a terminal: {out}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "size=30 100"),
+        "ResizePty reached the exec's pty: {out}"
+    );
+    // A non-tty exec next to it still gets pipes.
+    let out = env.exec(
+        "c1",
+        "plain",
+        &["sh", "-c", "[ -t 1 ] && echo tty || echo no-tty"],
+    );
+    out.expect_ok();
+    assert_eq!(out.stdout, "no-tty\n");
+}
+
+/// Waits until `path` exists and satisfies `pred`; returns its contents.
+fn wait_file(path: &Path, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    wait_until(timeout, || {
+        last = fs::read_to_string(path).unwrap_or_default();
+        pred(&last).then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("{} never matched; contents: {last:?}", path.display()))
+}
+
+#[test]
+fn log_uri_file() {
+    let env = Env::new("log_uri_file");
+    let log = env.work().join("c1.log");
+    let out = env
+        .run("c1")
+        .rm()
+        .log_uri(&format!("file://{}", log.display()))
+        .run(&["sh", "-c", "echo out1; echo err1 >&2; exit 2"]);
+    out.expect_code(2);
+    assert_eq!(out.stdout, "", "output went to the file, not to ctr");
+    let text = wait_file(&log, secs(5), |t| t.contains("out1") && t.contains("err1"));
+    assert_eq!(text.lines().count(), 2, "{text:?}");
+
+    // A detached task's output, all of it.
+    let log2 = env.work().join("c2.log");
+    env.run("c2")
+        .detach()
+        .log_uri(&format!("file://{}", log2.display()))
+        .run(&["seq", "1", "50000"])
+        .expect_ok();
+    env.ctr.wait_status("c2", "STOPPED", secs(20));
+    let text = wait_file(&log2, secs(10), |t| t.ends_with("50000\n"));
+    let expected: String = (1..=50000).map(|i| format!("{i}\n")).collect();
+    assert!(
+        text == expected,
+        "file log has all 50000 lines ({} bytes)",
+        text.len()
+    );
+    assert_eq!(env.ctr.rm_task("c2"), 0);
+}
+
+#[test]
+fn log_uri_binary() {
+    let env = Env::new("log_uri_binary");
+    let dir = env.work().join("binlog");
+    fs::create_dir_all(&dir).unwrap();
+    // The binary logging protocol: fd 3 = the task's stdout, fd 4 = stderr, fd 5 = a pipe the
+    // logger closes when it is ready; CONTAINER_ID / CONTAINER_NAMESPACE in the environment;
+    // the URI's query (?dir=X) arrives as arguments ("dir X").
+    let logger = env.work().join("logger.sh");
+    fs::write(
+        &logger,
+        "#!/bin/sh\n\
+         while [ $# -gt 1 ]; do [ \"$1\" = dir ] && d=\"$2\"; shift 2; done\n\
+         echo \"$CONTAINER_NAMESPACE/$CONTAINER_ID\" > \"$d/meta\"\n\
+         cat <&3 >\"$d/stdout\" 5>&- &\n\
+         cat <&4 >\"$d/stderr\" 5>&- &\n\
+         exec 5>&-\n\
+         wait\n",
+    )
+    .unwrap();
+    fs::set_permissions(&logger, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let uri = format!("binary://{}?dir={}", logger.display(), dir.display());
+    let out = env.run("c1").rm().log_uri(&uri).run(&[
+        "sh",
+        "-c",
+        "echo out2; seq 1 20000; echo err2 >&2; exit 0",
+    ]);
+    out.expect_ok();
+    let meta = wait_file(&dir.join("meta"), secs(5), |t| !t.is_empty());
+    assert_eq!(meta.trim(), format!("{}/c1", env.ns), "logger environment");
+    let stdout = wait_file(&dir.join("stdout"), secs(5), |t| t.ends_with("20000\n"));
+    assert!(
+        stdout.starts_with("out2\n1\n2\n"),
+        "{}",
+        &stdout[..stdout.len().min(200)]
+    );
+    assert_eq!(stdout.lines().count(), 20001);
+    wait_file(&dir.join("stderr"), secs(5), |t| t == "err2\n");
+}
+
+#[test]
+fn detached_output_waits_for_a_reader() {
+    let env = Env::new("detached_output");
+    let ctr = &env.ctr;
+    // The task writes only once the test creates /tmp/go in the (host-visible) rootfs, after
+    // `ctr run -d` has left: nobody reads the stdout FIFO then. The writes must neither fail
+    // (no EPIPE/SIGPIPE: the shim holds a read end) nor be dropped; past the pipe buffers
+    // they wait until someone attaches. 170 kB is more than a FIFO holds.
+    env.run("c1")
+        .detach()
+        .run(&[
+            "sh",
+            "-c",
+            "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo early; seq 1 30000; echo written > /tmp/flag; \
+             trap 'exit 0' TERM; while :; do sleep 0.1; done",
+        ])
+        .expect_ok();
+    let task = ctr.wait_status("c1", "RUNNING", secs(10));
+    fs::write(env.rootfs.join("tmp/go"), "").unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        ctr.status("c1").as_deref(),
+        Some("RUNNING"),
+        "the task survives having no reader"
+    );
+    assert!(tether_tests::env::pid_alive(task.pid));
+
+    let mut attach = ctr.spawn(&["task", "attach", "c1"]);
+    assert!(
+        attach.wait_for_stdout("\n30000\n", secs(15)),
+        "attach got the buffered and held-back output: {} bytes",
+        attach.stdout_so_far().len()
+    );
+    let flag = env.rootfs.join("tmp/flag");
+    assert!(
+        wait_until(secs(10), || flag.exists().then_some(())).is_some(),
+        "the writer went on once drained"
+    );
+    // ctr attach waits for the task, then deletes it.
+    ctr.kill("c1", "SIGTERM", false).expect_ok();
+    let out = attach.finish(secs(15));
+    out.expect_ok();
+    let expected: String = std::iter::once("early\n".to_owned())
+        .chain((1..=30000).map(|i| format!("{i}\n")))
+        .collect();
+    assert!(
+        out.stdout == expected,
+        "all output, once, in order ({} bytes of {}; starts {:?})",
+        out.stdout.len(),
+        expected.len(),
+        &out.stdout[..out.stdout.len().min(40)]
+    );
+    ctr.wait_gone("c1", secs(10));
+}
