@@ -15,6 +15,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A helper program the operation needs is not installed (e.g. criu for checkpoints).
+    #[error("{tool} is not installed or not executable ({path:?}); it is needed to {purpose}")]
+    MissingTool {
+        tool: &'static str,
+        path: PathBuf,
+        purpose: &'static str,
+    },
     /// The runtime ran and reported a failure; `message` is its own words (from its log).
     #[error("{binary} {op} failed: {message}")]
     Runtime {

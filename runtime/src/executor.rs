@@ -48,6 +48,43 @@ pub struct ExecOpts {
     pub stdio: Stdio,
 }
 
+/// CRIU settings shared by checkpoint and restore.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CriuOpts {
+    /// Where the checkpoint images are written (checkpoint) or read (restore).
+    pub image_path: PathBuf,
+    /// Where CRIU writes its work files and log (`dump.log`, `restore.log`).
+    pub work_path: PathBuf,
+    /// Allow established TCP connections.
+    pub open_tcp: bool,
+    /// Allow external unix sockets.
+    pub external_unix_sockets: bool,
+    /// Allow a terminal (shell job).
+    pub terminal: bool,
+    /// Checkpoint and restore file locks.
+    pub file_locks: bool,
+    /// Namespaces to create but not restore the properties of (e.g. `network`).
+    pub empty_namespaces: Vec<String>,
+    /// How CRIU handles cgroups: `soft`, `full` or `strict`; `None` is the runtime's default.
+    pub cgroups_mode: Option<String>,
+}
+
+/// What [`Executor::checkpoint`] needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointOpts {
+    pub criu: CriuOpts,
+    /// Keep the container running after the checkpoint (otherwise it exits).
+    pub leave_running: bool,
+}
+
+/// What [`Executor::restore`] needs: a container to create, running from a checkpoint.
+#[derive(Debug)]
+pub struct RestoreOpts {
+    /// The container to create; its process comes from the images instead of the spec.
+    pub create: CreateOpts,
+    pub criu: CriuOpts,
+}
+
 /// The runtime's view of a container's status (`runc state`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerState {
@@ -95,4 +132,15 @@ pub trait Executor: Send + Sync {
 
     /// The pids of every process in the container.
     fn ps(&self, id: &str) -> Result<Vec<i32>>;
+
+    /// Applies new resource limits: `resources` is an OCI runtime spec `LinuxResources`
+    /// object as JSON.
+    fn update(&self, id: &str, resources: &[u8]) -> Result<()>;
+
+    /// Checkpoints the running container with CRIU into `opts.criu.image_path`.
+    fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()>;
+
+    /// Creates a container from a checkpoint and resumes its processes; returns the restored
+    /// init's pid, a child of the shim from then on.
+    fn restore(&self, opts: RestoreOpts) -> Result<i32>;
 }

@@ -14,5 +14,5 @@ pub mod runc;
 pub mod waiter;
 
 pub use error::{Error, Result};
-pub use executor::{ContainerState, CreateOpts, ExecOpts, Executor, Stdio};
+pub use executor::{CheckpointOpts, ContainerState, CreateOpts, CriuOpts, ExecOpts, Executor, RestoreOpts, Stdio};
 pub use waiter::{ChildWaiter, DirectWaiter};

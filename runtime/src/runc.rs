@@ -18,7 +18,8 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    ChildWaiter, ContainerState, CreateOpts, Error, ExecOpts, Executor, Result, Stdio,
+    CheckpointOpts, ChildWaiter, ContainerState, CreateOpts, CriuOpts, Error, ExecOpts, Executor, RestoreOpts,
+    Result, Stdio,
 };
 
 /// Settings of a [`RuncExecutor`].
@@ -30,6 +31,9 @@ pub struct RuncConfig {
     pub root: PathBuf,
     /// Let systemd manage the container's cgroups (`--systemd-cgroup`).
     pub systemd_cgroup: bool,
+    /// The CRIU binary for checkpoint and restore (`--criu`): a path, or a name looked up on
+    /// PATH; `None` is the runtime's default, `criu` on PATH.
+    pub criu: Option<PathBuf>,
 }
 
 /// Runs containers by forking a runc-compatible binary.
@@ -79,11 +83,7 @@ impl RuncExecutor {
             .mode(0o700)
             .create(&self.config.root)
             .map_err(|e| Error::io(format!("creating runtime root {}", self.config.root.display()), e))?;
-        let seq = self.log_seq.fetch_add(1, Ordering::Relaxed);
-        let log = self
-            .config
-            .root
-            .join(format!(".tether-{}-{op}-{seq}.log", std::process::id()));
+        let log = self.scratch_file(op, "log");
 
         let mut cmd = Command::new(&self.config.binary);
         cmd.arg("--root")
@@ -94,6 +94,9 @@ impl RuncExecutor {
             .arg("json");
         if self.config.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
+        }
+        if let Some(criu) = &self.config.criu {
+            cmd.arg("--criu").arg(criu);
         }
         cmd.args(args);
         let capture = stdio.is_none();
@@ -144,6 +147,24 @@ impl RuncExecutor {
         })
     }
 
+    /// A file under the root private to one call (`op`) of this shim.
+    fn scratch_file(&self, op: &str, ext: &str) -> PathBuf {
+        let seq = self.log_seq.fetch_add(1, Ordering::Relaxed);
+        self.config
+            .root
+            .join(format!(".tether-{}-{op}-{seq}.{ext}", std::process::id()))
+    }
+
+    /// Fails with [`Error::MissingTool`] unless the CRIU binary can be found, so that a host
+    /// without CRIU gets a plain answer instead of the runtime's exec error.
+    fn require_criu(&self, purpose: &'static str) -> Result<()> {
+        let criu = self.config.criu.clone().unwrap_or_else(|| PathBuf::from("criu"));
+        if find_executable(&criu).is_some() {
+            return Ok(());
+        }
+        Err(Error::MissingTool { tool: "criu", path: criu, purpose })
+    }
+
     /// Maps the runtime's "no such container" to [`Error::NotFound`].
     fn not_found_as(&self, id: &str, err: Error) -> Error {
         match err {
@@ -153,6 +174,56 @@ impl RuncExecutor {
             other => other,
         }
     }
+}
+
+/// `name` itself when it is a path, else the first executable `name` on PATH.
+fn find_executable(name: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if name.components().count() > 1 {
+        return executable(name).then(|| name.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| executable(p))
+}
+
+/// The runtime's flags for CRIU settings shared by `checkpoint` and `restore`.
+fn criu_args(opts: &CriuOpts) -> Vec<OsString> {
+    let mut args = vec![
+        os("--image-path"),
+        opts.image_path.clone().into(),
+        os("--work-path"),
+        opts.work_path.clone().into(),
+    ];
+    for (on, flag) in [
+        (opts.open_tcp, "--tcp-established"),
+        (opts.external_unix_sockets, "--ext-unix-sk"),
+        (opts.terminal, "--shell-job"),
+        (opts.file_locks, "--file-locks"),
+    ] {
+        if on {
+            args.push(os(flag));
+        }
+    }
+    for ns in &opts.empty_namespaces {
+        args.extend([os("--empty-ns"), os(ns)]);
+    }
+    if let Some(mode) = &opts.cgroups_mode {
+        args.extend([os("--manage-cgroups-mode"), os(mode)]);
+    }
+    args
+}
+
+/// `create`'s flags (and `restore`'s, which shares them) for how the container is set up.
+fn create_args(opts: &CreateOpts) -> Vec<OsString> {
+    let mut args = vec![os("--bundle"), opts.bundle.clone().into(), os("--pid-file"), opts.pid_file.clone().into()];
+    if let Some(sock) = &opts.console_socket {
+        args.extend([os("--console-socket"), sock.clone().into()]);
+    }
+    if opts.no_pivot_root {
+        args.push(os("--no-pivot"));
+    }
+    args
 }
 
 fn into_stdio(fd: Option<std::os::fd::OwnedFd>) -> ProcStdio {
@@ -220,15 +291,8 @@ impl Executor for RuncExecutor {
     }
 
     fn create(&self, opts: CreateOpts) -> Result<i32> {
-        let mut args = vec![os("create"), os("--bundle"), opts.bundle.into(), os("--pid-file")];
-        args.push(opts.pid_file.clone().into());
-        if let Some(sock) = opts.console_socket {
-            args.push(os("--console-socket"));
-            args.push(sock.into());
-        }
-        if opts.no_pivot_root {
-            args.push(os("--no-pivot"));
-        }
+        let mut args = vec![os("create")];
+        args.extend(create_args(&opts));
         if opts.no_new_keyring {
             args.push(os("--no-new-keyring"));
         }
@@ -329,6 +393,37 @@ impl Executor for RuncExecutor {
         })?;
         Ok(pids.unwrap_or_default())
     }
+
+    fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
+        let file = self.scratch_file("update", "json");
+        fs::write(&file, resources).map_err(|e| Error::io(format!("writing {}", file.display()), e))?;
+        let result = self.run("update", vec![os("update"), os("--resources"), file.clone().into(), os(id)], None);
+        let _ = fs::remove_file(&file);
+        result.map(drop).map_err(|e| self.not_found_as(id, e))
+    }
+
+    fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
+        self.require_criu("checkpoint a container")?;
+        let mut args = vec![os("checkpoint")];
+        args.extend(criu_args(&opts.criu));
+        if opts.leave_running {
+            args.push(os("--leave-running"));
+        }
+        args.push(os(id));
+        self.run("checkpoint", args, None).map(drop).map_err(|e| self.not_found_as(id, e))
+    }
+
+    fn restore(&self, opts: RestoreOpts) -> Result<i32> {
+        self.require_criu("restore a container from a checkpoint")?;
+        // --detach: runc returns once the processes run; --no-subreaper: the shim is the
+        // subreaper that reaps them.
+        let mut args = vec![os("restore"), os("--detach"), os("--no-subreaper")];
+        args.extend(create_args(&opts.create));
+        args.extend(criu_args(&opts.criu));
+        args.push(os(&opts.create.id));
+        self.run("restore", args, Some(opts.create.stdio))?;
+        read_pid(&opts.create.pid_file)
+    }
 }
 
 #[cfg(test)]
@@ -369,6 +464,7 @@ mod tests {
                 binary: "/nonexistent/runc-binary".into(),
                 root: dir.clone(),
                 systemd_cgroup: false,
+                criu: None,
             },
             Arc::new(crate::DirectWaiter),
         );

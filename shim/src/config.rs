@@ -44,6 +44,8 @@ pub struct RuncSection {
     /// Use systemd to manage cgroups.
     #[serde(default)]
     pub systemd_cgroup: bool,
+    /// The CRIU binary for checkpoint/restore: a path or a name on PATH (default `criu`).
+    pub criu: Option<PathBuf>,
 }
 
 /// The resolved settings of one container's executor. Persisted in the bundle so that the
@@ -54,6 +56,8 @@ pub struct Settings {
     pub binary: PathBuf,
     pub root: PathBuf,
     pub systemd_cgroup: bool,
+    #[serde(default)]
+    pub criu: Option<PathBuf>,
 }
 
 impl Settings {
@@ -64,6 +68,7 @@ impl Settings {
             binary: "runc".into(),
             root: Path::new(DEFAULT_ROOT).join(namespace),
             systemd_cgroup: false,
+            criu: None,
         }
     }
 
@@ -114,6 +119,9 @@ impl Settings {
             self.root = root.clone();
         }
         self.systemd_cgroup = file.runc.systemd_cgroup;
+        if let Some(criu) = &file.runc.criu {
+            self.criu = Some(criu.clone());
+        }
     }
 
     /// The runc-CLI executor's configuration.
@@ -122,6 +130,7 @@ impl Settings {
             binary: self.binary.clone(),
             root: self.root.clone(),
             systemd_cgroup: self.systemd_cgroup,
+            criu: self.criu.clone(),
         }
     }
 }

@@ -23,6 +23,9 @@ pub enum Error {
     /// The configuration named by the runtime options is wrong.
     #[error("tether config {path}: {message}")]
     Config { path: String, message: String },
+    /// CRIU failed to checkpoint or restore; its log was kept at `log`.
+    #[error("{message} (criu log: {})", log.display())]
+    Criu { message: String, log: std::path::PathBuf },
     /// The executor (OCI runtime) failed.
     #[error(transparent)]
     Runtime(#[from] tether_runtime::Error),
@@ -57,7 +60,8 @@ impl Error {
             {
                 Code::FAILED_PRECONDITION
             }
-            Error::Runtime(_) | Error::Io { .. } => Code::INTERNAL,
+            Error::Runtime(tether_runtime::Error::MissingTool { .. }) => Code::FAILED_PRECONDITION,
+            Error::Runtime(_) | Error::Io { .. } | Error::Criu { .. } => Code::INTERNAL,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `containerd-shim-tether-v2`: the shim containerd starts for each task (or pod) of the
 //! runtime type `io.containerd.tether.v2`.
 
+mod cgroup;
 mod cli;
 mod config;
 mod error;
@@ -8,8 +9,10 @@ mod events;
 mod launch;
 mod logger;
 mod mount;
+mod oom;
 mod process;
 mod reaper;
+mod resources;
 mod service;
 mod stdio;
 mod sys;
@@ -25,7 +28,7 @@ use std::{
 
 use tether_protos::ttrpc;
 
-use crate::{cli::Action, events::Publisher, process::Table, reaper::Reaper, service::TaskService};
+use crate::{cli::Action, events::Publisher, oom::OomMonitor, process::Table, reaper::Reaper, service::TaskService};
 
 /// The listener `start` hands to `serve`.
 const LISTENER_FD: i32 = 3;
@@ -81,7 +84,8 @@ fn serve(args: &cli::Args) -> Result<(), String> {
     }
     let reaper = Reaper::start().map_err(|e| format!("starting the reaper: {e}"))?;
     let events = Publisher::start(std::env::var("TTRPC_ADDRESS").ok(), &args.namespace);
-    let table = Table::new(&args.namespace, reaper, events.clone());
+    let oom = OomMonitor::start(events.clone()).map_err(|e| format!("starting the OOM monitor: {e}"))?;
+    let table = Table::new(&args.namespace, reaper, events.clone(), oom);
     let socket = args.socket.clone();
     let service = Arc::new(TaskService::new(table, move || {
         let events = events.clone();

@@ -24,19 +24,29 @@ use std::{
 
 use tether_protos::{
     api,
-    events::task::{TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused, TaskResumed, TaskStart},
+    events::task::{
+        TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+        TaskResumed, TaskStart,
+    },
     protobuf::well_known_types::any::Any,
-    runc_options::ProcessDetails,
+    protobuf::Message,
+    runc_options::{CheckpointOptions, ProcessDetails},
     topics,
 };
-use tether_runtime::{runc::{exit_code, RuncExecutor}, CreateOpts, ExecOpts, Executor};
+use tether_runtime::{
+    runc::{exit_code, RuncExecutor},
+    CheckpointOpts, CreateOpts, CriuOpts, ExecOpts, Executor, RestoreOpts,
+};
 
 use crate::{
+    cgroup::Cgroup,
     config::Settings,
     error::{Error, Result},
     events::{timestamp, to_any, Publisher},
     mount,
+    oom::OomMonitor,
     reaper::{Exit, Reaper},
+    resources,
     stdio::{ProcessIo, StdioSpec},
 };
 
@@ -47,6 +57,8 @@ const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SETTINGS_FILE: &str = "tether.json";
 /// The file in the bundle where the runtime writes the init's pid.
 pub const INIT_PID_FILE: &str = "init.pid";
+/// CRIU's work directory in the bundle when the request names none.
+const CRIU_WORK_DIR: &str = "criu-work";
 
 /// Where a process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +158,10 @@ struct Container {
     /// The init's exit, held back until every exec's exit has been reported.
     deferred_init_exit: Option<Exit>,
     rootfs: Option<PathBuf>,
+    /// The container's cgroup, found once its init exists (`None` if it could not be read).
+    cgroup: Option<Cgroup>,
+    /// Restored from a checkpoint at Create: its processes already run, Start only says so.
+    restored: bool,
     lifecycle: Arc<Mutex<()>>,
 }
 
@@ -180,6 +196,16 @@ pub struct CreateRequest {
     pub rootfs: Vec<api::Mount>,
     pub stdio: StdioSpec,
     pub options: Option<Any>,
+    /// A checkpoint image directory to restore the container from, instead of its spec.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// What Checkpoint needs.
+pub struct CheckpointRequest {
+    /// Where containerd wants the images (used unless the options name an image path).
+    pub path: PathBuf,
+    /// containerd's runc `CheckpointOptions`, when sent.
+    pub options: Option<Any>,
 }
 
 /// A process's exit as Delete and Wait report it.
@@ -200,12 +226,14 @@ pub struct Table {
     changed: Condvar,
     reaper: Arc<Reaper>,
     events: Arc<Publisher>,
+    oom: Arc<OomMonitor>,
     exits: Mutex<mpsc::Sender<ExitMsg>>,
 }
 
 impl Table {
-    /// A table publishing to `events`, learning of exits from `reaper`.
-    pub fn new(namespace: &str, reaper: Arc<Reaper>, events: Arc<Publisher>) -> Arc<Table> {
+    /// A table publishing to `events`, learning of exits from `reaper` and of OOM kills
+    /// from `oom`.
+    pub fn new(namespace: &str, reaper: Arc<Reaper>, events: Arc<Publisher>, oom: Arc<OomMonitor>) -> Arc<Table> {
         let (tx, rx) = mpsc::channel::<ExitMsg>();
         let table = Arc::new(Table {
             namespace: namespace.to_string(),
@@ -214,6 +242,7 @@ impl Table {
             changed: Condvar::new(),
             reaper,
             events,
+            oom,
             exits: Mutex::new(tx),
         });
         let weak = Arc::downgrade(&table);
@@ -307,7 +336,7 @@ impl Table {
             }
         };
         let spawned = Instant::now();
-        let created = executor.create(CreateOpts {
+        let opts = CreateOpts {
             id: req.id.clone(),
             bundle: req.bundle.clone(),
             pid_file: req.bundle.join(INIT_PID_FILE),
@@ -315,8 +344,21 @@ impl Table {
             stdio,
             no_pivot_root: false,
             no_new_keyring: false,
-        });
-        let pid = match created.map_err(Error::from).and_then(|pid| io.start(console).map(|()| pid)) {
+        };
+        let created = match &req.checkpoint {
+            None => executor.create(opts).map_err(Error::from),
+            Some(image) => {
+                let criu = CriuOpts {
+                    image_path: image.clone(),
+                    work_path: req.bundle.join(CRIU_WORK_DIR),
+                    terminal: req.stdio.terminal,
+                    ..Default::default()
+                };
+                let restored = executor.restore(RestoreOpts { create: opts, criu: criu.clone() });
+                restored.map_err(|e| criu_failure(e, &criu.work_path, &req.bundle, "restore"))
+            }
+        };
+        let pid = match created.and_then(|pid| io.start(console).map(|()| pid)) {
             Ok(pid) => pid,
             Err(e) => {
                 let _ = executor.delete(&req.id, true);
@@ -328,6 +370,14 @@ impl Table {
         let mut init = Process::new("", req.stdio.clone());
         init.pid = pid;
         init.io = Some(Arc::new(io));
+        let cgroup = Cgroup::of_pid(pid)
+            .inspect_err(|e| log::warn!("container {}: cannot read its cgroup: {e}; no stats or OOM events", req.id))
+            .ok();
+        if let Some(cg) = &cgroup {
+            if let Err(e) = self.oom.watch(&req.id, cg) {
+                log::warn!("container {}: cannot watch for OOM kills: {e}", req.id);
+            }
+        }
         self.lock().insert(
             req.id.clone(),
             Container {
@@ -337,6 +387,8 @@ impl Table {
                 execs: HashMap::new(),
                 deferred_init_exit: None,
                 rootfs,
+                cgroup,
+                restored: req.checkpoint.is_some(),
                 lifecycle: Arc::default(),
             },
         );
@@ -367,16 +419,18 @@ impl Table {
         let lifecycle = self.lifecycle(id)?;
         let _serial = lifecycle.lock().unwrap();
         if exec_id.is_empty() {
-            let executor = self.with(id, |c| {
+            let (executor, restored) = self.with(id, |c| {
                 if c.init.status != Status::Created {
                     return Err(Error::FailedPrecondition(format!(
                         "container {id} is {:?}, not created",
                         c.init.status
                     )));
                 }
-                Ok(c.executor.clone())
+                Ok((c.executor.clone(), c.restored))
             })?;
-            executor.start(id)?;
+            if !restored {
+                executor.start(id)?;
+            }
             let pid = self.with(id, |c| {
                 c.init.transition(Status::Running)?;
                 Ok(c.init.pid as u32)
@@ -536,6 +590,7 @@ impl Table {
         if matches!(status, Status::Running | Status::Paused) {
             return Err(Error::FailedPrecondition(format!("container {id} is still running; kill it first")));
         }
+        self.oom.unwatch(id);
         executor.delete(id, true)?;
         let c = self.lock().remove(id).ok_or_else(|| Error::NotFound(format!("container {id}")))?;
         if let Some(t) = &c.rootfs {
@@ -616,6 +671,94 @@ impl Table {
             .collect())
     }
 
+    /// The container's cgroup metrics, in containerd's message for the host's cgroup mode.
+    pub fn stats(&self, id: &str) -> Result<Any> {
+        let cgroup = self.with(id, |c| {
+            c.cgroup.clone().ok_or_else(|| Error::NotFound(format!("cgroup of container {id}")))
+        })?;
+        if !cgroup.exists() {
+            return Err(Error::NotFound(format!("cgroup of container {id} (it has exited)")));
+        }
+        Ok(cgroup.metrics())
+    }
+
+    /// Applies new resource limits (an OCI `LinuxResources`, JSON in `resources`).
+    pub fn update(&self, id: &str, resources: &Any) -> Result<()> {
+        let json = resources::validate(resources)?;
+        let executor = self.with(id, |c| {
+            if c.init.status == Status::Stopped {
+                return Err(Error::FailedPrecondition(format!("container {id} has exited")));
+            }
+            Ok(c.executor.clone())
+        })?;
+        Ok(executor.update(id, &json)?)
+    }
+
+    /// Checkpoints the container with CRIU, and publishes /tasks/checkpointed.
+    pub fn checkpoint(&self, id: &str, req: CheckpointRequest) -> Result<()> {
+        let options = match &req.options {
+            Some(any) if !any.type_url.is_empty() => {
+                if !any.type_url.ends_with("containerd.runc.v1.CheckpointOptions") {
+                    return Err(Error::InvalidArgument(format!(
+                        "unsupported checkpoint options type {:?}: tether takes containerd.runc.v1.CheckpointOptions",
+                        any.type_url
+                    )));
+                }
+                CheckpointOptions::parse_from_bytes(&any.value)
+                    .map_err(|e| Error::InvalidArgument(format!("bad checkpoint options: {e}")))?
+            }
+            _ => CheckpointOptions::default(),
+        };
+        let lifecycle = self.lifecycle(id)?;
+        let _serial = lifecycle.lock().unwrap();
+        let (executor, bundle) = self.with(id, |c| {
+            if !c.init.is_live() {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {id} is {:?}; only a running or paused container can be checkpointed",
+                    c.init.status
+                )));
+            }
+            Ok((c.executor.clone(), c.bundle.clone()))
+        })?;
+        let image_path = if options.image_path.is_empty() { req.path.clone() } else { options.image_path.clone().into() };
+        if image_path.as_os_str().is_empty() {
+            return Err(Error::InvalidArgument("checkpoint needs an image path".into()));
+        }
+        let keep_work = !options.work_path.is_empty();
+        let work_path = if keep_work { PathBuf::from(&options.work_path) } else { bundle.join(CRIU_WORK_DIR) };
+        for dir in [&image_path, &work_path] {
+            fs::create_dir_all(dir)
+                .map_err(|e| Error::InvalidArgument(format!("checkpoint directory {}: {e}", dir.display())))?;
+        }
+        let opts = CheckpointOpts {
+            criu: CriuOpts {
+                image_path: image_path.clone(),
+                work_path: work_path.clone(),
+                open_tcp: options.open_tcp,
+                external_unix_sockets: options.external_unix_sockets,
+                terminal: options.terminal,
+                file_locks: options.file_locks,
+                empty_namespaces: options.empty_namespaces.clone(),
+                cgroups_mode: Some(options.cgroups_mode.clone()).filter(|m| !m.is_empty()),
+            },
+            leave_running: !options.exit,
+        };
+        let result = executor.checkpoint(id, &opts).map_err(|e| criu_failure(e, &work_path, &bundle, "dump"));
+        if !keep_work {
+            let _ = fs::remove_dir_all(&work_path);
+        }
+        result?;
+        self.events.publish(
+            topics::TASK_CHECKPOINTED_EVENT_TOPIC,
+            &TaskCheckpointed {
+                container_id: id.into(),
+                checkpoint: image_path.display().to_string(),
+                ..Default::default()
+            },
+        );
+        Ok(())
+    }
+
     fn io(&self, id: &str, exec_id: &str) -> Result<Arc<ProcessIo>> {
         self.with(id, |c| {
             let p = c.process(exec_id)?;
@@ -678,6 +821,8 @@ impl Table {
                 log::warn!("{id}/{exec_id}: output still open {OUTPUT_DRAIN_TIMEOUT:?} after exit; reporting the exit");
             }
         }
+        // An OOM kill is published before the exit it caused.
+        self.oom.check(id);
         let code = exit_code(exit.status) as u32;
         let pid = self.with(id, |c| {
             let p = c.process_mut(exec_id)?;
@@ -698,6 +843,19 @@ impl Table {
                 ..Default::default()
             },
         );
+    }
+}
+
+/// A failed CRIU run (`action` is `dump` or `restore`): keeps CRIU's log in the bundle
+/// (`criu-<action>.log`), since the work directory may be removed, and names it in the error.
+fn criu_failure(err: tether_runtime::Error, work: &Path, bundle: &Path, action: &str) -> Error {
+    if !matches!(err, tether_runtime::Error::Runtime { .. }) {
+        return err.into();
+    }
+    let kept = bundle.join(format!("criu-{action}.log"));
+    match fs::copy(work.join(format!("{action}.log")), &kept) {
+        Ok(_) => Error::Criu { message: err.to_string(), log: kept },
+        Err(_) => err.into(),
     }
 }
 

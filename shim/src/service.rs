@@ -18,7 +18,7 @@ use tether_protos::{
 use crate::{
     error::{Error, Result},
     events::timestamp,
-    process::{CreateRequest, Table},
+    process::{CheckpointRequest, CreateRequest, Table},
     stdio::StdioSpec,
 };
 
@@ -74,9 +74,6 @@ impl Task for TaskService {
             if req.bundle.is_empty() {
                 return Err(Error::InvalidArgument("create needs a bundle path".into()));
             }
-            if !req.checkpoint.is_empty() {
-                return Err(Error::Unimplemented("Create from a checkpoint"));
-            }
             let pid = self.table.create(CreateRequest {
                 id: req.id.clone(),
                 bundle: PathBuf::from(&req.bundle),
@@ -88,6 +85,7 @@ impl Task for TaskService {
                     terminal: req.terminal,
                 },
                 options: req.options.clone().into_option(),
+                checkpoint: Some(PathBuf::from(&req.checkpoint)).filter(|p| !p.as_os_str().is_empty()),
             })?;
             Ok(api::CreateTaskResponse { pid, ..Default::default() })
         })
@@ -127,7 +125,10 @@ impl Task for TaskService {
     }
 
     fn checkpoint(&self, _: &TtrpcContext, req: api::CheckpointTaskRequest) -> ttrpc::Result<Empty> {
-        traced("Checkpoint", &req.id, "", || Err(Error::Unimplemented("Checkpoint")))
+        traced("Checkpoint", &req.id, "", || {
+            let request = CheckpointRequest { path: PathBuf::from(&req.path), options: req.options.clone().into_option() };
+            self.table.checkpoint(&req.id, request).map(|()| Empty::new())
+        })
     }
 
     fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
@@ -169,7 +170,13 @@ impl Task for TaskService {
     }
 
     fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        traced("Update", &req.id, "", || Err(Error::Unimplemented("Update")))
+        traced("Update", &req.id, "", || {
+            let resources = req
+                .resources
+                .as_ref()
+                .ok_or_else(|| Error::InvalidArgument("update needs resources".into()))?;
+            self.table.update(&req.id, resources).map(|()| Empty::new())
+        })
     }
 
     fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> ttrpc::Result<api::WaitResponse> {
@@ -184,7 +191,9 @@ impl Task for TaskService {
     }
 
     fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> ttrpc::Result<api::StatsResponse> {
-        traced("Stats", &req.id, "", || Err(Error::Unimplemented("Stats")))
+        traced("Stats", &req.id, "", || {
+            Ok(api::StatsResponse { stats: Some(self.table.stats(&req.id)?).into(), ..Default::default() })
+        })
     }
 
     fn connect(&self, _: &TtrpcContext, req: api::ConnectRequest) -> ttrpc::Result<api::ConnectResponse> {

@@ -191,6 +191,8 @@ pub struct TetherConfig {
     pub root: Option<PathBuf>,
     /// `[runc] systemd_cgroup`.
     pub systemd_cgroup: Option<bool>,
+    /// `[runc] criu`: the CRIU binary.
+    pub criu: Option<String>,
 }
 
 impl TetherConfig {
@@ -208,6 +210,9 @@ impl TetherConfig {
         }
         if let Some(c) = self.systemd_cgroup {
             s += &format!("systemd_cgroup = {c}\n");
+        }
+        if let Some(c) = &self.criu {
+            s += &format!("criu = {}\n", toml_str(c));
         }
         s
     }

@@ -15,6 +15,7 @@ pub mod env;
 pub mod process;
 pub mod rootfs;
 pub mod runtime;
+pub mod shim;
 
 pub use containerd::Containerd;
 pub use ctr::{Ctr, Event, Events, PsRow, TaskRow};

@@ -139,3 +139,25 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .map(|d| d.join(name))
         .find(|p| is_executable(p))
 }
+
+/// A runc under another name: a wrapper that records each invocation, then runs the real runc.
+pub fn recording_runc(dir: &Path, name: &str, record: &Path) -> PathBuf {
+    let runc = which("runc")
+        .or_else(|| Some(PathBuf::from("/usr/sbin/runc")))
+        .filter(|p| p.exists())
+        .expect("runc not found: apt-get install runc");
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            record.display(),
+            runc.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}

@@ -2,33 +2,11 @@
 //! TOML; the Go shim: ctr's runc flags), crun, defaults, and bad configs.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use tether_tests::env::{skip, Env, TetherConfig};
-use tether_tests::runtime::which;
+use tether_tests::runtime::{recording_runc, which};
 use tether_tests::{secs, wait_until};
-
-/// A runc under another name: a wrapper that records each invocation, then runs the real runc.
-fn renamed_runc(dir: &Path, name: &str, record: &Path) -> PathBuf {
-    let runc = which("runc")
-        .or_else(|| Some(PathBuf::from("/usr/sbin/runc")))
-        .filter(|p| p.exists())
-        .expect("runc not found: apt-get install runc");
-    fs::create_dir_all(dir).unwrap();
-    let path = dir.join(name);
-    fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
-            record.display(),
-            runc.display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
 
 /// The words the runtime was called with (one invocation per line of `record`).
 fn subcommands(record: &Path) -> String {
@@ -42,7 +20,7 @@ fn runtime_binary_under_another_name() {
 
     // By path, outside any PATH.
     let record = env.work().join("my-runc.calls");
-    let my_runc = renamed_runc(&env.work().join("alt-bin"), "my-runc", &record);
+    let my_runc = recording_runc(&env.work().join("alt-bin"), "my-runc", &record);
     env.run("c1")
         .detach()
         .runtime_binary(&my_runc.display().to_string())
@@ -65,7 +43,7 @@ fn runtime_binary_under_another_name() {
 
     // By name, looked up on containerd's PATH (which the shim inherits).
     let record2 = env.work().join("runc-by-name.calls");
-    renamed_runc(&env.containerd.dir().join("bin"), "runc-by-name", &record2);
+    recording_runc(&env.containerd.dir().join("bin"), "runc-by-name", &record2);
     env.run("c2")
         .rm()
         .runtime_binary("runc-by-name")
@@ -200,6 +178,7 @@ fn tether_config_file_and_defaults() {
         binary: Some("runc".into()),
         root: Some(root.clone()),
         systemd_cgroup: Some(false),
+        criu: Some("criu".into()),
     }
     .write(&env.work().join("all-keys.toml"));
     let out = env

@@ -1,0 +1,89 @@
+//! A ttrpc client straight to a running shim, as containerd itself talks to it: for the task
+//! API calls that ctr 1.6 has no command for (Update) and for checking status codes exactly.
+
+use std::fs;
+use std::time::Duration;
+
+use tether_protos::{
+    api,
+    protobuf::{well_known_types::any::Any, Message, MessageField},
+    ttrpc::{self, Code},
+};
+
+use crate::env::Env;
+
+/// The OCI LinuxResources type URL containerd puts on Update's resources.
+pub const LINUX_RESOURCES: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+
+/// The task service under the name every shim serves (containerd 1.6/1.7 dial v2; the Go
+/// shim of containerd 1.6 knows no other).
+const TASK_SERVICE: &str = "containerd.task.v2.Task";
+/// How long a call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection to one shim's task service.
+pub struct ShimClient {
+    client: ttrpc::Client,
+}
+
+impl ShimClient {
+    /// Connects to the shim serving task `id` (its address is in the bundle's `address` file).
+    pub fn for_task(env: &Env, id: &str) -> ShimClient {
+        let file = env.containerd.bundle(&env.ns, id).join("address");
+        let address = fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let client = ttrpc::Client::connect(address.trim())
+            .unwrap_or_else(|e| panic!("connecting to shim {}: {e}", address.trim()));
+        ShimClient { client }
+    }
+
+    /// Calls task API `method` with `req`.
+    pub fn call<Resp: Message>(&self, method: &str, req: &impl Message) -> Result<Resp, ttrpc::Error> {
+        let request = ttrpc::Request {
+            service: TASK_SERVICE.into(),
+            method: method.into(),
+            timeout_nano: CALL_TIMEOUT.as_nanos() as i64,
+            payload: req.write_to_bytes().map_err(|e| ttrpc::Error::Others(e.to_string()))?,
+            ..Default::default()
+        };
+        let response = self.client.request(request)?;
+        Resp::parse_from_bytes(&response.payload).map_err(|e| ttrpc::Error::Others(e.to_string()))
+    }
+
+    /// Update with `resources`, an OCI LinuxResources JSON object.
+    pub fn update(&self, id: &str, resources: &str) -> Result<(), ttrpc::Error> {
+        let req = api::UpdateTaskRequest {
+            id: id.into(),
+            resources: MessageField::some(Any {
+                type_url: LINUX_RESOURCES.into(),
+                value: resources.as_bytes().to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.call::<tether_protos::protobuf::well_known_types::empty::Empty>("Update", &req).map(drop)
+    }
+
+    /// Stats of task `id`: the metrics Any.
+    pub fn stats(&self, id: &str) -> Result<Any, ttrpc::Error> {
+        let req = api::StatsRequest { id: id.into(), ..Default::default() };
+        let resp: api::StatsResponse = self.call("Stats", &req)?;
+        Ok(resp.stats.into_option().unwrap_or_default())
+    }
+}
+
+/// The status code of a failed call (`UNKNOWN` for transport errors).
+pub fn code_of(err: &ttrpc::Error) -> Code {
+    match err {
+        ttrpc::Error::RpcStatus(s) => s.code(),
+        _ => Code::UNKNOWN,
+    }
+}
+
+/// The status message of a failed call.
+pub fn message_of(err: &ttrpc::Error) -> String {
+    match err {
+        ttrpc::Error::RpcStatus(s) => s.message().to_string(),
+        other => other.to_string(),
+    }
+}
