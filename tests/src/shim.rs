@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use tether_protos::{
     api,
-    protobuf::{well_known_types::any::Any, Message, MessageField},
+    protobuf::{
+        well_known_types::{any::Any, empty::Empty},
+        Message, MessageField,
+    },
+    runc_options::CheckpointOptions,
     ttrpc::{self, Code},
 };
 
@@ -61,7 +65,7 @@ impl ShimClient {
             }),
             ..Default::default()
         };
-        self.call::<tether_protos::protobuf::well_known_types::empty::Empty>("Update", &req).map(drop)
+        self.call::<Empty>("Update", &req).map(drop)
     }
 
     /// Stats of task `id`: the metrics Any.
@@ -69,6 +73,51 @@ impl ShimClient {
         let req = api::StatsRequest { id: id.into(), ..Default::default() };
         let resp: api::StatsResponse = self.call("Stats", &req)?;
         Ok(resp.stats.into_option().unwrap_or_default())
+    }
+}
+
+impl ShimClient {
+    /// Checkpoint with containerd's runc `CheckpointOptions`.
+    pub fn checkpoint(&self, id: &str, options: &CheckpointOptions) -> Result<(), ttrpc::Error> {
+        let req = api::CheckpointTaskRequest {
+            id: id.into(),
+            options: MessageField::some(Any {
+                type_url: "containerd.runc.v1.CheckpointOptions".into(),
+                value: options.write_to_bytes().expect("encoding CheckpointOptions"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.call::<Empty>("Checkpoint", &req).map(drop)
+    }
+
+    /// Create, as containerd sends it.
+    pub fn create(&self, req: &api::CreateTaskRequest) -> Result<u32, ttrpc::Error> {
+        self.call::<api::CreateTaskResponse>("Create", req).map(|r| r.pid)
+    }
+
+    /// Start the init of `id`.
+    pub fn start(&self, id: &str) -> Result<u32, ttrpc::Error> {
+        let req = api::StartRequest { id: id.into(), ..Default::default() };
+        self.call::<api::StartResponse>("Start", &req).map(|r| r.pid)
+    }
+
+    /// Kill the init of `id` with `signal`.
+    pub fn kill(&self, id: &str, signal: u32) -> Result<(), ttrpc::Error> {
+        let req = api::KillRequest { id: id.into(), signal, ..Default::default() };
+        self.call::<Empty>("Kill", &req).map(drop)
+    }
+
+    /// Wait for the init of `id`; its exit status.
+    pub fn wait(&self, id: &str) -> Result<u32, ttrpc::Error> {
+        let req = api::WaitRequest { id: id.into(), ..Default::default() };
+        self.call::<api::WaitResponse>("Wait", &req).map(|r| r.exit_status)
+    }
+
+    /// Delete task `id`; its exit status.
+    pub fn delete(&self, id: &str) -> Result<u32, ttrpc::Error> {
+        let req = api::DeleteRequest { id: id.into(), ..Default::default() };
+        self.call::<api::DeleteResponse>("Delete", &req).map(|r| r.exit_status)
     }
 }
 
