@@ -11,6 +11,11 @@ use crate::error::{Error, Result};
 pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
     fs::create_dir_all(target).map_err(|e| Error::io(format!("creating rootfs {}", target.display()), e))?;
     for m in mounts {
+        let bind = m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
+        if bind && !Path::new(&m.source).exists() {
+            unmount(target);
+            return Err(Error::InvalidArgument(format!("rootfs mount source {} does not exist", m.source)));
+        }
         if let Err(e) = containerd_shim::mount::mount_rootfs(
             Some(m.type_.as_str()).filter(|t| !t.is_empty()),
             Some(m.source.as_str()).filter(|s| !s.is_empty()),

@@ -289,12 +289,7 @@ impl Table {
     /// Creates a container: mounts its rootfs, prepares stdio, has the executor create it.
     pub fn create(&self, req: CreateRequest) -> Result<u32> {
         validate_id(&req.id)?;
-        if !req.bundle.join("config.json").is_file() {
-            return Err(Error::InvalidArgument(format!(
-                "bundle {} has no config.json",
-                req.bundle.display()
-            )));
-        }
+        check_bundle(&req.bundle, req.rootfs.is_empty())?;
         {
             let map = self.lock();
             let mut creating = self.creating.lock().unwrap();
@@ -857,6 +852,27 @@ fn criu_failure(err: tether_runtime::Error, work: &Path, bundle: &Path, action: 
         Ok(_) => Error::Criu { message: err.to_string(), log: kept },
         Err(_) => err.into(),
     }
+}
+
+/// Refuses a bundle the runtime could only fail on: no readable `config.json`, one that is
+/// not a JSON object, or (with no rootfs mounts in the request) a root directory that is
+/// missing.
+fn check_bundle(bundle: &Path, needs_root_dir: bool) -> Result<()> {
+    let config = bundle.join("config.json");
+    let text = fs::read(&config)
+        .map_err(|e| Error::InvalidArgument(format!("bundle {}: cannot read config.json: {e}", bundle.display())))?;
+    let spec: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| Error::InvalidArgument(format!("{} does not parse: {e}", config.display())))?;
+    if !spec.is_object() {
+        return Err(Error::InvalidArgument(format!("{} is not a JSON object", config.display())));
+    }
+    if needs_root_dir {
+        let root = bundle.join(spec["root"]["path"].as_str().unwrap_or("rootfs"));
+        if !root.is_dir() {
+            return Err(Error::InvalidArgument(format!("the container's rootfs {} does not exist", root.display())));
+        }
+    }
+    Ok(())
 }
 
 /// Ids name directories and runtime state: reject what could escape or confuse a path.

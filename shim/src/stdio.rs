@@ -356,7 +356,8 @@ fn open_sink(out: &Output, name: &str) -> Result<Option<File>> {
         Output::Fifo(path) => open_fifo(path, libc::O_RDWR, name).map(Some),
         Output::File(path) => {
             if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+                fs::create_dir_all(dir)
+                    .map_err(|e| Error::InvalidArgument(format!("cannot create {name} log dir {}: {e}", dir.display())))?;
             }
             OpenOptions::new()
                 .append(true)
@@ -364,7 +365,7 @@ fn open_sink(out: &Output, name: &str) -> Result<Option<File>> {
                 .custom_flags(libc::O_CLOEXEC)
                 .open(path)
                 .map(Some)
-                .map_err(|e| Error::io(format!("opening {name} log {}", path.display()), e))
+                .map_err(|e| Error::InvalidArgument(format!("cannot open {name} log {}: {e}", path.display())))
         }
         Output::Null | Output::Binary { .. } => Ok(None),
     }
@@ -382,7 +383,7 @@ fn open_fifo(path: &Path, flags: i32, name: &str) -> Result<File> {
         .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
         .custom_flags((flags & !libc::O_ACCMODE) | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| Error::io(format!("opening {name} {}", path.display()), e))
+        .map_err(|e| Error::InvalidArgument(format!("cannot open {name} {}: {e}", path.display())))
 }
 
 /// Copies a process's output stream to its destination until EOF. A pty reports EIO once
