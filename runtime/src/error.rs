@@ -22,6 +22,14 @@ pub enum Error {
         path: PathBuf,
         purpose: &'static str,
     },
+    /// The container's process cannot be started: its executable is missing or not
+    /// executable (a fault of the request, not of the runtime).
+    #[error("{binary} {op} failed: {message}")]
+    BadProcess {
+        binary: String,
+        op: &'static str,
+        message: String,
+    },
     /// The runtime ran and reported a failure; `message` is its own words (from its log).
     #[error("{binary} {op} failed: {message}")]
     Runtime {

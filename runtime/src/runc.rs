@@ -140,6 +140,9 @@ impl RuncExecutor {
         // runc prefixes its own errors with "runc <op> failed: "; say it once.
         let own_prefix = format!("{} {op} failed: ", self.binary_name());
         let message = message.strip_prefix(&own_prefix).map(str::to_string).unwrap_or(message);
+        if matches!(op, "create" | "exec" | "restore") && is_exec_failure(&message) {
+            return Err(Error::BadProcess { binary: self.binary_name(), op, message });
+        }
         Err(Error::Runtime {
             binary: self.binary_name(),
             op,
@@ -261,11 +264,20 @@ fn describe_status(status: i32) -> String {
     }
 }
 
+/// runc's words for a process whose executable cannot be run
+/// (`exec: "x": executable file not found in $PATH`, `exec: "/x": stat /x: no such file...`).
+fn is_exec_failure(message: &str) -> bool {
+    message.contains("exec: \"")
+        && ["executable file not found", "no such file or directory", "permission denied"]
+            .iter()
+            .any(|m| message.contains(m))
+}
+
 fn is_not_exist(message: &str) -> bool {
     message.contains("does not exist") || message.contains("not exist") || message.contains("not found")
 }
 
-/// The runtime's error lines from its JSON log (`{"level":"error","msg":...}`), joined.
+/// The runtime's failure, from its JSON log (`{"level":"error","msg":...}`).
 fn error_message(log: &str) -> Option<String> {
     #[derive(Deserialize)]
     struct Line {
@@ -278,11 +290,12 @@ fn error_message(log: &str) -> Option<String> {
         .filter(|l| matches!(l.level.as_deref(), Some("error" | "fatal")))
         .filter_map(|l| l.msg)
         .collect();
-    if errors.is_empty() {
-        let last = log.lines().rev().find(|l| !l.trim().is_empty())?;
-        return Some(last.trim().to_string());
+    // runc logs cleanup trouble at error level too; its last error line is the one that
+    // says why the operation failed.
+    match errors.last() {
+        Some(last) => Some(last.clone()),
+        None => log.lines().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()),
     }
-    Some(errors.join("; "))
 }
 
 impl Executor for RuncExecutor {
@@ -435,6 +448,8 @@ mod tests {
         let log = concat!(
             r#"{"level":"info","msg":"starting","time":"t"}"#,
             "\n",
+            r#"{"level":"error","msg":"Failed to remove cgroup","time":"t"}"#,
+            "\n",
             r#"{"level":"error","msg":"runc run failed: exec: \"nope\": executable file not found in $PATH","time":"t"}"#,
             "\n"
         );
@@ -442,6 +457,13 @@ mod tests {
             error_message(log).unwrap(),
             "runc run failed: exec: \"nope\": executable file not found in $PATH"
         );
+    }
+
+    #[test]
+    fn exec_failures_are_told_apart() {
+        assert!(is_exec_failure(r#"unable to start container process: exec: "/x": stat /x: no such file or directory"#));
+        assert!(is_exec_failure(r#"exec: "nope": executable file not found in $PATH"#));
+        assert!(!is_exec_failure("unable to apply cgroup configuration: no such file or directory"));
     }
 
     #[test]

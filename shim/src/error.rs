@@ -53,7 +53,9 @@ impl Error {
             Error::NotFound(_) | Error::Runtime(tether_runtime::Error::NotFound(_)) => Code::NOT_FOUND,
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
-            Error::InvalidArgument(_) | Error::Config { .. } => Code::INVALID_ARGUMENT,
+            Error::InvalidArgument(_) | Error::Config { .. } | Error::Runtime(tether_runtime::Error::BadProcess { .. }) => {
+                Code::INVALID_ARGUMENT
+            }
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
             Error::Runtime(tether_runtime::Error::Spawn { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>

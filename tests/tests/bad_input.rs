@@ -1,0 +1,158 @@
+//! Bad requests, straight to a serving shim as containerd would send them: each gets the
+//! right ttrpc code and a message that says what is wrong, and the shim serves on.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use tether_protos::{
+    api,
+    protobuf::{well_known_types::any::Any, well_known_types::empty::Empty, MessageField},
+    runc_options::CheckpointOptions,
+    ttrpc::{self, Code},
+};
+use tether_tests::env::{skip, Env};
+use tether_tests::shim::{code_of, message_of, ShimClient};
+use tether_tests::secs;
+
+const LOOP: &str = "while :; do sleep 0.1; done";
+
+/// A bundle `name` whose config.json is the anchor's, with its root at `<bundle>/rootfs`
+/// (where Create mounts the request's rootfs) and `edit` applied.
+fn bundle(env: &Env, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dir = env.work().join(name);
+    fs::create_dir_all(dir.join("rootfs")).unwrap();
+    let text = fs::read(env.containerd.bundle(&env.ns, "anchor").join("config.json")).unwrap();
+    let mut spec: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    spec["root"]["path"] = "rootfs".into();
+    // Its own cgroup: a failed create removes the cgroup it was given.
+    spec["linux"]["cgroupsPath"] = format!("/{}/{name}", env.ns).into();
+    edit(&mut spec);
+    fs::write(dir.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    dir
+}
+
+fn rootfs_mount(source: &Path) -> api::Mount {
+    api::Mount {
+        type_: "bind".into(),
+        source: source.display().to_string(),
+        options: vec!["rbind".into(), "ro".into()],
+        ..Default::default()
+    }
+}
+
+fn create(id: &str, bundle: &Path, rootfs: Vec<api::Mount>) -> api::CreateTaskRequest {
+    api::CreateTaskRequest {
+        id: id.into(),
+        bundle: bundle.display().to_string(),
+        rootfs,
+        ..Default::default()
+    }
+}
+
+fn exec_request(id: &str, exec_id: &str, args: &[&str]) -> api::ExecProcessRequest {
+    let spec = serde_json::json!({ "args": args, "cwd": "/", "env": ["PATH=/bin:/sbin"] });
+    api::ExecProcessRequest {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        spec: MessageField::some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: serde_json::to_vec(&spec).unwrap(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[track_caller]
+fn expect<T: std::fmt::Debug>(what: &str, result: Result<T, ttrpc::Error>, code: Code, needle: &str) {
+    let err = match result {
+        Ok(v) => panic!("{what}: succeeded ({v:?}), expected {code:?}"),
+        Err(e) => e,
+    };
+    let message = message_of(&err);
+    println!("{what}: {:?} {message}", code_of(&err));
+    assert_eq!(code_of(&err), code, "{what}: {message}");
+    assert!(message.contains(needle), "{what}: message {message:?} lacks {needle:?}");
+}
+
+fn mounted_below(dir: &Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bad_requests_get_clear_codes_and_the_shim_serves_on() {
+    let env = Env::new("bad_input");
+    if !env.runtime.is_tether() {
+        skip("bad_requests_get_clear_codes_and_the_shim_serves_on", &format!("tether-only (runtime is {})", env.runtime.name));
+        return;
+    }
+    let ctr = &env.ctr;
+    env.run("anchor").detach().run(&["sh", "-c", LOOP]).expect_ok();
+    ctr.wait_status("anchor", "RUNNING", secs(10));
+    let shim = ShimClient::for_task(&env, "anchor");
+    let call_create = |req: &api::CreateTaskRequest| shim.call::<api::CreateTaskResponse>("Create", req);
+
+    // Create: the bundle, its config, its rootfs, its process, its stdio, its id.
+    let missing = env.work().join("no-such-bundle");
+    expect("missing bundle", call_create(&create("b1", &missing, vec![])), Code::INVALID_ARGUMENT, "config.json");
+    expect("empty bundle path", call_create(&create("b1", Path::new(""), vec![])), Code::INVALID_ARGUMENT, "bundle");
+    let garbled = bundle(&env, "garbled", |_| {});
+    fs::write(garbled.join("config.json"), "{\"ociVersion\": ").unwrap();
+    expect("config.json that does not parse", call_create(&create("b2", &garbled, vec![])), Code::INVALID_ARGUMENT, "does not parse");
+    let no_root = bundle(&env, "no-root", |_| {});
+    fs::remove_dir(no_root.join("rootfs")).unwrap();
+    expect("rootfs dir missing", call_create(&create("b3", &no_root, vec![])), Code::INVALID_ARGUMENT, "rootfs");
+    let b4 = bundle(&env, "bad-mount", |_| {});
+    let gone = env.work().join("no-such-rootfs");
+    expect("rootfs mount source missing", call_create(&create("b4", &b4, vec![rootfs_mount(&gone)])), Code::INVALID_ARGUMENT, "does not exist");
+    let b5 = bundle(&env, "no-binary", |s| s["process"]["args"] = serde_json::json!(["/no/such/binary"]));
+    expect("binary missing in the container", call_create(&create("b5", &b5, vec![rootfs_mount(&env.rootfs)])), Code::INVALID_ARGUMENT, "/no/such/binary");
+    let b6 = bundle(&env, "bad-stdio", |_| {});
+    let mut req = create("b6", &b6, vec![rootfs_mount(&env.rootfs)]);
+    req.stdout = env.work().join("no-such-dir/stdout").display().to_string();
+    expect("stdio path that cannot be opened", call_create(&req), Code::INVALID_ARGUMENT, "stdout");
+    expect("empty id", call_create(&create("", &b6, vec![])), Code::INVALID_ARGUMENT, "invalid id");
+    expect("path traversal in the id", call_create(&create("../x", &b6, vec![])), Code::INVALID_ARGUMENT, "invalid id");
+    let anchor_bundle = env.containerd.bundle(&env.ns, "anchor");
+    expect("duplicate id", call_create(&create("anchor", &anchor_bundle, vec![])), Code::ALREADY_EXISTS, "anchor");
+    for dir in [&b4, &b5, &b6] {
+        assert!(mounted_below(dir).is_empty(), "a failed create left mounts: {:?}", mounted_below(dir));
+    }
+
+    // Exec ids, unknown processes, wrong states.
+    shim.call::<Empty>("Exec", &exec_request("anchor", "e1", &["sleep", "1000"])).unwrap();
+    shim.call::<api::StartResponse>("Start", &api::StartRequest { id: "anchor".into(), exec_id: "e1".into(), ..Default::default() })
+        .unwrap();
+    expect("duplicate exec id", shim.call::<Empty>("Exec", &exec_request("anchor", "e1", &["true"])), Code::ALREADY_EXISTS, "e1");
+    expect("exec id with a slash", shim.call::<Empty>("Exec", &exec_request("anchor", "a/b", &["true"])), Code::INVALID_ARGUMENT, "invalid id");
+    let unknown = || api::KillRequest { id: "anchor".into(), exec_id: "nosuch".into(), signal: 9, ..Default::default() };
+    expect("kill of an unknown exec", shim.call::<Empty>("Kill", &unknown()), Code::NOT_FOUND, "nosuch");
+    let resize = |exec_id: &str| api::ResizePtyRequest { id: "anchor".into(), exec_id: exec_id.into(), width: 80, height: 25, ..Default::default() };
+    expect("resize of an unknown exec", shim.call::<Empty>("ResizePty", &resize("nosuch")), Code::NOT_FOUND, "nosuch");
+    let close = api::CloseIORequest { id: "anchor".into(), exec_id: "nosuch".into(), stdin: true, ..Default::default() };
+    expect("close-io of an unknown exec", shim.call::<Empty>("CloseIO", &close), Code::NOT_FOUND, "nosuch");
+    expect("resize of a process without a terminal", shim.call::<Empty>("ResizePty", &resize("")), Code::FAILED_PRECONDITION, "terminal");
+    let start = api::StartRequest { id: "anchor".into(), ..Default::default() };
+    expect("start twice", shim.call::<api::StartResponse>("Start", &start), Code::FAILED_PRECONDITION, "Running");
+    let delete = api::DeleteRequest { id: "anchor".into(), ..Default::default() };
+    expect("delete of a running task", shim.call::<api::DeleteResponse>("Delete", &delete), Code::FAILED_PRECONDITION, "running");
+    let state = api::StateRequest { id: "nosuch".into(), ..Default::default() };
+    expect("state of an unknown task", shim.call::<api::StateResponse>("State", &state), Code::NOT_FOUND, "nosuch");
+    let unwritable = CheckpointOptions { image_path: "/proc/tether-cannot-write/image".into(), ..Default::default() };
+    expect("checkpoint to a path that is not writable", shim.checkpoint("anchor", &unwritable), Code::INVALID_ARGUMENT, "/proc/tether-cannot-write");
+
+    // None of it hurt: the shim serves the anchor as before.
+    assert_eq!(ctr.status("anchor").as_deref(), Some("RUNNING"));
+    env.exec("anchor", "after", &["echo", "still-served"]).expect_ok();
+    for id in ["b1", "b2", "b3", "b4", "b5", "b6"] {
+        let state = api::StateRequest { id: id.into(), ..Default::default() };
+        expect("a failed create leaves no task", shim.call::<api::StateResponse>("State", &state), Code::NOT_FOUND, id);
+    }
+}
