@@ -73,7 +73,12 @@ pub fn start(args: &Args) -> Result<String> {
                 .create(dir)
                 .map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
-        let l = UnixListener::bind(path).map_err(|e| format!("binding {path}: {e}"))?;
+        // Created 0600 from the start (start is single-threaded, so the umask is ours alone):
+        // no moment in which another user could connect.
+        let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(path);
+        nix::sys::stat::umask(umask);
+        let l = bound.map_err(|e| format!("binding {path}: {e}"))?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("restricting {path}: {e}"))?;
         Some(l)

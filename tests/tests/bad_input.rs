@@ -156,3 +156,29 @@ fn bad_requests_get_clear_codes_and_the_shim_serves_on() {
         expect("a failed create leaves no task", shim.call::<api::StateResponse>("State", &state), Code::NOT_FOUND, id);
     }
 }
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o7777
+}
+
+#[test]
+fn shim_socket_and_state_are_root_only() {
+    let env = Env::new("root_only");
+    if !env.runtime.is_tether() {
+        skip("shim_socket_and_state_are_root_only", &format!("tether-only (runtime is {})", env.runtime.name));
+        return;
+    }
+    env.run("c1").detach().no_options().run(&["sh", "-c", LOOP]).expect_ok();
+    env.ctr.wait_status("c1", "RUNNING", secs(10));
+    let address = fs::read_to_string(env.containerd.bundle(&env.ns, "c1").join("address")).unwrap();
+    let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert_eq!(mode_of(&socket), 0o600, "the shim socket {} is root's alone", socket.display());
+    // The runtime's state (default root) and everything tether created on the way to it.
+    for dir in [PathBuf::from("/run/tether"), Path::new("/run/tether").join(&env.ns)] {
+        assert_eq!(mode_of(&dir) & 0o077, 0, "{} is not open to others ({:o})", dir.display(), mode_of(&dir));
+    }
+    env.ctr.kill("c1", "SIGKILL", false).expect_ok();
+    env.ctr.wait_status("c1", "STOPPED", secs(10));
+    assert_eq!(env.ctr.rm_task("c1"), 137);
+}
