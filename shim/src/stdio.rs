@@ -421,6 +421,13 @@ fn copy_stdin(fifo: File, mut sink: File, cancel: OwnedFd) {
             Err(_) => return,
         }
         if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            // CloseIO comes after the client wrote its last byte: what is still in the FIFO
+            // belongs to the process, so hand it over before closing.
+            while let Ok(n @ 1..) = fifo.read(&mut buf) {
+                if sink.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
             return;
         }
         match fifo.read(&mut buf) {
