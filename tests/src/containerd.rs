@@ -482,7 +482,7 @@ pub fn remove_empty_cgroups(namespace: &str) {
 }
 
 /// Mount points of this mount namespace (/proc/self/mountinfo, octal escapes decoded).
-fn mount_points() -> Vec<PathBuf> {
+pub fn mount_points() -> Vec<PathBuf> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines()
         .filter_map(|l| l.split(' ').nth(4))

@@ -88,6 +88,15 @@ impl Env {
         }
     }
 
+    /// Whether the runtime under test is tether; otherwise prints why `test` skips.
+    pub fn tether_only(&self, test: &str) -> bool {
+        if self.runtime.is_tether() {
+            return true;
+        }
+        skip(test, &format!("tether-only (runtime is {})", self.runtime.name));
+        false
+    }
+
     /// The pid of the shim serving task `id`: the parent of the task's init process (the
     /// shim is the init's subreaper), checked to be one of this containerd's shims.
     #[track_caller]
@@ -103,6 +112,26 @@ impl Env {
         );
         ppid
     }
+}
+
+/// What a process holds: open fds, threads, resident memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub fds: usize,
+    pub threads: usize,
+    pub rss_kib: u64,
+}
+
+/// The [`Usage`] of `pid` now (/proc/PID/fd, /proc/PID/task, VmRSS).
+pub fn usage(pid: u32) -> Usage {
+    let count = |d: String| std::fs::read_dir(d).map(|d| d.count()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    Usage { fds: count(format!("/proc/{pid}/fd")), threads: count(format!("/proc/{pid}/task")), rss_kib }
 }
 
 /// The parent pid of `pid` (/proc/PID/status).

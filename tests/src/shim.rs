@@ -121,6 +121,21 @@ impl ShimClient {
     }
 }
 
+/// An Exec request for `args` in container `id`, with the process spec containerd would send.
+pub fn exec_request(id: &str, exec_id: &str, args: &[&str]) -> api::ExecProcessRequest {
+    let spec = serde_json::json!({ "args": args, "cwd": "/", "env": ["PATH=/bin:/sbin"] });
+    api::ExecProcessRequest {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        spec: MessageField::some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: serde_json::to_vec(&spec).expect("a JSON process spec"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The status code of a failed call (`UNKNOWN` for transport errors).
 pub fn code_of(err: &ttrpc::Error) -> Code {
     match err {

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 
 use tether_protos::{
     api,
-    protobuf::{well_known_types::any::Any, well_known_types::empty::Empty, MessageField},
+    protobuf::well_known_types::empty::Empty,
     runc_options::CheckpointOptions,
     ttrpc::{self, Code},
 };
-use tether_tests::env::{skip, Env};
-use tether_tests::shim::{code_of, message_of, ShimClient};
+use tether_tests::containerd::mount_points;
+use tether_tests::env::Env;
+use tether_tests::shim::{code_of, exec_request, message_of, ShimClient};
 use tether_tests::secs;
 
 const LOOP: &str = "while :; do sleep 0.1; done";
@@ -49,20 +50,6 @@ fn create(id: &str, bundle: &Path, rootfs: Vec<api::Mount>) -> api::CreateTaskRe
     }
 }
 
-fn exec_request(id: &str, exec_id: &str, args: &[&str]) -> api::ExecProcessRequest {
-    let spec = serde_json::json!({ "args": args, "cwd": "/", "env": ["PATH=/bin:/sbin"] });
-    api::ExecProcessRequest {
-        id: id.into(),
-        exec_id: exec_id.into(),
-        spec: MessageField::some(Any {
-            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
-            value: serde_json::to_vec(&spec).unwrap(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 #[track_caller]
 fn expect<T: std::fmt::Debug>(what: &str, result: Result<T, ttrpc::Error>, code: Code, needle: &str) {
     let err = match result {
@@ -75,22 +62,14 @@ fn expect<T: std::fmt::Debug>(what: &str, result: Result<T, ttrpc::Error>, code:
     assert!(message.contains(needle), "{what}: message {message:?} lacks {needle:?}");
 }
 
-fn mounted_below(dir: &Path) -> Vec<String> {
-    let dir = dir.display().to_string();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&dir))
-        .map(str::to_owned)
-        .collect()
+fn mounted_below(dir: &Path) -> Vec<PathBuf> {
+    mount_points().into_iter().filter(|m| m.starts_with(dir)).collect()
 }
 
 #[test]
 fn bad_requests_get_clear_codes_and_the_shim_serves_on() {
     let env = Env::new("bad_input");
-    if !env.runtime.is_tether() {
-        skip("bad_requests_get_clear_codes_and_the_shim_serves_on", &format!("tether-only (runtime is {})", env.runtime.name));
+    if !env.tether_only("bad_requests_get_clear_codes_and_the_shim_serves_on") {
         return;
     }
     let ctr = &env.ctr;
@@ -165,8 +144,7 @@ fn mode_of(path: &Path) -> u32 {
 #[test]
 fn shim_socket_and_state_are_root_only() {
     let env = Env::new("root_only");
-    if !env.runtime.is_tether() {
-        skip("shim_socket_and_state_are_root_only", &format!("tether-only (runtime is {})", env.runtime.name));
+    if !env.tether_only("shim_socket_and_state_are_root_only") {
         return;
     }
     env.run("c1").detach().no_options().run(&["sh", "-c", LOOP]).expect_ok();

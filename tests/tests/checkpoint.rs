@@ -40,18 +40,10 @@ fn last_checkpoint_call(record: &Path) -> String {
         .to_owned()
 }
 
-fn tether_only(env: &Env, test: &str) -> bool {
-    if env.runtime.is_tether() {
-        return true;
-    }
-    skip(test, &format!("tether-only (runtime is {})", env.runtime.name));
-    false
-}
-
 #[test]
 fn checkpoint_options_reach_the_runtime_and_failures_are_clear() {
     let env = Env::new("checkpoint_flags");
-    if !tether_only(&env, "checkpoint_options_reach_the_runtime_and_failures_are_clear") {
+    if !env.tether_only("checkpoint_options_reach_the_runtime_and_failures_are_clear") {
         return;
     }
     let ctr = &env.ctr;
@@ -139,7 +131,7 @@ fn checkpoint_options_reach_the_runtime_and_failures_are_clear() {
 #[test]
 fn missing_criu_is_a_failed_precondition() {
     let env = Env::new("missing_criu");
-    if !tether_only(&env, "missing_criu_is_a_failed_precondition") {
+    if !env.tether_only("missing_criu_is_a_failed_precondition") {
         return;
     }
     let ctr = &env.ctr;

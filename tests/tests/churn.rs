@@ -6,31 +6,13 @@ use std::fs;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use tether_tests::env::{skip, Env};
+use tether_tests::env::{usage, Env};
 use tether_tests::{secs, wait_until};
 
 const CONTAINERS: usize = 500;
 const EXECS: usize = 1000;
 const IN_FLIGHT: usize = 8;
 const GROUP: &str = "io.containerd.runc.v2.group";
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Usage {
-    fds: usize,
-    threads: usize,
-    rss_kib: u64,
-}
-
-fn usage(pid: u32) -> Usage {
-    let count = |d: String| fs::read_dir(d).map(|d| d.count()).unwrap_or(0);
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    Usage { fds: count(format!("/proc/{pid}/fd")), threads: count(format!("/proc/{pid}/task")), rss_kib }
-}
 
 fn within(now: u64, base: u64) -> bool {
     now <= base + base / 10 + 1
@@ -72,8 +54,7 @@ fn in_parallel(n: usize, work: impl Fn(usize) + Sync) {
 #[test]
 fn churn_of_containers_and_execs_leaves_nothing_behind() {
     let env = Env::new("churn");
-    if !env.runtime.is_tether() {
-        skip("churn_of_containers_and_execs_leaves_nothing_behind", &format!("tether-only (runtime is {})", env.runtime.name));
+    if !env.tether_only("churn_of_containers_and_execs_leaves_nothing_behind") {
         return;
     }
     let ctr = &env.ctr;

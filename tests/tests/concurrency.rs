@@ -8,37 +8,22 @@ use std::time::Duration;
 
 use tether_protos::{
     api,
-    protobuf::{well_known_types::any::Any, well_known_types::empty::Empty, MessageField},
+    protobuf::well_known_types::empty::Empty,
     ttrpc::Code,
 };
-use tether_tests::env::{skip, Env};
+use tether_tests::env::Env;
 use tether_tests::secs;
-use tether_tests::shim::{code_of, ShimClient};
+use tether_tests::shim::{code_of, exec_request, ShimClient};
 
 /// How long the whole hammering may take before it counts as a deadlock.
 const DEADLINE: Duration = Duration::from_secs(120);
 const EXECS: usize = 30;
 
-fn exec_request(exec_id: &str) -> api::ExecProcessRequest {
-    let spec = serde_json::json!({ "args": ["true"], "cwd": "/", "env": ["PATH=/bin"] });
-    api::ExecProcessRequest {
-        id: "c1".into(),
-        exec_id: exec_id.into(),
-        spec: MessageField::some(Any {
-            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
-            value: serde_json::to_vec(&spec).unwrap(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 #[test]
 fn concurrent_calls_on_one_task_never_deadlock() {
     let env = Arc::new(Env::new("concurrency"));
-    if !env.runtime.is_tether() {
-        // The Go shim answers a Delete of a running task with Unknown, not FailedPrecondition.
-        skip("concurrent_calls_on_one_task_never_deadlock", &format!("tether-only (runtime is {})", env.runtime.name));
+    // The Go shim answers a Delete of a running task with Unknown, not FailedPrecondition.
+    if !env.tether_only("concurrent_calls_on_one_task_never_deadlock") {
         return;
     }
     env.run("c1").detach().run(&["sh", "-c", "while :; do sleep 0.1; done"]).expect_ok();
@@ -70,7 +55,7 @@ fn concurrent_calls_on_one_task_never_deadlock() {
     spawn("exec", Box::new(move |shim| {
         for i in 0..EXECS {
             let id = format!("e{i}");
-            shim.call::<Empty>("Exec", &exec_request(&id)).map_err(|e| format!("exec {id}: {e}"))?;
+            shim.call::<Empty>("Exec", &exec_request("c1", &id, &["true"])).map_err(|e| format!("exec {id}: {e}"))?;
             let start = api::StartRequest { id: "c1".into(), exec_id: id.clone(), ..Default::default() };
             shim.call::<api::StartResponse>("Start", &start).map_err(|e| format!("start {id}: {e}"))?;
             let wait = api::WaitRequest { id: "c1".into(), exec_id: id.clone(), ..Default::default() };

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use tether_protos::ttrpc::Code;
-use tether_tests::env::{skip, Env};
+use tether_tests::env::{usage, Env};
 use tether_tests::shim::{code_of, message_of, ShimClient};
 use tether_tests::{secs, wait_until, Event};
 
@@ -14,7 +14,7 @@ const LOOP: &str = "while :; do sleep 0.1; done";
 /// The directory of `pid`'s cgroup for a v1 `controller` (or the unified one on a v2 host).
 fn cgroup_dir(pid: u32, controller: &str) -> PathBuf {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let unified = is_v2();
     for line in text.lines() {
         let mut f = line.splitn(3, ':');
         let (_, ctrls, path) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
@@ -171,15 +171,10 @@ fn oom_kill_is_reported_before_the_exit() {
     assert_eq!(ctr.rm_task("parent"), 137);
 }
 
-fn count_entries(dir: &str) -> usize {
-    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-}
-
 #[test]
 fn deleted_containers_leave_no_watcher_behind() {
     let env = Env::new("oom_watch_leak");
-    if !env.runtime.is_tether() {
-        skip("deleted_containers_leave_no_watcher_behind", &format!("tether-only (runtime is {})", env.runtime.name));
+    if !env.tether_only("deleted_containers_leave_no_watcher_behind") {
         return;
     }
     let ctr = &env.ctr;
@@ -188,7 +183,10 @@ fn deleted_containers_leave_no_watcher_behind() {
     env.run("anchor").detach().annotation(group, "churn").run(&["sh", "-c", LOOP]).expect_ok();
     ctr.wait_status("anchor", "RUNNING", secs(10));
     let shim = env.shim_pid_of("anchor");
-    let (fd_dir, task_dir) = (format!("/proc/{shim}/fd"), format!("/proc/{shim}/task"));
+    let held = || {
+        let u = usage(shim);
+        (u.fds, u.threads)
+    };
     // One full cycle first, so that lazily opened things (event connection) are counted.
     let cycle = |id: &str| {
         env.run(id).detach().annotation(group, "churn").run(&["true"]).expect_ok();
@@ -197,26 +195,21 @@ fn deleted_containers_leave_no_watcher_behind() {
         ctr.rm_container(id).expect_ok();
     };
     cycle("warmup");
-    let (fds, threads) = (count_entries(&fd_dir), count_entries(&task_dir));
+    let (fds, threads) = held();
     for i in 0..50 {
         cycle(&format!("c{i}"));
         assert_eq!(env.shim_pid_of("anchor"), shim, "every container was served by the same shim");
     }
     let settled = wait_until(secs(10), || {
-        let now = (count_entries(&fd_dir), count_entries(&task_dir));
+        let now = held();
         (now == (fds, threads)).then_some(now)
     });
-    println!(
-        "shim {shim}: {fds} fds and {threads} threads before 50 containers; after: {} fds, {} threads",
-        count_entries(&fd_dir),
-        count_entries(&task_dir)
-    );
+    let (fds_after, threads_after) = held();
+    println!("shim {shim}: {fds} fds and {threads} threads before 50 containers; after: {fds_after} fds, {threads_after} threads");
     assert!(
         settled.is_some(),
-        "fds/threads back to {fds}/{threads}; now {}/{}: {:?}",
-        count_entries(&fd_dir),
-        count_entries(&task_dir),
-        fs::read_dir(&fd_dir).map(|d| d.filter_map(|e| fs::read_link(e.ok()?.path()).ok()).collect::<Vec<_>>())
+        "fds/threads back to {fds}/{threads}; now {fds_after}/{threads_after}: {:?}",
+        fs::read_dir(format!("/proc/{shim}/fd")).map(|d| d.filter_map(|e| fs::read_link(e.ok()?.path()).ok()).collect::<Vec<_>>())
     );
     assert_eq!(ctr.status("anchor").as_deref(), Some("RUNNING"));
 }

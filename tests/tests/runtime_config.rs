@@ -142,11 +142,7 @@ fn crun_binary() {
 #[test]
 fn tether_config_file_and_defaults() {
     let env = Env::new("tether_config");
-    if !env.runtime.is_tether() {
-        skip(
-            "tether_config_file_and_defaults",
-            &format!("tether-only (runtime is {})", env.runtime.name),
-        );
+    if !env.tether_only("tether_config_file_and_defaults") {
         return;
     }
     let ctr = &env.ctr;
@@ -194,11 +190,7 @@ fn tether_config_file_and_defaults() {
 #[test]
 fn tether_bad_config_is_a_clear_error() {
     let env = Env::new("tether_bad_config");
-    if !env.runtime.is_tether() {
-        skip(
-            "tether_bad_config_is_a_clear_error",
-            &format!("tether-only (runtime is {})", env.runtime.name),
-        );
+    if !env.tether_only("tether_bad_config_is_a_clear_error") {
         return;
     }
     let ctr = &env.ctr;
