@@ -585,8 +585,9 @@ impl Table {
         if matches!(status, Status::Running | Status::Paused) {
             return Err(Error::FailedPrecondition(format!("container {id} is still running; kill it first")));
         }
-        self.oom.unwatch(id);
         executor.delete(id, true)?;
+        // Only once the runtime let go: a failed delete leaves the container, still watched.
+        self.oom.unwatch(id);
         let c = self.lock().remove(id).ok_or_else(|| Error::NotFound(format!("container {id}")))?;
         if let Some(t) = &c.rootfs {
             mount::unmount(t);
