@@ -30,6 +30,17 @@ pub enum Error {
         op: &'static str,
         message: String,
     },
+    /// The container's spec cannot be run as it is (a bad mount, an invalid setting): a
+    /// fault of the request, not of the runtime.
+    #[error("{binary} {op} failed: {message}")]
+    BadSpec {
+        binary: String,
+        op: &'static str,
+        message: String,
+    },
+    /// The executor cannot do this at all.
+    #[error("the {executor} executor cannot {op} containers")]
+    Unsupported { executor: &'static str, op: &'static str },
     /// The runtime ran and reported a failure; `message` is its own words (from its log).
     #[error("{binary} {op} failed: {message}")]
     Runtime {

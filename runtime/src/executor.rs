@@ -2,6 +2,8 @@
 
 use std::{os::fd::OwnedFd, path::PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::Result;
 
 /// The three standard streams handed to a container process.
@@ -49,7 +51,7 @@ pub struct ExecOpts {
 }
 
 /// CRIU settings shared by checkpoint and restore.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CriuOpts {
     /// Where the checkpoint images are written (checkpoint) or read (restore).
     pub image_path: PathBuf,
@@ -70,7 +72,7 @@ pub struct CriuOpts {
 }
 
 /// What [`Executor::checkpoint`] needs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointOpts {
     pub criu: CriuOpts,
     /// Keep the container running after the checkpoint (otherwise it exits).

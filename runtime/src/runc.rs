@@ -158,16 +158,6 @@ impl RuncExecutor {
             .join(format!(".tether-{}-{op}-{seq}.{ext}", std::process::id()))
     }
 
-    /// Fails with [`Error::MissingTool`] unless the CRIU binary can be found, so that a host
-    /// without CRIU gets a plain answer instead of the runtime's exec error.
-    fn require_criu(&self, purpose: &'static str) -> Result<()> {
-        let criu = self.config.criu.clone().unwrap_or_else(|| PathBuf::from("criu"));
-        if find_executable(&criu).is_some() {
-            return Ok(());
-        }
-        Err(Error::MissingTool { tool: "criu", path: criu, purpose })
-    }
-
     /// Maps the runtime's "no such container" to [`Error::NotFound`].
     fn not_found_as(&self, id: &str, err: Error) -> Error {
         match err {
@@ -177,17 +167,6 @@ impl RuncExecutor {
             other => other,
         }
     }
-}
-
-/// `name` itself when it is a path, else the first executable `name` on PATH.
-fn find_executable(name: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if name.components().count() > 1 {
-        return executable(name).then(|| name.to_path_buf());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| executable(p))
 }
 
 /// The runtime's flags for CRIU settings shared by `checkpoint` and `restore`.
@@ -416,7 +395,7 @@ impl Executor for RuncExecutor {
     }
 
     fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
-        self.require_criu("checkpoint a container")?;
+        crate::require_criu(self.config.criu.as_deref(), "checkpoint a container")?;
         let mut args = vec![os("checkpoint")];
         args.extend(criu_args(&opts.criu));
         if opts.leave_running {
@@ -427,7 +406,7 @@ impl Executor for RuncExecutor {
     }
 
     fn restore(&self, opts: RestoreOpts) -> Result<i32> {
-        self.require_criu("restore a container from a checkpoint")?;
+        crate::require_criu(self.config.criu.as_deref(), "restore a container from a checkpoint")?;
         // --detach: runc returns once the processes run; --no-subreaper: the shim is the
         // subreaper that reaps them.
         let mut args = vec![os("restore"), os("--detach"), os("--no-subreaper")];

@@ -1,12 +1,19 @@
 //! tether's configuration: a TOML file named by the runtime options containerd sends with
 //! Create, or containerd's runc options, resolved into the settings of one container.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 use tether_protos::{protobuf::Message, protobuf::well_known_types::any::Any, runc_options, runtimeoptions};
-use tether_runtime::runc::RuncConfig;
+use tether_runtime::{
+    runc::{RuncConfig, RuncExecutor},
+    ChildWaiter, DirectWaiter, Executor,
+};
 
+pub use self::native::Helper;
 use crate::error::{Error, Result};
 
 /// Where runtime state lives when the config does not say (`<this>/<namespace>`).
@@ -16,12 +23,16 @@ pub const DEFAULT_ROOT: &str = "/run/tether";
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    /// Which executor runs containers: `runc` (an OCI runtime binary).
+    /// Which executor runs containers: `runc` (an OCI runtime binary) or `native`
+    /// (libcontainer inside the shim).
     #[serde(default)]
     pub executor: ExecutorKind,
     /// Settings of the runc-CLI executor.
     #[serde(default)]
     pub runc: RuncSection,
+    /// Settings of the native executor.
+    #[serde(default)]
+    pub native: NativeSection,
 }
 
 /// The executors tether knows.
@@ -31,6 +42,8 @@ pub enum ExecutorKind {
     /// Fork a runc-compatible binary per operation.
     #[default]
     Runc,
+    /// youki's libcontainer, run by the shim itself (cargo feature `native`).
+    Native,
 }
 
 /// `[runc]` in the config file.
@@ -46,6 +59,17 @@ pub struct RuncSection {
     pub systemd_cgroup: bool,
     /// The CRIU binary for checkpoint/restore: a path or a name on PATH (default `criu`).
     pub criu: Option<PathBuf>,
+}
+
+/// `[native]` in the config file.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NativeSection {
+    /// libcontainer's state directory (default `/run/tether/<namespace>`).
+    pub root: Option<PathBuf>,
+    /// Use systemd to manage cgroups.
+    #[serde(default)]
+    pub systemd_cgroup: bool,
 }
 
 /// The resolved settings of one container's executor. Persisted in the bundle so that the
@@ -112,15 +136,43 @@ impl Settings {
 
     fn apply_file(&mut self, file: &ConfigFile) {
         self.executor = file.executor;
-        if let Some(binary) = &file.runc.binary {
-            self.binary = binary.into();
+        match file.executor {
+            ExecutorKind::Runc => {
+                if let Some(binary) = &file.runc.binary {
+                    self.binary = binary.into();
+                }
+                if let Some(root) = &file.runc.root {
+                    self.root = root.clone();
+                }
+                self.systemd_cgroup = file.runc.systemd_cgroup;
+                if let Some(criu) = &file.runc.criu {
+                    self.criu = Some(criu.clone());
+                }
+            }
+            ExecutorKind::Native => {
+                if let Some(root) = &file.native.root {
+                    self.root = root.clone();
+                }
+                self.systemd_cgroup = file.native.systemd_cgroup;
+            }
         }
-        if let Some(root) = &file.runc.root {
-            self.root = root.clone();
+    }
+
+    /// The executor these settings name, for the serving shim: runc's children are waited
+    /// for through `waiter` (the shim's reaper); the native executor forks through `helper`.
+    pub fn executor(&self, waiter: Arc<dyn ChildWaiter>, helper: &Arc<Helper>) -> Result<Arc<dyn Executor>> {
+        match self.executor {
+            ExecutorKind::Runc => Ok(Arc::new(RuncExecutor::new(self.runc(), waiter))),
+            ExecutorKind::Native => native::serving(self, helper),
         }
-        self.systemd_cgroup = file.runc.systemd_cgroup;
-        if let Some(criu) = &file.runc.criu {
-            self.criu = Some(criu.clone());
+    }
+
+    /// The executor these settings name, for a single-threaded process without a reaper
+    /// (the `delete` subcommand).
+    pub fn standalone_executor(&self) -> Result<Arc<dyn Executor>> {
+        match self.executor {
+            ExecutorKind::Runc => Ok(Arc::new(RuncExecutor::new(self.runc(), Arc::new(DirectWaiter)))),
+            ExecutorKind::Native => native::standalone(self),
         }
     }
 
@@ -133,6 +185,77 @@ impl Settings {
             criu: self.criu.clone(),
         }
     }
+}
+
+/// The native executor's side of [`Settings`], present in builds with the cargo feature
+/// `native`.
+#[cfg(feature = "native")]
+mod native {
+    use std::sync::Arc;
+
+    pub use tether_runtime::native::helper::Helper;
+    use tether_runtime::{
+        native::{NativeConfig, NativeExecutor},
+        Executor,
+    };
+
+    use super::Settings;
+    use crate::error::Result;
+
+    /// The helper of the serving shim: a fresh copy of the running binary, started when a
+    /// native container is first created.
+    pub fn helper() -> Helper {
+        Helper::new("/proc/self/exe")
+    }
+
+    fn config(settings: &Settings) -> NativeConfig {
+        NativeConfig { root: settings.root.clone(), systemd_cgroup: settings.systemd_cgroup }
+    }
+
+    pub fn serving(settings: &Settings, helper: &Arc<Helper>) -> Result<Arc<dyn Executor>> {
+        Ok(Arc::new(NativeExecutor::new(config(settings), helper.clone())))
+    }
+
+    pub fn standalone(settings: &Settings) -> Result<Arc<dyn Executor>> {
+        Ok(Arc::new(NativeExecutor::single_threaded(config(settings))))
+    }
+}
+
+/// A build without the cargo feature `native`: `executor = "native"` is refused.
+#[cfg(not(feature = "native"))]
+mod native {
+    use std::sync::Arc;
+
+    use tether_runtime::Executor;
+
+    use super::Settings;
+    use crate::error::{Error, Result};
+
+    /// Nothing to start in a build without the native executor.
+    pub struct Helper;
+
+    pub fn helper() -> Helper {
+        Helper
+    }
+
+    fn unavailable() -> Error {
+        Error::InvalidArgument(
+            "executor = \"native\": this tether was built without the native executor (cargo feature `native`); use executor = \"runc\"".into(),
+        )
+    }
+
+    pub fn serving(_: &Settings, _: &Arc<Helper>) -> Result<Arc<dyn Executor>> {
+        Err(unavailable())
+    }
+
+    pub fn standalone(_: &Settings) -> Result<Arc<dyn Executor>> {
+        Err(unavailable())
+    }
+}
+
+/// The helper the serving shim hands to [`Settings::executor`].
+pub fn native_helper() -> Arc<Helper> {
+    Arc::new(native::helper())
 }
 
 /// Parses a config file's text; errors name the file and (through toml's message) the key.

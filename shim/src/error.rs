@@ -53,10 +53,12 @@ impl Error {
             Error::NotFound(_) | Error::Runtime(tether_runtime::Error::NotFound(_)) => Code::NOT_FOUND,
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
-            Error::InvalidArgument(_) | Error::Config { .. } | Error::Runtime(tether_runtime::Error::BadProcess { .. }) => {
+            Error::InvalidArgument(_)
+            | Error::Config { .. }
+            | Error::Runtime(tether_runtime::Error::BadProcess { .. } | tether_runtime::Error::BadSpec { .. }) => {
                 Code::INVALID_ARGUMENT
             }
-            Error::Unimplemented(_) => Code::UNIMPLEMENTED,
+            Error::Unimplemented(_) | Error::Runtime(tether_runtime::Error::Unsupported { .. }) => Code::UNIMPLEMENTED,
             Error::Runtime(tether_runtime::Error::Spawn { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {

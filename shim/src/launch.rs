@@ -7,12 +7,10 @@ use std::{
     os::unix::{fs::{DirBuilderExt, PermissionsExt}, net::{UnixListener, UnixStream}},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::Arc,
     time::SystemTime,
 };
 
 use tether_protos::{api, protobuf::Message};
-use tether_runtime::{runc::RuncExecutor, DirectWaiter, Executor};
 
 use crate::{
     cli::Args,
@@ -124,9 +122,13 @@ pub fn delete(args: &Args) -> Result<Vec<u8>> {
         .ok()
         .and_then(|b| serde_json::from_slice::<Settings>(&b).ok())
         .unwrap_or_else(|| Settings::defaults(&args.namespace));
-    let executor = RuncExecutor::new(settings.runc(), Arc::new(DirectWaiter));
-    if let Err(e) = executor.delete(&args.id, true) {
-        log::warn!("force-deleting {}: {e}", args.id);
+    match settings.standalone_executor() {
+        Ok(executor) => {
+            if let Err(e) = executor.delete(&args.id, true) {
+                log::warn!("force-deleting {}: {e}", args.id);
+            }
+        }
+        Err(e) => log::warn!("cannot force-delete {}: {e}", args.id),
     }
     mount::unmount(&bundle.join("rootfs"));
     let resp = api::DeleteResponse {

@@ -36,6 +36,13 @@ const LISTENER_FD: i32 = 3;
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
+    // The native executor's helper is this binary too; it must stay single-threaded, so it
+    // branches off before anything else runs.
+    #[cfg(feature = "native")]
+    if std::env::args().nth(1).as_deref() == Some(tether_runtime::native::helper::HELPER_ARG) {
+        tether_runtime::native::helper::serve();
+        return ExitCode::SUCCESS;
+    }
     let args = match cli::parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {

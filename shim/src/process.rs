@@ -34,13 +34,13 @@ use tether_protos::{
     topics,
 };
 use tether_runtime::{
-    runc::{exit_code, RuncExecutor},
+    runc::exit_code,
     CheckpointOpts, CreateOpts, CriuOpts, ExecOpts, Executor, RestoreOpts,
 };
 
 use crate::{
     cgroup::Cgroup,
-    config::Settings,
+    config::{self, Settings},
     error::{Error, Result},
     events::{timestamp, to_any, Publisher},
     mount,
@@ -228,6 +228,8 @@ pub struct Table {
     events: Arc<Publisher>,
     oom: Arc<OomMonitor>,
     exits: Mutex<mpsc::Sender<ExitMsg>>,
+    /// Forks for the native executor's containers (idle until the first one).
+    native_helper: Arc<config::Helper>,
 }
 
 impl Table {
@@ -244,6 +246,7 @@ impl Table {
             events,
             oom,
             exits: Mutex::new(tx),
+            native_helper: config::native_helper(),
         });
         let weak = Arc::downgrade(&table);
         thread::Builder::new()
@@ -307,8 +310,7 @@ impl Table {
         let settings_json = serde_json::to_vec(&settings).expect("settings serialise");
         fs::write(req.bundle.join(SETTINGS_FILE), settings_json)
             .map_err(|e| Error::io(format!("writing {SETTINGS_FILE} in the bundle"), e))?;
-        let executor: Arc<dyn Executor> =
-            Arc::new(RuncExecutor::new(settings.runc(), self.reaper.clone()));
+        let executor = settings.executor(self.reaper.clone(), &self.native_helper)?;
 
         let rootfs = if req.rootfs.is_empty() {
             None

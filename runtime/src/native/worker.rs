@@ -1,0 +1,181 @@
+//! The libcontainer calls that fork: creating a container, starting it (poststart hooks),
+//! exec, delete (poststop hooks) and checkpoint. They run in a process of their own (see
+//! [`super::helper`]) and answer with a [`Reply`].
+
+use std::{os::fd::OwnedFd, path::Path};
+
+use libcontainer::{
+    container::{builder::ContainerBuilder, Container, ContainerStatus},
+    error::LibcontainerError,
+    process::{channel::ChannelError, container_main_process::ProcessError},
+    syscall::syscall::SyscallType,
+};
+
+use super::wire::{Failure, Op, Reply, Request};
+
+/// Carries out `req` with the container process's streams `stdio` (stdin, stdout, stderr;
+/// ignored when a console socket gives the process a terminal instead).
+pub fn run(req: Request, stdio: [OwnedFd; 3]) -> Reply {
+    let op = req.op.name();
+    execute(req, stdio).map_err(|e| classify(op, &e))
+}
+
+fn execute(req: Request, stdio: [OwnedFd; 3]) -> Result<i32, LibcontainerError> {
+    let dir = req.root.join(&req.id);
+    match req.op {
+        Op::Create { bundle, pid_file, console_socket, no_pivot_root } => {
+            let container = builder(&req.id, &req.root, &pid_file, console_socket.as_deref(), stdio)?
+                .as_init(bundle)
+                .with_systemd(req.systemd_cgroup)
+                .with_detach(true)
+                .with_no_pivot(no_pivot_root)
+                .build()?;
+            Ok(container.pid().map_or(0, |p| p.as_raw()))
+        }
+        Op::Exec { process_spec, pid_file, console_socket } => {
+            let pid = builder(&req.id, &req.root, &pid_file, console_socket.as_deref(), stdio)?
+                .as_tenant()
+                .with_detach(true)
+                .with_process(Some(process_spec))
+                .build()?;
+            Ok(pid.as_raw())
+        }
+        Op::Start => Container::load(dir)?.start().map(|()| 0),
+        Op::Delete { force } => {
+            if !dir.exists() {
+                return Ok(0);
+            }
+            let mut container = Container::load(dir)?;
+            if force && container.status() == ContainerStatus::Creating {
+                // A create that died half way: libcontainer refuses to delete a container
+                // it believes is still being created, and nothing of it can run.
+                container.set_status(ContainerStatus::Stopped);
+            }
+            container.delete(force).map(|()| 0)
+        }
+        Op::Checkpoint(opts) => {
+            let options = libcontainer::container::CheckpointOptions {
+                ext_unix_sk: opts.criu.external_unix_sockets,
+                file_locks: opts.criu.file_locks,
+                image_path: opts.criu.image_path,
+                leave_running: opts.leave_running,
+                shell_job: opts.criu.terminal,
+                tcp_established: opts.criu.open_tcp,
+                work_path: Some(opts.criu.work_path),
+                manage_cgroups_mode: match opts.criu.cgroups_mode.as_deref() {
+                    Some("full") => rust_criu::CgMode::FULL,
+                    Some("strict") => rust_criu::CgMode::STRICT,
+                    Some("ignore") => rust_criu::CgMode::IGNORE,
+                    _ => rust_criu::CgMode::SOFT,
+                },
+                link_remap: false,
+            };
+            Container::load(dir)?.checkpoint(&options).map(|()| 0)
+        }
+    }
+}
+
+/// The settings create and exec share: state root, pid file, and either a console socket
+/// or the three streams.
+fn builder(
+    id: &str,
+    root: &Path,
+    pid_file: &Path,
+    console_socket: Option<&Path>,
+    [stdin, stdout, stderr]: [OwnedFd; 3],
+) -> Result<ContainerBuilder, LibcontainerError> {
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(root)?
+        .with_pid_file(Some(pid_file))?;
+    Ok(match console_socket {
+        Some(socket) => builder.with_console_socket(Some(socket)),
+        None => builder.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr),
+    })
+}
+
+/// Sorts a libcontainer error into a [`Failure`] class and one readable line that names the
+/// step that failed (libcontainer's own messages, outermost first, without repeats).
+pub fn classify(op: &str, err: &LibcontainerError) -> (Failure, String) {
+    let failure = match err {
+        LibcontainerError::NoDirectory => Failure::NotFound,
+        LibcontainerError::InvalidID(_)
+        | LibcontainerError::MissingSpec(_)
+        | LibcontainerError::InvalidSpec(_)
+        | LibcontainerError::Spec(_)
+        | LibcontainerError::InvalidInput(_) => Failure::BadSpec,
+        LibcontainerError::MainProcess(ProcessError::Channel(ChannelError::ExecError(_))) if op != "checkpoint" => {
+            Failure::BadProcess
+        }
+        _ => Failure::Runtime,
+    };
+    let message = match err {
+        // The only variant whose text is not in its message.
+        LibcontainerError::InvalidInput(detail) => format!("invalid input: {detail}"),
+        _ => describe(err),
+    };
+    (failure, message)
+}
+
+/// `err` and its sources as one line: each level's message once, skipping levels that only
+/// repeat (or are contained in) the one above, and libcontainer's bare labels ("io error").
+pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        let text = text.trim();
+        let known = parts.iter().any(|p| p.contains(text));
+        if !text.is_empty() && !known && !is_bare_label(text) {
+            parts.push(text.to_string());
+        }
+        next = e.source();
+    }
+    if parts.is_empty() {
+        return err.to_string();
+    }
+    parts.join(": ")
+}
+
+/// libcontainer's catch-all variants say only which kind of error follows.
+fn is_bare_label(text: &str) -> bool {
+    matches!(text, "io error" | "syscall error" | "failed syscall" | "invalid input" | "oci spec error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{msg}")]
+    struct Layer {
+        msg: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    fn chain(msgs: &[&'static str]) -> Layer {
+        let mut layer: Option<Box<Layer>> = None;
+        for msg in msgs.iter().rev() {
+            layer = Some(Box::new(Layer { msg, source: layer }));
+        }
+        *layer.unwrap()
+    }
+
+    #[test]
+    fn describe_keeps_each_step_once() {
+        let err = chain(&["failed to prepare rootfs", "io error", "mount /x: No such file or directory"]);
+        assert_eq!(describe(&err), "failed to prepare rootfs: mount /x: No such file or directory");
+        let err = chain(&["exec failed: executable 'nope' not found in $PATH", "executable 'nope' not found in $PATH"]);
+        assert_eq!(describe(&err), "exec failed: executable 'nope' not found in $PATH");
+    }
+
+    #[test]
+    fn missing_state_is_not_found() {
+        let (failure, message) = classify("start", &LibcontainerError::NoDirectory);
+        assert_eq!(failure, Failure::NotFound);
+        assert!(message.contains("does not exist"), "{message}");
+        let (failure, message) = classify("exec", &LibcontainerError::InvalidInput("bad root".into()));
+        assert_eq!(failure, Failure::BadSpec);
+        assert_eq!(message, "invalid input: bad root");
+    }
+}
