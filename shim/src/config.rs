@@ -323,6 +323,44 @@ mod tests {
         assert_eq!(s.root, Path::new("/run/myroot/ns"));
     }
 
+    fn from_file(text: &str) -> Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tether.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut opts = runtimeoptions::Options::new();
+        opts.config_path = path.display().to_string();
+        Settings::from_options("ns", Some(&any("runtimeoptions.v1.Options", &opts)))
+    }
+
+    #[test]
+    fn native_section_is_the_native_executors() {
+        let s = from_file("executor = \"native\"\n[runc]\nroot = \"/run/for-runc\"\n[native]\nroot = \"/run/n\"\n").unwrap();
+        assert_eq!(s.executor, ExecutorKind::Native);
+        assert_eq!(s.root, Path::new("/run/n"), "[runc] root is runc's alone");
+        let s = from_file("executor = \"native\"\n").unwrap();
+        assert_eq!(s.root, Path::new("/run/tether/ns"));
+        let err = from_file("[native]\nbinary = \"runc\"\n").unwrap_err();
+        assert!(err.to_string().contains("binary"), "{err}");
+    }
+
+    #[cfg(feature = "native")]
+    #[test]
+    fn native_executor_is_built_in() {
+        let s = from_file("executor = \"native\"\n").unwrap();
+        assert_eq!(s.standalone_executor().unwrap().name(), "libcontainer");
+    }
+
+    #[cfg(not(feature = "native"))]
+    #[test]
+    fn a_build_without_the_native_executor_refuses_it() {
+        let s = from_file("executor = \"native\"\n").unwrap();
+        let err = s.standalone_executor().err().expect("no native executor in this build");
+        assert_eq!(err.code(), tether_protos::ttrpc::Code::INVALID_ARGUMENT);
+        assert!(err.to_string().contains("cargo feature `native`"), "{err}");
+        let err = s.executor(Arc::new(DirectWaiter), &native_helper()).err().expect("refused for the serving shim too");
+        assert!(err.to_string().contains("built without the native executor"), "{err}");
+    }
+
     #[test]
     fn unknown_options_type_is_invalid() {
         let opts = runtimeoptions::Options::new();

@@ -6,6 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use tether_protos::{
+    protobuf::{well_known_types::any::Any, Message},
+    runtimeoptions, type_urls,
+};
+
 use crate::containerd::Containerd;
 use crate::ctr::{Ctr, CTR_TIMEOUT};
 use crate::process::{Output, Proc};
@@ -15,8 +20,32 @@ use crate::runtime::Runtime;
 /// PATH inside containers: `ctr run --rootfs` gives the process no environment at all.
 pub const CONTAINER_PATH: &str = "PATH=/bin:/sbin:/usr/bin";
 
+/// How tether runs a scenario's containers: its config's `executor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Executor {
+    /// An OCI runtime binary (runc), forked per operation.
+    Runc,
+    /// youki's libcontainer inside the shim.
+    Native,
+}
+
+impl Executor {
+    /// The config file's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Executor::Runc => "runc",
+            Executor::Native => "native",
+        }
+    }
+}
+
 pub struct Env {
     pub runtime: Runtime,
+    /// The executor tether runs this test's containers with.
+    pub executor: Executor,
+    /// The tether config every `ctr run` (and every Create made through [`Env::runtime_options`])
+    /// sends unless it names its own.
+    pub default_config: Option<PathBuf>,
     /// This test's containerd namespace (unique: cgroup paths are `/NAMESPACE/ID`).
     pub ns: String,
     /// ctr in `ns`.
@@ -28,7 +57,8 @@ pub struct Env {
 }
 
 impl Env {
-    /// A fresh containerd for the runtime named by `$TETHER_TEST_RUNTIME` (default tether).
+    /// A fresh containerd for the runtime named by `$TETHER_TEST_RUNTIME` (default tether),
+    /// with tether's default executor (runc, or what `$TETHER_TEST_RUNTIME_CONFIG` says).
     pub fn new(test: &str) -> Env {
         Env::with_runtime(test, Runtime::from_env())
     }
@@ -39,12 +69,45 @@ impl Env {
         let ctr = containerd.ctr(&ns);
         let rootfs = rootfs::build(&containerd.dir().join("rootfs"));
         Env {
+            default_config: runtime.default_config(),
             runtime,
+            executor: Executor::Runc,
             ns,
             ctr,
             rootfs,
             containerd,
         }
+    }
+
+    /// A fresh containerd (as [`Env::new`]) whose tether runs containers with `executor`.
+    /// `None`, after saying why, when the runtime under test is not tether and `executor` is
+    /// not runc: containerd's Go shim has only the runc way.
+    pub fn for_executor(test: &str, executor: Executor) -> Option<Env> {
+        let runtime = Runtime::from_env();
+        if executor != Executor::Runc && !runtime.is_tether() {
+            skip(test, &format!("the {} executor is tether's (runtime is {})", executor.name(), runtime.name));
+            return None;
+        }
+        let mut env = Env::with_runtime(&format!("{test}-{}", executor.name()), runtime);
+        env.executor = executor;
+        if executor != Executor::Runc {
+            let config = TetherConfig { executor: Some(executor.name().into()), ..Default::default() };
+            std::fs::create_dir_all(env.work()).expect("creating the test's work dir");
+            env.default_config = Some(config.write(&env.work().join(format!("{}.toml", executor.name()))));
+        }
+        Some(env)
+    }
+
+    /// The runtime options a Create sent straight to the shim carries, so that it runs on this
+    /// test's executor: containerd's runtimeoptions naming [`Env::default_config`].
+    pub fn runtime_options(&self) -> Option<Any> {
+        let path = self.default_config.as_ref()?;
+        let options = runtimeoptions::Options { config_path: path.display().to_string(), ..Default::default() };
+        Some(Any {
+            type_url: type_urls::RUNTIME_OPTIONS.into(),
+            value: options.write_to_bytes().expect("runtime options encode"),
+            ..Default::default()
+        })
     }
 
     /// A scratch dir of this test (inside the temp dir, removed at the end).
@@ -222,6 +285,8 @@ pub struct TetherConfig {
     pub systemd_cgroup: Option<bool>,
     /// `[runc] criu`: the CRIU binary.
     pub criu: Option<String>,
+    /// `[native] root`: libcontainer's state dir.
+    pub native_root: Option<PathBuf>,
 }
 
 impl TetherConfig {
@@ -242,6 +307,9 @@ impl TetherConfig {
         }
         if let Some(c) = &self.criu {
             s += &format!("criu = {}\n", toml_str(c));
+        }
+        if let Some(r) = &self.native_root {
+            s += &format!("\n[native]\nroot = {}\n", toml_str(&r.display().to_string()));
         }
         s
     }
@@ -378,7 +446,7 @@ impl<'a> RunBuilder<'a> {
                     };
                     Some(cfg.write(&env.work().join(format!("config-{}.toml", self.id))))
                 }
-                (ConfigChoice::Default, false) => env.runtime.default_config(),
+                (ConfigChoice::Default, false) => env.default_config.clone(),
             };
             if let Some(p) = config {
                 a.extend(["--runtime-config-path".into(), p.display().to_string()]);

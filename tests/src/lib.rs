@@ -6,7 +6,8 @@
 //! Nothing outside the temp dir is touched, except the shim sockets that shims create under
 //! /run/containerd/s and the runtime state of the runtime under test.
 //!
-//! The runtime is a parameter: `TETHER_TEST_RUNTIME=io.containerd.runc.v2` runs the same
+//! The executor is a parameter: [`for_each_executor!`] runs a scenario with tether's runc
+//! executor and with its native one. The runtime is a parameter too: `TETHER_TEST_RUNTIME=io.containerd.runc.v2` runs the same
 //! scenarios against containerd's Go shim, the reference behaviour.
 
 pub mod containerd;
@@ -19,11 +20,31 @@ pub mod shim;
 
 pub use containerd::Containerd;
 pub use ctr::{Ctr, Event, Events, PsRow, TaskRow};
-pub use env::{skip, Env, RunBuilder, TetherConfig};
+pub use env::{skip, Env, Executor, RunBuilder, TetherConfig};
 pub use process::{wait_until, Output, Proc};
 pub use runtime::Runtime;
 
 use std::time::Duration;
+
+/// Runs each scenario `fn NAME(executor: Executor)` once per tether executor, as the tests
+/// `runc::NAME` and `native::NAME` (`cargo test native::` runs one executor's suite).
+#[macro_export]
+macro_rules! for_each_executor {
+    ($($scenario:ident),+ $(,)?) => {
+        mod runc {
+            $(#[test]
+            fn $scenario() {
+                super::$scenario($crate::Executor::Runc)
+            })+
+        }
+        mod native {
+            $(#[test]
+            fn $scenario() {
+                super::$scenario($crate::Executor::Native)
+            })+
+        }
+    };
+}
 
 /// Seconds, for readability in tests.
 pub fn secs(n: u64) -> Duration {

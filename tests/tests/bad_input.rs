@@ -14,6 +14,12 @@ use tether_tests::containerd::mount_points;
 use tether_tests::env::Env;
 use tether_tests::shim::{code_of, exec_request, message_of, ShimClient};
 use tether_tests::secs;
+use tether_tests::Executor;
+
+tether_tests::for_each_executor!(
+    bad_requests_get_clear_codes_and_the_shim_serves_on,
+    shim_socket_and_state_are_root_only,
+);
 
 const LOOP: &str = "while :; do sleep 0.1; done";
 
@@ -41,11 +47,13 @@ fn rootfs_mount(source: &Path) -> api::Mount {
     }
 }
 
-fn create(id: &str, bundle: &Path, rootfs: Vec<api::Mount>) -> api::CreateTaskRequest {
+/// A Create for this test's executor.
+fn create(env: &Env, id: &str, bundle: &Path, rootfs: Vec<api::Mount>) -> api::CreateTaskRequest {
     api::CreateTaskRequest {
         id: id.into(),
         bundle: bundle.display().to_string(),
         rootfs,
+        options: env.runtime_options().into(),
         ..Default::default()
     }
 }
@@ -66,9 +74,8 @@ fn mounted_below(dir: &Path) -> Vec<PathBuf> {
     mount_points().into_iter().filter(|m| m.starts_with(dir)).collect()
 }
 
-#[test]
-fn bad_requests_get_clear_codes_and_the_shim_serves_on() {
-    let env = Env::new("bad_input");
+fn bad_requests_get_clear_codes_and_the_shim_serves_on(executor: Executor) {
+    let Some(env) = Env::for_executor("bad_input", executor) else { return };
     if !env.tether_only("bad_requests_get_clear_codes_and_the_shim_serves_on") {
         return;
     }
@@ -80,27 +87,27 @@ fn bad_requests_get_clear_codes_and_the_shim_serves_on() {
 
     // Create: the bundle, its config, its rootfs, its process, its stdio, its id.
     let missing = env.work().join("no-such-bundle");
-    expect("missing bundle", call_create(&create("b1", &missing, vec![])), Code::INVALID_ARGUMENT, "config.json");
-    expect("empty bundle path", call_create(&create("b1", Path::new(""), vec![])), Code::INVALID_ARGUMENT, "bundle");
+    expect("missing bundle", call_create(&create(&env, "b1", &missing, vec![])), Code::INVALID_ARGUMENT, "config.json");
+    expect("empty bundle path", call_create(&create(&env, "b1", Path::new(""), vec![])), Code::INVALID_ARGUMENT, "bundle");
     let garbled = bundle(&env, "garbled", |_| {});
     fs::write(garbled.join("config.json"), "{\"ociVersion\": ").unwrap();
-    expect("config.json that does not parse", call_create(&create("b2", &garbled, vec![])), Code::INVALID_ARGUMENT, "does not parse");
+    expect("config.json that does not parse", call_create(&create(&env, "b2", &garbled, vec![])), Code::INVALID_ARGUMENT, "does not parse");
     let no_root = bundle(&env, "no-root", |_| {});
     fs::remove_dir(no_root.join("rootfs")).unwrap();
-    expect("rootfs dir missing", call_create(&create("b3", &no_root, vec![])), Code::INVALID_ARGUMENT, "rootfs");
+    expect("rootfs dir missing", call_create(&create(&env, "b3", &no_root, vec![])), Code::INVALID_ARGUMENT, "rootfs");
     let b4 = bundle(&env, "bad-mount", |_| {});
     let gone = env.work().join("no-such-rootfs");
-    expect("rootfs mount source missing", call_create(&create("b4", &b4, vec![rootfs_mount(&gone)])), Code::INVALID_ARGUMENT, "does not exist");
+    expect("rootfs mount source missing", call_create(&create(&env, "b4", &b4, vec![rootfs_mount(&gone)])), Code::INVALID_ARGUMENT, "does not exist");
     let b5 = bundle(&env, "no-binary", |s| s["process"]["args"] = serde_json::json!(["/no/such/binary"]));
-    expect("binary missing in the container", call_create(&create("b5", &b5, vec![rootfs_mount(&env.rootfs)])), Code::INVALID_ARGUMENT, "/no/such/binary");
+    expect("binary missing in the container", call_create(&create(&env, "b5", &b5, vec![rootfs_mount(&env.rootfs)])), Code::INVALID_ARGUMENT, "/no/such/binary");
     let b6 = bundle(&env, "bad-stdio", |_| {});
-    let mut req = create("b6", &b6, vec![rootfs_mount(&env.rootfs)]);
+    let mut req = create(&env, "b6", &b6, vec![rootfs_mount(&env.rootfs)]);
     req.stdout = env.work().join("no-such-dir/stdout").display().to_string();
     expect("stdio path that cannot be opened", call_create(&req), Code::INVALID_ARGUMENT, "stdout");
-    expect("empty id", call_create(&create("", &b6, vec![])), Code::INVALID_ARGUMENT, "invalid id");
-    expect("path traversal in the id", call_create(&create("../x", &b6, vec![])), Code::INVALID_ARGUMENT, "invalid id");
+    expect("empty id", call_create(&create(&env, "", &b6, vec![])), Code::INVALID_ARGUMENT, "invalid id");
+    expect("path traversal in the id", call_create(&create(&env, "../x", &b6, vec![])), Code::INVALID_ARGUMENT, "invalid id");
     let anchor_bundle = env.containerd.bundle(&env.ns, "anchor");
-    expect("duplicate id", call_create(&create("anchor", &anchor_bundle, vec![])), Code::ALREADY_EXISTS, "anchor");
+    expect("duplicate id", call_create(&create(&env, "anchor", &anchor_bundle, vec![])), Code::ALREADY_EXISTS, "anchor");
     for dir in [&b4, &b5, &b6] {
         assert!(mounted_below(dir).is_empty(), "a failed create left mounts: {:?}", mounted_below(dir));
     }
@@ -141,9 +148,8 @@ fn mode_of(path: &Path) -> u32 {
     fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o7777
 }
 
-#[test]
-fn shim_socket_and_state_are_root_only() {
-    let env = Env::new("root_only");
+fn shim_socket_and_state_are_root_only(executor: Executor) {
+    let Some(env) = Env::for_executor("root_only", executor) else { return };
     if !env.tether_only("shim_socket_and_state_are_root_only") {
         return;
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tether_protos::{api, runc_options::CheckpointOptions, ttrpc::Code};
-use tether_tests::env::{skip, Env, TetherConfig};
+use tether_tests::env::{skip, Env, Executor, TetherConfig};
 use tether_tests::runtime::recording_runc;
 use tether_tests::shim::{code_of, message_of, ShimClient};
 use tether_tests::{secs, wait_until};
@@ -150,6 +150,27 @@ fn missing_criu_is_a_failed_precondition() {
     assert_eq!(ctr.rm_task("c1"), 137);
 }
 
+/// A Create of task `c1-restored` from the checkpoint in `image`, in a bundle of its own
+/// with c1's config on the test's rootfs, for the test's executor.
+fn restore_request(env: &Env, image: &Path) -> api::CreateTaskRequest {
+    let bundle: PathBuf = env.work().join("restored");
+    fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    fs::copy(env.containerd.bundle(&env.ns, "c1").join("config.json"), bundle.join("config.json")).unwrap();
+    api::CreateTaskRequest {
+        id: "c1-restored".into(),
+        bundle: bundle.display().to_string(),
+        rootfs: vec![api::Mount {
+            type_: "bind".into(),
+            source: env.rootfs.display().to_string(),
+            options: vec!["rbind".into(), "rw".into()],
+            ..Default::default()
+        }],
+        checkpoint: image.display().to_string(),
+        options: env.runtime_options().into(),
+        ..Default::default()
+    }
+}
+
 fn read_count(rootfs: &Path) -> Option<u64> {
     fs::read_to_string(rootfs.join("count")).ok()?.trim().parse().ok()
 }
@@ -191,22 +212,7 @@ fn checkpoint_and_restore_round_trip() {
     let stopped_at = read_count(&env.rootfs).expect("a count");
 
     // Restore into a new task of the same shim, in a bundle of our own on the same rootfs.
-    let bundle: PathBuf = env.work().join("restored");
-    fs::create_dir_all(bundle.join("rootfs")).unwrap();
-    fs::copy(env.containerd.bundle(&env.ns, "c1").join("config.json"), bundle.join("config.json")).unwrap();
-    let req = api::CreateTaskRequest {
-        id: "c1-restored".into(),
-        bundle: bundle.display().to_string(),
-        rootfs: vec![api::Mount {
-            type_: "bind".into(),
-            source: env.rootfs.display().to_string(),
-            options: vec!["rbind".into(), "rw".into()],
-            ..Default::default()
-        }],
-        checkpoint: image.display().to_string(),
-        ..Default::default()
-    };
-    shim.create(&req).unwrap_or_else(|e| panic!("restore: {e}"));
+    shim.create(&restore_request(&env, &image)).unwrap_or_else(|e| panic!("restore: {e}"));
     let cleanup = RestoredTask { shim: &shim, id: "c1-restored" };
     shim.start("c1-restored").unwrap_or_else(|e| panic!("start restored: {e}"));
     let resumed = wait_until(secs(10), || read_count(&env.rootfs).filter(|&n| n > stopped_at))
@@ -217,4 +223,46 @@ fn checkpoint_and_restore_round_trip() {
     );
     drop(cleanup);
     ctr.rm_task("c1");
+}
+
+#[test]
+fn native_checkpoint_failures_are_clear_and_restore_is_unimplemented() {
+    let Some(env) = Env::for_executor("native_checkpoint", Executor::Native) else { return };
+    let ctr = &env.ctr;
+    env.run("c1").detach().run(&["sh", "-c", COUNTER]).expect_ok();
+    ctr.wait_status("c1", "RUNNING", secs(10));
+    let shim = ShimClient::for_task(&env, "c1");
+
+    // Checkpoint through libcontainer's CRIU client.
+    let image = env.work().join("image");
+    let options = CheckpointOptions { image_path: image.display().to_string(), ..Default::default() };
+    match (criu_works(), shim.checkpoint("c1", &options)) {
+        (Ok(()), result) => {
+            result.unwrap_or_else(|e| panic!("checkpoint: {e}"));
+            assert!(image.join("inventory.img").exists(), "CRIU wrote its images");
+        }
+        (Err(why), Ok(())) => panic!("checkpoint succeeded although CRIU fails here ({why})"),
+        (Err(why), Err(e)) => {
+            println!("CRIU fails here ({why}); the checkpoint said: {e}");
+            assert_eq!(code_of(&e), Code::INTERNAL, "{e}");
+            assert!(message_of(&e).contains("libcontainer checkpoint failed"), "{}", message_of(&e));
+        }
+    }
+    // Whatever CRIU did, the container runs on and is served.
+    assert_eq!(ctr.status("c1").as_deref(), Some("RUNNING"));
+    env.exec("c1", "after", &["cat", "/count"]).expect_ok();
+
+    // libcontainer cannot restore: a Create from a checkpoint says so, and leaves nothing.
+    let req = restore_request(&env, &image);
+    let bundle = PathBuf::from(&req.bundle);
+    let err = shim.create(&req).expect_err("the native executor cannot restore");
+    assert_eq!(code_of(&err), Code::UNIMPLEMENTED, "{err}");
+    assert!(message_of(&err).contains("restore"), "{}", message_of(&err));
+    assert!(
+        tether_tests::containerd::mount_points().iter().all(|m| !m.starts_with(&bundle)),
+        "the refused restore left its rootfs mounted"
+    );
+    ctr.kill("c1", "SIGKILL", false).expect_ok();
+    ctr.wait_status("c1", "STOPPED", secs(10));
+    assert_eq!(ctr.rm_task("c1"), 137);
 }

@@ -8,6 +8,11 @@ use std::time::Instant;
 
 use tether_tests::env::{usage, Env};
 use tether_tests::{secs, wait_until};
+use tether_tests::Executor;
+
+tether_tests::for_each_executor!(
+    churn_of_containers_and_execs_leaves_nothing_behind,
+);
 
 const CONTAINERS: usize = 500;
 const EXECS: usize = 1000;
@@ -51,9 +56,8 @@ fn in_parallel(n: usize, work: impl Fn(usize) + Sync) {
     });
 }
 
-#[test]
-fn churn_of_containers_and_execs_leaves_nothing_behind() {
-    let env = Env::new("churn");
+fn churn_of_containers_and_execs_leaves_nothing_behind(executor: Executor) {
+    let Some(env) = Env::for_executor("churn", executor) else { return };
     if !env.tether_only("churn_of_containers_and_execs_leaves_nothing_behind") {
         return;
     }

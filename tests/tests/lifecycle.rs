@@ -3,12 +3,22 @@
 
 use tether_tests::env::{pid_exists, Env};
 use tether_tests::{secs, wait_until};
+use tether_tests::Executor;
+
+tether_tests::for_each_executor!(
+    detached_task_lifecycle,
+    foreground_run_output_and_exit_status,
+    large_output_is_not_truncated,
+    stdin_is_forwarded_and_closed,
+    kill_all_signals_every_process,
+    error_answers,
+    events_are_published_in_order,
+);
 
 const LOOP_UNTIL_TERM: &str = "trap 'exit 7' TERM; while :; do sleep 0.1; done";
 
-#[test]
-fn detached_task_lifecycle() {
-    let env = Env::new("detached_task_lifecycle");
+fn detached_task_lifecycle(executor: Executor) {
+    let Some(env) = Env::for_executor("detached_task_lifecycle", executor) else { return };
     let ctr = &env.ctr;
 
     env.run("c1")
@@ -110,9 +120,8 @@ fn detached_task_lifecycle() {
     assert!(!ctr.containers().contains(&"c1".to_owned()));
 }
 
-#[test]
-fn foreground_run_output_and_exit_status() {
-    let env = Env::new("foreground_run");
+fn foreground_run_output_and_exit_status(executor: Executor) {
+    let Some(env) = Env::for_executor("foreground_run", executor) else { return };
     let out = env
         .run("f1")
         .rm()
@@ -152,9 +161,8 @@ fn foreground_run_output_and_exit_status() {
     );
 }
 
-#[test]
-fn large_output_is_not_truncated() {
-    let env = Env::new("large_output");
+fn large_output_is_not_truncated(executor: Executor) {
+    let Some(env) = Env::for_executor("large_output", executor) else { return };
     let expected: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
 
     // Init process: every byte written before the exit arrives before ctr sees the exit.
@@ -201,9 +209,8 @@ fn large_output_is_not_truncated() {
     );
 }
 
-#[test]
-fn stdin_is_forwarded_and_closed() {
-    let env = Env::new("stdin");
+fn stdin_is_forwarded_and_closed(executor: Executor) {
+    let Some(env) = Env::for_executor("stdin", executor) else { return };
     let script = "while read line; do echo \"got:$line\"; done; echo '<eof>'";
 
     // Init: data typed while it runs reaches it; closing ctr's stdin closes the task's.
@@ -254,9 +261,8 @@ fn stdin_is_forwarded_and_closed() {
     assert!(out.stdout.ends_with("<eof>\n"), "exec saw EOF: {out}");
 }
 
-#[test]
-fn kill_all_signals_every_process() {
-    let env = Env::new("kill_all");
+fn kill_all_signals_every_process(executor: Executor) {
+    let Some(env) = Env::for_executor("kill_all", executor) else { return };
     let ctr = &env.ctr;
     // An init that ignores SIGTERM, with two children.
     env.run("k1")
@@ -287,9 +293,8 @@ fn kill_all_signals_every_process() {
     assert_eq!(ctr.rm_task("k1"), 137);
 }
 
-#[test]
-fn error_answers() {
-    let env = Env::new("error_answers");
+fn error_answers(executor: Executor) {
+    let Some(env) = Env::for_executor("error_answers", executor) else { return };
     let ctr = &env.ctr;
 
     // Unknown container.
@@ -371,9 +376,8 @@ fn error_answers() {
         .expect_stderr("not found");
 }
 
-#[test]
-fn events_are_published_in_order() {
-    let env = Env::new("events_order");
+fn events_are_published_in_order(executor: Executor) {
+    let Some(env) = Env::for_executor("events_order", executor) else { return };
     let ctr = &env.ctr;
     let events = ctr.subscribe();
 

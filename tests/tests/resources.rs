@@ -8,6 +8,13 @@ use tether_protos::ttrpc::Code;
 use tether_tests::env::{usage, Env};
 use tether_tests::shim::{code_of, message_of, ShimClient};
 use tether_tests::{secs, wait_until, Event};
+use tether_tests::Executor;
+
+tether_tests::for_each_executor!(
+    metrics_and_update,
+    oom_kill_is_reported_before_the_exit,
+    deleted_containers_leave_no_watcher_behind,
+);
 
 const LOOP: &str = "while :; do sleep 0.1; done";
 
@@ -39,9 +46,8 @@ fn is_v2() -> bool {
     Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
-#[test]
-fn metrics_and_update() {
-    let env = Env::new("metrics_update");
+fn metrics_and_update(executor: Executor) {
+    let Some(env) = Env::for_executor("metrics_update", executor) else { return };
     let ctr = &env.ctr;
     env.run("c1").detach().run(&["sh", "-c", LOOP]).expect_ok();
     let task = ctr.wait_status("c1", "RUNNING", secs(10));
@@ -133,9 +139,8 @@ fn position(events: &[Event], topic: &str) -> Option<usize> {
     events.iter().position(|e| e.topic == topic)
 }
 
-#[test]
-fn oom_kill_is_reported_before_the_exit() {
-    let env = Env::new("oom_kill");
+fn oom_kill_is_reported_before_the_exit(executor: Executor) {
+    let Some(env) = Env::for_executor("oom_kill", executor) else { return };
     let ctr = &env.ctr;
     let events = ctr.subscribe();
 
@@ -171,9 +176,8 @@ fn oom_kill_is_reported_before_the_exit() {
     assert_eq!(ctr.rm_task("parent"), 137);
 }
 
-#[test]
-fn deleted_containers_leave_no_watcher_behind() {
-    let env = Env::new("oom_watch_leak");
+fn deleted_containers_leave_no_watcher_behind(executor: Executor) {
+    let Some(env) = Env::for_executor("oom_watch_leak", executor) else { return };
     if !env.tether_only("deleted_containers_leave_no_watcher_behind") {
         return;
     }

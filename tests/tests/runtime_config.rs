@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use tether_tests::env::{skip, Env, TetherConfig};
+use tether_tests::env::{skip, Env, Executor, TetherConfig};
 use tether_tests::runtime::{recording_runc, which};
 use tether_tests::{secs, wait_until};
 
@@ -175,6 +175,7 @@ fn tether_config_file_and_defaults() {
         root: Some(root.clone()),
         systemd_cgroup: Some(false),
         criu: Some("criu".into()),
+        ..Default::default()
     }
     .write(&env.work().join("all-keys.toml"));
     let out = env
@@ -238,5 +239,72 @@ fn tether_bad_config_is_a_clear_error() {
         .is_some(),
         "shims still running: {:?}",
         env.containerd.shim_processes()
+    );
+}
+
+/// The processes whose parent is `pid`, with their command lines.
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let list = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in list.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+            let cmdline = fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            out.push((child, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+#[test]
+fn native_executor_runs_containers_without_a_runtime_binary() {
+    let Some(env) = Env::for_executor("native_executor", Executor::Native) else { return };
+    let ctr = &env.ctr;
+    // A runc that records every call, named as the runtime binary: the native executor must
+    // never run it.
+    let record = env.work().join("runc.calls");
+    let runc = recording_runc(&env.work().join("alt-bin"), "runc", &record);
+    let root = env.work().join("native-root");
+    let config = TetherConfig {
+        executor: Some("native".into()),
+        binary: Some(runc.display().to_string()),
+        native_root: Some(root.clone()),
+        ..Default::default()
+    }
+    .write(&env.work().join("native-root.toml"));
+
+    env.run("c1").detach().config_path(&config).run(&["sh", "-c", "while :; do sleep 0.1; done"]).expect_ok();
+    let task = ctr.wait_status("c1", "RUNNING", secs(10));
+    // libcontainer's own state, under [native] root.
+    let state_file = root.join("c1").join("state.json");
+    let state: serde_json::Value = serde_json::from_slice(
+        &fs::read(&state_file).unwrap_or_else(|e| panic!("{}: {e}", state_file.display())),
+    )
+    .unwrap();
+    assert_eq!(state["id"], "c1", "{state}");
+    assert_eq!(state["pid"], task.pid, "{state}");
+    let out = env.exec("c1", "e1", &["sh", "-c", "echo native-exec; exit 5"]);
+    out.expect_code(5);
+    assert_eq!(out.stdout, "native-exec\n");
+    ctr.run(&["task", "pause", "c1"]).expect_ok();
+    ctr.wait_status("c1", "PAUSED", secs(10));
+    ctr.run(&["task", "resume", "c1"]).expect_ok();
+    ctr.wait_status("c1", "RUNNING", secs(10));
+
+    // The shim forks through its helper: one child running `native-helper` besides the
+    // container's init.
+    let shim = env.shim_pid_of("c1");
+    let kids = children(shim);
+    assert!(kids.iter().any(|(_, cmd)| cmd.contains("native-helper")), "the shim's children: {kids:?}");
+    assert!(kids.iter().any(|(pid, _)| *pid == task.pid), "the init is the shim's child: {kids:?}");
+
+    ctr.kill("c1", "SIGKILL", false).expect_ok();
+    ctr.wait_status("c1", "STOPPED", secs(10));
+    assert_eq!(ctr.rm_task("c1"), 137);
+    assert!(!root.join("c1").exists(), "libcontainer's state went with the task: {:?}", list(&root));
+    assert!(!record.exists(), "the runtime binary was run: {}", subcommands(&record));
+    // The helper goes with its shim.
+    assert!(
+        wait_until(secs(10), || kids.iter().all(|(pid, _)| !Path::new(&format!("/proc/{pid}")).exists()).then_some(())).is_some(),
+        "the shim's children outlived it: {kids:?}"
     );
 }

@@ -5,6 +5,14 @@ use std::fs;
 
 use tether_tests::env::{pid_alive, pid_exists, Env};
 use tether_tests::{secs, wait_until};
+use tether_tests::Executor;
+
+tether_tests::for_each_executor!(
+    grouped_containers_share_one_shim,
+    dead_shim_is_cleaned_up,
+    containerd_restart_keeps_tasks_and_exit_statuses,
+    shim_logs_reach_containerd,
+);
 
 fn address_of(env: &Env, id: &str) -> String {
     let path = env.containerd.bundle(&env.ns, id).join("address");
@@ -14,9 +22,8 @@ fn address_of(env: &Env, id: &str) -> String {
         .to_owned()
 }
 
-#[test]
-fn grouped_containers_share_one_shim() {
-    let env = Env::new("grouping");
+fn grouped_containers_share_one_shim(executor: Executor) {
+    let Some(env) = Env::for_executor("grouping", executor) else { return };
     let ctr = &env.ctr;
     let group = "io.containerd.runc.v2.group";
     let sandbox = "io.kubernetes.cri.sandbox-id";
@@ -95,9 +102,8 @@ fn grouped_containers_share_one_shim() {
     );
 }
 
-#[test]
-fn dead_shim_is_cleaned_up() {
-    let env = Env::new("dead_shim");
+fn dead_shim_is_cleaned_up(executor: Executor) {
+    let Some(env) = Env::for_executor("dead_shim", executor) else { return };
     let ctr = &env.ctr;
     let events = ctr.subscribe();
     env.run("k1").detach().run(&["sleep", "1000"]).expect_ok();
@@ -142,9 +148,8 @@ fn dead_shim_is_cleaned_up() {
     }
 }
 
-#[test]
-fn containerd_restart_keeps_tasks_and_exit_statuses() {
-    let mut env = Env::new("containerd_restart");
+fn containerd_restart_keeps_tasks_and_exit_statuses(executor: Executor) {
+    let Some(mut env) = Env::for_executor("containerd_restart", executor) else { return };
     let ctr = env.ctr.clone();
     env.run("r1").detach().run(&["sleep", "1000"]).expect_ok();
     // r2 exits with 9 when the test creates /tmp/go in the (shared, host-visible) rootfs.
@@ -222,9 +227,8 @@ fn containerd_restart_keeps_tasks_and_exit_statuses() {
     }
 }
 
-#[test]
-fn shim_logs_reach_containerd() {
-    let env = Env::new("shim_logs");
+fn shim_logs_reach_containerd(executor: Executor) {
+    let Some(env) = Env::for_executor("shim_logs", executor) else { return };
     env.run("c1").detach().run(&["sleep", "1000"]).expect_ok();
     env.ctr.wait_status("c1", "RUNNING", secs(10));
     let shim = env.shim_pid_of("c1");

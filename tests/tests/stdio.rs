@@ -7,6 +7,15 @@ use std::time::Duration;
 
 use tether_tests::env::Env;
 use tether_tests::{secs, wait_until};
+use tether_tests::Executor;
+
+tether_tests::for_each_executor!(
+    tty_run_and_resize,
+    tty_exec_and_resize,
+    log_uri_file,
+    log_uri_binary,
+    detached_output_waits_for_a_reader,
+);
 
 /// Prints "tty-yes" if stdin is a terminal, then the terminal size once it is `want` (ctr
 /// resizes the pty just after the task started, so poll briefly), then exits 6.
@@ -18,9 +27,8 @@ fn tty_probe(want: &str) -> String {
     )
 }
 
-#[test]
-fn tty_run_and_resize() {
-    let env = Env::new("tty_run");
+fn tty_run_and_resize(executor: Executor) {
+    let Some(env) = Env::for_executor("tty_run", executor) else { return };
     let out = env
         .run("t1")
         .rm()
@@ -38,9 +46,8 @@ fn tty_run_and_resize() {
     );
 }
 
-#[test]
-fn tty_exec_and_resize() {
-    let env = Env::new("tty_exec");
+fn tty_exec_and_resize(executor: Executor) {
+    let Some(env) = Env::for_executor("tty_exec", executor) else { return };
     env.run("c1").detach().run(&["sleep", "1000"]).expect_ok();
     env.ctr.wait_status("c1", "RUNNING", secs(10));
     let args = env.ctr.exec_args(
@@ -80,9 +87,8 @@ fn wait_file(path: &Path, timeout: Duration, pred: impl Fn(&str) -> bool) -> Str
     .unwrap_or_else(|| panic!("{} never matched; contents: {last:?}", path.display()))
 }
 
-#[test]
-fn log_uri_file() {
-    let env = Env::new("log_uri_file");
+fn log_uri_file(executor: Executor) {
+    let Some(env) = Env::for_executor("log_uri_file", executor) else { return };
     let log = env.work().join("c1.log");
     let out = env
         .run("c1")
@@ -112,9 +118,8 @@ fn log_uri_file() {
     assert_eq!(env.ctr.rm_task("c2"), 0);
 }
 
-#[test]
-fn log_uri_binary() {
-    let env = Env::new("log_uri_binary");
+fn log_uri_binary(executor: Executor) {
+    let Some(env) = Env::for_executor("log_uri_binary", executor) else { return };
     let dir = env.work().join("binlog");
     fs::create_dir_all(&dir).unwrap();
     // The binary logging protocol: fd 3 = the task's stdout, fd 4 = stderr, fd 5 = a pipe the
@@ -153,9 +158,8 @@ fn log_uri_binary() {
     wait_file(&dir.join("stderr"), secs(5), |t| t == "err2\n");
 }
 
-#[test]
-fn detached_output_waits_for_a_reader() {
-    let env = Env::new("detached_output");
+fn detached_output_waits_for_a_reader(executor: Executor) {
+    let Some(env) = Env::for_executor("detached_output", executor) else { return };
     let ctr = &env.ctr;
     // The task writes only once the test creates /tmp/go in the (host-visible) rootfs, after
     // `ctr run -d` has left: nobody reads the stdout FIFO then. The writes must neither fail

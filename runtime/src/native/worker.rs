@@ -7,7 +7,6 @@ use std::{os::fd::OwnedFd, path::Path};
 use libcontainer::{
     container::{builder::ContainerBuilder, Container, ContainerStatus},
     error::LibcontainerError,
-    process::{channel::ChannelError, container_main_process::ProcessError},
     syscall::syscall::SyscallType,
 };
 
@@ -93,6 +92,9 @@ fn builder(
     })
 }
 
+/// How libcontainer's `ChannelError::ExecError` begins: the init could not exec the program.
+const EXEC_FAILED: &str = "exec process failed with error";
+
 /// Sorts a libcontainer error into a [`Failure`] class and one readable line that names the
 /// step that failed (libcontainer's own messages, outermost first, without repeats).
 pub fn classify(op: &str, err: &LibcontainerError) -> (Failure, String) {
@@ -103,9 +105,9 @@ pub fn classify(op: &str, err: &LibcontainerError) -> (Failure, String) {
         | LibcontainerError::InvalidSpec(_)
         | LibcontainerError::Spec(_)
         | LibcontainerError::InvalidInput(_) => Failure::BadSpec,
-        LibcontainerError::MainProcess(ProcessError::Channel(ChannelError::ExecError(_))) if op != "checkpoint" => {
-            Failure::BadProcess
-        }
+        // The container's program could not be exec'd. libcontainer wraps this in errors
+        // that keep their cause only as text, so it is recognised by its words.
+        _ if op != "checkpoint" && err.to_string().contains(EXEC_FAILED) => Failure::BadProcess,
         _ => Failure::Runtime,
     };
     let message = match err {
@@ -174,6 +176,8 @@ mod tests {
         let (failure, message) = classify("start", &LibcontainerError::NoDirectory);
         assert_eq!(failure, Failure::NotFound);
         assert!(message.contains("does not exist"), "{message}");
+        let exec = LibcontainerError::Other(format!("failed to create container: {EXEC_FAILED} error in executing process : executable 'nope' not found in $PATH"));
+        assert_eq!(classify("create", &exec).0, Failure::BadProcess);
         let (failure, message) = classify("exec", &LibcontainerError::InvalidInput("bad root".into()));
         assert_eq!(failure, Failure::BadSpec);
         assert_eq!(message, "invalid input: bad root");
