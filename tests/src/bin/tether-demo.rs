@@ -1,5 +1,6 @@
-//! tether-demo: a private containerd with tether on its PATH runs a busybox container, shows
-//! it in `ctr task ls`, execs into it, stops it, and tears everything down.
+//! tether-demo: a private containerd with tether on its PATH runs a busybox container (with
+//! each of tether's executors), shows it in `ctr task ls`, execs into it, stops it, and tears
+//! everything down.
 //!
 //!     cargo build --workspace && cargo run -p tether-tests --bin tether-demo
 //!
@@ -9,7 +10,7 @@
 
 use std::time::Duration;
 
-use tether_tests::{Env, Output, Runtime};
+use tether_tests::{Env, Output, Runtime, TetherConfig};
 
 fn show(title: &str, shown: &str, out: &Output) {
     println!("\n==> {title}\n$ {shown}");
@@ -76,6 +77,26 @@ fn demo(env: &Env, runtime: &Runtime) -> Result<(), String> {
     );
     if out.code != Some(3) {
         return Err("the foreground run did not exit with status 3".into());
+    }
+
+    if runtime.is_tether() {
+        // The same with the native executor: libcontainer inside the shim, no runc.
+        std::fs::create_dir_all(env.work()).map_err(|e| format!("creating the work dir: {e}"))?;
+        let config = TetherConfig { executor: Some("native".into()), ..Default::default() }
+            .write(&env.work().join("native.toml"));
+        let out = env
+            .run("hello-native")
+            .rm()
+            .config_path(&config)
+            .run(&["sh", "-c", "echo hello from libcontainer inside tether; exit 4"]);
+        show(
+            "the same with tether's native executor (config: executor = \"native\")",
+            &format!("{sh} run --runtime {rt} --runtime-config-path native.toml --rm --rootfs ROOTFS hello-native sh -c '...; exit 4'"),
+            &out,
+        );
+        if out.code != Some(4) {
+            return Err("the native executor's run did not exit with status 4".into());
+        }
     }
 
     let out = env.run("demo").detach().run(&[
