@@ -16,6 +16,18 @@ pub mod runtimeoptions {
     include!(concat!(env!("OUT_DIR"), "/runtimeoptions.rs"));
 }
 
+/// tether's debug service (`Dump`, `Events`): its messages ...
+#[allow(non_upper_case_globals, non_camel_case_types, unused_imports, unused_mut)]
+pub mod debug {
+    include!(concat!(env!("OUT_DIR"), "/debug.rs"));
+}
+
+/// ... and its ttrpc client and server stubs.
+#[allow(non_upper_case_globals, non_camel_case_types, unused_imports, unused_mut, dead_code)]
+pub mod debug_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/debug_ttrpc.rs"));
+}
+
 /// The type urls under which containerd wraps runtime options in an `Any`.
 pub mod type_urls {
     /// containerd's generic runtime options (config path).

@@ -33,6 +33,32 @@ pub struct ConfigFile {
     /// Settings of the native executor.
     #[serde(default)]
     pub native: NativeSection,
+    /// The shim's log level from this container's creation on (`-debug` sets debug at start).
+    pub log_level: Option<LogLevel>,
+}
+
+/// How much the shim logs.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The `log` crate's filter for it.
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
 }
 
 /// The executors tether knows.
@@ -82,6 +108,9 @@ pub struct Settings {
     pub systemd_cgroup: bool,
     #[serde(default)]
     pub criu: Option<PathBuf>,
+    /// The log level the config file asked for.
+    #[serde(default)]
+    pub log_level: Option<LogLevel>,
 }
 
 impl Settings {
@@ -93,6 +122,7 @@ impl Settings {
             root: Path::new(DEFAULT_ROOT).join(namespace),
             systemd_cgroup: false,
             criu: None,
+            log_level: None,
         }
     }
 
@@ -136,6 +166,7 @@ impl Settings {
 
     fn apply_file(&mut self, file: &ConfigFile) {
         self.executor = file.executor;
+        self.log_level = file.log_level;
         match file.executor {
             ExecutorKind::Runc => {
                 if let Some(binary) = &file.runc.binary {
@@ -337,8 +368,9 @@ mod tests {
         let s = from_file("executor = \"native\"\n[runc]\nroot = \"/run/for-runc\"\n[native]\nroot = \"/run/n\"\n").unwrap();
         assert_eq!(s.executor, ExecutorKind::Native);
         assert_eq!(s.root, Path::new("/run/n"), "[runc] root is runc's alone");
-        let s = from_file("executor = \"native\"\n").unwrap();
+        let s = from_file("executor = \"native\"\nlog_level = \"debug\"\n").unwrap();
         assert_eq!(s.root, Path::new("/run/tether/ns"));
+        assert_eq!(s.log_level.map(LogLevel::filter), Some(log::LevelFilter::Debug));
         let err = from_file("[native]\nbinary = \"runc\"\n").unwrap_err();
         assert!(err.to_string().contains("binary"), "{err}");
     }

@@ -36,9 +36,37 @@ pub fn to_any(msg: &dyn MessageDyn) -> Any {
     any
 }
 
+/// How many recent events the shim remembers for `tether-ctl events` and dumps.
+const HISTORY: usize = 1024;
+
+/// One event as the shim recorded it, for its debug service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// Increases by one per event, from 1.
+    pub seq: u64,
+    pub topic: String,
+    pub at: SystemTime,
+    /// The event's fields in protobuf text format.
+    pub text: String,
+    /// Whether containerd acknowledged it.
+    pub delivered: bool,
+}
+
 #[derive(Default)]
 struct Queue {
-    pending: VecDeque<Envelope>,
+    /// Events for containerd, oldest first, each with its sequence number.
+    pending: VecDeque<(u64, Envelope)>,
+    /// The last [`HISTORY`] events, delivered or not.
+    history: VecDeque<Recorded>,
+    last_seq: u64,
+}
+
+impl Queue {
+    fn mark_delivered(&mut self, seq: u64) {
+        if let Some(r) = self.history.iter_mut().rev().find(|r| r.seq == seq) {
+            r.delivered = true;
+        }
+    }
 }
 
 /// Publishes task events in the order they were queued.
@@ -46,9 +74,11 @@ struct Queue {
 /// Guarantees: events are delivered one at a time in queue order; an event that fails to
 /// publish stays at the front and is retried with backoff until it is delivered (or the shim
 /// exits), so a containerd restart loses nothing. Without an events address (standalone use)
-/// events are only logged.
+/// nothing is queued: events are only recorded, for the debug service's followers.
 pub struct Publisher {
     namespace: String,
+    /// Whether a thread publishes to containerd.
+    publishing: bool,
     queue: Mutex<Queue>,
     changed: Condvar,
 }
@@ -56,12 +86,14 @@ pub struct Publisher {
 impl Publisher {
     /// Starts the publishing thread for containerd's ttrpc address (`TTRPC_ADDRESS`).
     pub fn start(address: Option<String>, namespace: &str) -> Arc<Publisher> {
+        let address = address.filter(|a| !a.is_empty());
         let publisher = Arc::new(Publisher {
             namespace: namespace.to_string(),
+            publishing: address.is_some(),
             queue: Mutex::default(),
             changed: Condvar::new(),
         });
-        if let Some(address) = address.filter(|a| !a.is_empty()) {
+        if let Some(address) = address {
             let p = publisher.clone();
             thread::Builder::new()
                 .name("events".into())
@@ -74,13 +106,22 @@ impl Publisher {
     /// Queues `event` under `topic`, stamped now.
     pub fn publish(&self, topic: &str, event: &dyn MessageDyn) {
         log::debug!("event {topic}: {event}");
+        let at = SystemTime::now();
         let mut env = Envelope::new();
-        env.timestamp = Some(timestamp(SystemTime::now())).into();
+        env.timestamp = Some(timestamp(at)).into();
         env.namespace = self.namespace.clone();
         env.topic = topic.to_string();
         env.event = Some(to_any(event)).into();
         let mut q = self.queue.lock().unwrap();
-        q.pending.push_back(env);
+        q.last_seq += 1;
+        let seq = q.last_seq;
+        if q.history.len() == HISTORY {
+            q.history.pop_front();
+        }
+        q.history.push_back(Recorded { seq, topic: topic.to_string(), at, text: event.to_string(), delivered: false });
+        if self.publishing {
+            q.pending.push_back((seq, env));
+        }
         self.changed.notify_all();
     }
 
@@ -88,6 +129,27 @@ impl Publisher {
     pub fn pending(&self) -> usize {
         let q = self.queue.lock().unwrap();
         q.pending.len()
+    }
+
+    /// The events not yet delivered, oldest first.
+    pub fn undelivered(&self) -> Vec<Recorded> {
+        let q = self.queue.lock().unwrap();
+        q.pending.iter().filter_map(|(seq, _)| q.history.iter().find(|r| r.seq == *seq)).cloned().collect()
+    }
+
+    /// The remembered events after sequence number `after`, waiting up to `wait` for one when
+    /// there is none yet. Events older than the last [`HISTORY`] are gone.
+    pub fn recorded_after(&self, after: u64, wait: Duration) -> Vec<Recorded> {
+        let deadline = Instant::now() + wait;
+        let mut q = self.queue.lock().unwrap();
+        loop {
+            let found: Vec<Recorded> = q.history.iter().filter(|r| r.seq > after).cloned().collect();
+            let now = Instant::now();
+            if !found.is_empty() || now >= deadline {
+                return found;
+            }
+            q = self.changed.wait_timeout(q, deadline - now).unwrap().0;
+        }
     }
 
     /// Waits until every queued event is delivered, at most `timeout`; returns whether the
@@ -116,6 +178,7 @@ impl Publisher {
                 }
                 q.pending.front().cloned().expect("queue is not empty")
             };
+            let (seq, env) = env;
             let result = match &client {
                 Some(c) => forward(c, env),
                 None => match connect(address) {
@@ -131,6 +194,7 @@ impl Publisher {
             match result {
                 Ok(()) => {
                     q.pending.pop_front();
+                    q.mark_delivered(seq);
                     backoff = Duration::from_millis(50);
                     self.changed.notify_all();
                 }
@@ -162,4 +226,50 @@ fn forward(client: &EventsClient, env: Envelope) -> Result<(), String> {
         .forward(ttrpc::context::with_timeout(PUBLISH_TIMEOUT.as_nanos() as i64), &req)
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use tether_protos::events::task::TaskStart;
+
+    use super::*;
+
+    #[test]
+    fn events_are_recorded_in_order_for_followers() {
+        let publisher = Publisher::start(None, "ns");
+        assert!(publisher.recorded_after(0, Duration::from_millis(10)).is_empty());
+        let start = |id: &str| TaskStart { container_id: id.into(), pid: 7, ..Default::default() };
+        publisher.publish("/tasks/start", &start("a"));
+        publisher.publish("/tasks/start", &start("b"));
+        let all = publisher.recorded_after(0, Duration::ZERO);
+        assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+        assert!(all[1].text.contains("\"b\""), "{:?}", all[1]);
+        assert_eq!(publisher.recorded_after(1, Duration::ZERO), all[1..]);
+        // Without containerd nothing is queued for it, and nothing waits on a flush.
+        assert_eq!(publisher.pending(), 0);
+        assert!(publisher.flush(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_follower_is_woken_by_the_next_event() {
+        let publisher = Publisher::start(None, "ns");
+        let p = publisher.clone();
+        let follower = thread::spawn(move || p.recorded_after(0, Duration::from_secs(10)));
+        thread::sleep(Duration::from_millis(50));
+        publisher.publish("/tasks/start", &TaskStart::default());
+        let got = follower.join().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].topic, "/tasks/start");
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let publisher = Publisher::start(None, "ns");
+        for _ in 0..HISTORY + 5 {
+            publisher.publish("/tasks/start", &TaskStart::default());
+        }
+        let all = publisher.recorded_after(0, Duration::ZERO);
+        assert_eq!(all.len(), HISTORY);
+        assert_eq!(all[0].seq, 6);
+    }
 }

@@ -1,22 +1,6 @@
 //! `containerd-shim-tether-v2`: the shim containerd starts for each task (or pod) of the
 //! runtime type `io.containerd.tether.v2`.
 
-mod cgroup;
-mod cli;
-mod config;
-mod error;
-mod events;
-mod launch;
-mod logger;
-mod mount;
-mod oom;
-mod process;
-mod reaper;
-mod resources;
-mod service;
-mod stdio;
-mod sys;
-
 use std::{
     fs::OpenOptions,
     os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
@@ -26,9 +10,19 @@ use std::{
     time::Duration,
 };
 
+use signal_hook::{consts::SIGUSR1, iterator::Signals};
 use tether_protos::ttrpc;
 
-use crate::{cli::Action, events::Publisher, oom::OomMonitor, process::Table, reaper::Reaper, service::TaskService};
+use tether_shim::{
+    cli::{self, Action},
+    debug::DebugService,
+    events::Publisher,
+    launch, logger,
+    oom::OomMonitor,
+    process::Table,
+    reaper::Reaper,
+    service::TaskService,
+};
 
 /// The listener `start` hands to `serve`.
 const LISTENER_FD: i32 = 3;
@@ -82,6 +76,19 @@ fn redirect_log() {
     }
 }
 
+/// SIGUSR1 writes the debug dump to the log, one log line per dump line.
+fn dump_on_sigusr1(debug: Arc<DebugService>) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGUSR1])?;
+    thread::Builder::new().name("sigusr1".into()).spawn(move || {
+        for _ in signals.forever() {
+            for line in tether_shim::debug::render(&debug.dump_now()).lines() {
+                log::info!("dump: {line}");
+            }
+        }
+    })?;
+    Ok(())
+}
+
 /// The serving shim: subreaper, reaper, events, the task service on the inherited socket.
 fn serve(args: &cli::Args) -> Result<(), String> {
     redirect_log();
@@ -97,6 +104,8 @@ fn serve(args: &cli::Args) -> Result<(), String> {
     let events = Publisher::start(std::env::var("TTRPC_ADDRESS").ok(), &args.namespace);
     let oom = OomMonitor::start(events.clone()).map_err(|e| format!("starting the OOM monitor: {e}"))?;
     let table = Table::new(&args.namespace, reaper, events.clone(), oom);
+    let debug = Arc::new(DebugService::new(table.clone(), events.clone(), &args.namespace));
+    dump_on_sigusr1(debug.clone()).map_err(|e| format!("installing the SIGUSR1 handler: {e}"))?;
     let socket = args.socket.clone();
     let service = Arc::new(TaskService::new(table, move || {
         let events = events.clone();
@@ -115,7 +124,8 @@ fn serve(args: &cli::Args) -> Result<(), String> {
     let mut server = ttrpc::Server::new()
         .add_listener(LISTENER_FD)
         .map_err(|e| format!("using the inherited listener: {e}"))?
-        .register_service(service.methods());
+        .register_service(service.methods())
+        .register_service(debug.methods());
     server.start().map_err(|e| format!("starting the ttrpc server: {e}"))?;
     log::info!("serving {} for namespace {} (pid {})", args.socket, args.namespace, std::process::id());
     loop {

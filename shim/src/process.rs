@@ -17,13 +17,16 @@ use std::{
     collections::{HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
-    sync::{mpsc, Arc, Condvar, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Condvar, Mutex, MutexGuard,
+    },
     thread,
     time::{Duration, Instant, SystemTime},
 };
 
 use tether_protos::{
-    api,
+    api, debug,
     events::task::{
         TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
         TaskResumed, TaskStart,
@@ -41,6 +44,7 @@ use tether_runtime::{
 use crate::{
     cgroup::Cgroup,
     config::{self, Settings},
+    logger,
     error::{Error, Result},
     events::{timestamp, to_any, Publisher},
     mount,
@@ -147,6 +151,38 @@ impl Process {
     fn exit_fields(&self) -> (u32, SystemTime) {
         self.exited.map(|e| (e.code, e.at)).unwrap_or((0, SystemTime::UNIX_EPOCH))
     }
+
+    /// The process as the debug service shows it.
+    fn dump(&self) -> debug::Process {
+        let (code, at) = self.exit_fields();
+        let count = |c: Option<&Arc<AtomicU64>>| c.map_or(0, |c| c.load(Ordering::Relaxed));
+        let copied = self.io.as_ref().map(|io| &io.copied);
+        debug::Process {
+            exec_id: self.exec_id.clone(),
+            pid: self.pid,
+            status: format!("{:?}", self.status).to_lowercase(),
+            exited: self.exited.is_some(),
+            exit_status: code,
+            exited_at_unix_nanos: if self.exited.is_some() { unix_nanos(at) } else { 0 },
+            stdio: Some(debug::Stdio {
+                stdin: self.stdio.stdin.clone(),
+                stdout: self.stdio.stdout.clone(),
+                stderr: self.stdio.stderr.clone(),
+                terminal: self.stdio.terminal,
+                stdin_bytes: count(copied.map(|c| &c.stdin)),
+                stdout_bytes: count(copied.map(|c| &c.stdout)),
+                stderr_bytes: count(copied.map(|c| &c.stderr)),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// One container and its processes.
@@ -307,6 +343,9 @@ impl Table {
 
     fn create_reserved(&self, req: &CreateRequest) -> Result<u32> {
         let settings = Settings::from_options(&self.namespace, req.options.as_ref())?;
+        if let Some(level) = settings.log_level {
+            logger::set_level(level.filter());
+        }
         let settings_json = serde_json::to_vec(&settings).expect("settings serialise");
         fs::write(req.bundle.join(SETTINGS_FILE), settings_json)
             .map_err(|e| Error::io(format!("writing {SETTINGS_FILE} in the bundle"), e))?;
@@ -617,6 +656,29 @@ impl Table {
             },
         );
         Ok(ExitInfo { pid, code, at })
+    }
+
+    /// Every container and process, as the debug service shows them (sorted by id).
+    pub fn dump(&self) -> Vec<debug::Container> {
+        let map = self.lock();
+        let mut containers: Vec<debug::Container> = map
+            .iter()
+            .map(|(id, c)| {
+                let mut execs: Vec<&Process> = c.execs.values().collect();
+                execs.sort_by(|a, b| a.exec_id.cmp(&b.exec_id));
+                debug::Container {
+                    id: id.clone(),
+                    bundle: c.bundle.display().to_string(),
+                    executor: c.executor.name().to_string(),
+                    init: Some(c.init.dump()).into(),
+                    execs: execs.into_iter().map(Process::dump).collect(),
+                    cgroup: c.cgroup.as_ref().and_then(Cgroup::memory_dir).map(|d| d.display().to_string()).unwrap_or_default(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        containers.sort_by(|a, b| a.id.cmp(&b.id));
+        containers
     }
 
     /// The State response for a process.

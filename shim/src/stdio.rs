@@ -217,10 +217,21 @@ impl Drop for ConsoleSocket {
     }
 }
 
+/// Bytes the shim has copied on each of a process's streams (a pty's output counts as stdout;
+/// `file://` and `binary://` streams are not copied by the shim and stay 0).
+#[derive(Debug, Default)]
+pub struct Copied {
+    pub stdin: Arc<AtomicU64>,
+    pub stdout: Arc<AtomicU64>,
+    pub stderr: Arc<AtomicU64>,
+}
+
 /// The shim's side of a process's stdio: copy threads, the stdin closer and the pty master.
 pub struct ProcessIo {
     spec: StdioSpec,
     drain: Arc<Drain>,
+    /// What the copiers have moved so far.
+    pub copied: Copied,
     /// Dropping this wakes the stdin copier, which then closes the process's stdin.
     stdin_cancel: Mutex<Option<OwnedFd>>,
     stdin_cancel_rx: Option<OwnedFd>,
@@ -240,6 +251,7 @@ impl ProcessIo {
         let mut io = ProcessIo {
             spec: spec.clone(),
             drain: Arc::default(),
+            copied: Copied::default(),
             stdin_cancel: Mutex::new(None),
             stdin_cancel_rx: None,
             stdin_sink: None,
@@ -283,7 +295,8 @@ impl ProcessIo {
             Output::Fifo(_) => {
                 let sink = open_sink(out, name)?.expect("a fifo has a sink");
                 let (r, w) = pipe()?;
-                self.drain.spawn(name, move || copy_output(File::from(r), sink))?;
+                let count = if name == "stdout" { self.copied.stdout.clone() } else { self.copied.stderr.clone() };
+                self.drain.spawn(name, move || copy_output(File::from(r), sink, &count))?;
                 Ok(Some(w))
             }
             Output::Binary { path, args } => {
@@ -303,7 +316,8 @@ impl ProcessIo {
             let master = File::from(sock.receive()?);
             if let Some(out) = open_sink(&parse_output(&self.spec.stdout)?, "stdout")? {
                 let reader = master.try_clone().map_err(|e| Error::io("dup pty master", e))?;
-                self.drain.spawn("pty-out", move || copy_output(reader, out))?;
+                let count = self.copied.stdout.clone();
+                self.drain.spawn("pty-out", move || copy_output(reader, out, &count))?;
             }
             self.stdin_sink = Some(master.try_clone().map_err(|e| Error::io("dup pty master", e))?);
             self.console = Some(master);
@@ -311,9 +325,10 @@ impl ProcessIo {
         if let (Some(sink), Some(cancel)) = (self.stdin_sink.take(), self.stdin_cancel_rx.take()) {
             let fifo = open_fifo(Path::new(&self.spec.stdin), libc::O_RDONLY | libc::O_NONBLOCK, "stdin")?;
             // stdin is not drained before an exit is reported: it is input, not output.
+            let count = self.copied.stdin.clone();
             thread::Builder::new()
                 .name("stdin".into())
-                .spawn(move || copy_stdin(fifo, sink, cancel))
+                .spawn(move || copy_stdin(fifo, sink, cancel, &count))
                 .map_err(|e| Error::io("spawning the stdin thread", e))?;
         }
         Ok(())
@@ -388,7 +403,7 @@ fn open_fifo(path: &Path, flags: i32, name: &str) -> Result<File> {
 
 /// Copies a process's output stream to its destination until EOF. A pty reports EIO once
 /// the last slave closes: that is its EOF.
-fn copy_output(mut from: File, mut to: File) {
+fn copy_output(mut from: File, mut to: File, count: &AtomicU64) {
     let mut buf = vec![0u8; COPY_BUF];
     loop {
         let n = match from.read(&mut buf) {
@@ -401,13 +416,14 @@ fn copy_output(mut from: File, mut to: File) {
             log::warn!("copying output: {e}");
             return;
         }
+        count.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
 /// Copies the client's stdin FIFO to the process until the client closes it or CloseIO.
 /// The FIFO is opened non-blocking, so waiting for a writer is a poll that CloseIO (closing
 /// `cancel`'s other end) can interrupt.
-fn copy_stdin(fifo: File, mut sink: File, cancel: OwnedFd) {
+fn copy_stdin(fifo: File, mut sink: File, cancel: OwnedFd, count: &AtomicU64) {
     let mut buf = vec![0u8; COPY_BUF];
     let mut fifo = fifo;
     loop {
@@ -427,6 +443,7 @@ fn copy_stdin(fifo: File, mut sink: File, cancel: OwnedFd) {
                 if sink.write_all(&buf[..n]).is_err() {
                     return;
                 }
+                count.fetch_add(n as u64, Ordering::Relaxed);
             }
             return;
         }
@@ -436,6 +453,7 @@ fn copy_stdin(fifo: File, mut sink: File, cancel: OwnedFd) {
                 if sink.write_all(&buf[..n]).is_err() {
                     return;
                 }
+                count.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
             Err(_) => return,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::{self, shell_quote, Output, Proc};
+use crate::process::{self, Output, Proc};
 
 /// How long one ordinary `ctr` call may take before it is killed and reported.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,20 +97,8 @@ impl Ctr {
     /// Runs `ctr ARGS` on a pseudo-terminal of `cols`×`rows` (through util-linux `script`),
     /// as a user at a terminal would. Output has `\r\n` line ends; the status is ctr's.
     pub fn run_on_tty<S: AsRef<str>>(&self, args: &[S], cols: u16, rows: u16) -> Output {
-        let ctr = ctr_binary();
-        let line = std::iter::once(ctr.display().to_string())
-            .chain(self.argv(args))
-            .map(|a| shell_quote(&a))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let script_cmd = format!("stty cols {cols} rows {rows}; exec {line}");
-        let mut cmd = Command::new("script");
-        // -q quiet, -e return the child's status, -c the command, /dev/null no typescript.
-        cmd.args(["-q", "-e", "-c", &script_cmd, "/dev/null"]);
-        // stdin stays open (a pipe nobody writes to) until ctr is done: an EOF on script's
-        // stdin would be typed into the terminal as ^D.
-        let proc = Proc::spawn(cmd, true);
-        proc.finish(self.timeout)
+        let argv: Vec<String> = std::iter::once(ctr_binary().display().to_string()).chain(self.argv(args)).collect();
+        process::run_on_tty(&argv, cols, rows, self.timeout)
     }
 
     // ---- tasks -----------------------------------------------------------------------------

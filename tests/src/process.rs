@@ -332,6 +332,19 @@ pub fn run(cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Output {
     proc.finish(timeout)
 }
 
+/// Runs `argv` on a pseudo-terminal of `cols`×`rows` (util-linux `script`), bounded by
+/// `timeout`.
+pub fn run_on_tty(argv: &[String], cols: u16, rows: u16, timeout: Duration) -> Output {
+    let line = argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ");
+    let script_cmd = format!("stty cols {cols} rows {rows}; exec {line}");
+    let mut cmd = Command::new("script");
+    // -q quiet, -e return the child's status, -c the command, /dev/null no typescript.
+    cmd.args(["-q", "-e", "-c", &script_cmd, "/dev/null"]);
+    // stdin stays open (a pipe nobody writes to) until the command is done: an EOF on
+    // script's stdin would be typed into the terminal as ^D.
+    Proc::spawn(cmd, true).finish(timeout)
+}
+
 /// Polls `check` every 50 ms until it returns Some or `timeout` passes.
 pub fn wait_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

@@ -122,6 +122,13 @@ pub fn tether_shim_binary() -> PathBuf {
     );
 }
 
+/// The built `tether-ctl`, beside the shim binary.
+pub fn tether_ctl_binary() -> PathBuf {
+    let ctl = tether_shim_binary().with_file_name("tether-ctl");
+    assert!(is_executable(&ctl), "{} is not built: `cargo build --workspace`", ctl.display());
+    ctl
+}
+
 fn absolute(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }

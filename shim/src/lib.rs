@@ -1,0 +1,19 @@
+//! tether's shim: the pieces of `containerd-shim-tether-v2` (one module per concern), shared
+//! with `tether-ctl`, which reads the shim's state over its debug service.
+
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod debug;
+pub mod error;
+pub mod events;
+pub mod launch;
+pub mod logger;
+pub mod mount;
+pub mod oom;
+pub mod process;
+pub mod reaper;
+pub mod resources;
+pub mod service;
+pub mod stdio;
+pub mod sys;

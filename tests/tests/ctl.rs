@@ -1,0 +1,243 @@
+//! `tether-ctl` against real shims: one serving containerd's task (found by its bundle or by
+//! namespace and id), and shims it starts itself for a bundle with no containerd at all.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tether_tests::env::{Env, Executor};
+use tether_tests::process::{run, run_on_tty, Output, Proc};
+use tether_tests::runtime::tether_ctl_binary;
+use tether_tests::{secs, wait_until};
+
+tether_tests::for_each_executor!(
+    ctl_inspects_and_drives_a_shim_under_containerd,
+    ctl_runs_a_bundle_without_containerd,
+    ctl_attaches_a_terminal,
+);
+
+const LOOP_UNTIL_TERM: &str = "trap 'exit 7' TERM; while :; do sleep 0.1; done";
+
+/// `tether-ctl ARGS...` with `input` on stdin.
+fn ctl<S: AsRef<std::ffi::OsStr>>(args: &[S], input: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(tether_ctl_binary());
+    cmd.args(args);
+    run(cmd, input, secs(60))
+}
+
+fn ctl_inspects_and_drives_a_shim_under_containerd(executor: Executor) {
+    let Some(env) = Env::for_executor("ctl_containerd", executor) else { return };
+    if !env.tether_only("ctl_inspects_and_drives_a_shim_under_containerd") {
+        return;
+    }
+    env.run("c1").detach().run(&["sh", "-c", LOOP_UNTIL_TERM]).expect_ok();
+    let task = env.ctr.wait_status("c1", "RUNNING", secs(10));
+    let bundle = env.containerd.bundle(&env.ns, "c1");
+    let b = bundle.display().to_string();
+    // containerd's task state dir, as `-n NS --state-dir DIR ID` finds the shim.
+    let state_dir = bundle.parent().and_then(Path::parent).unwrap().display().to_string();
+    let by_id = |args: &[&str]| -> Output {
+        let mut all = vec!["-n", &env.ns, "--state-dir", &state_dir];
+        all.extend_from_slice(args);
+        ctl(&all, None)
+    };
+
+    // state and pids, by namespace and id, for people and as JSON.
+    let out = by_id(&["state", "c1"]);
+    out.expect_ok();
+    assert!(out.stdout.contains("RUNNING") && out.stdout.contains(&format!("pid {}", task.pid)), "{out}");
+    let out = by_id(&["--json", "state", "c1"]);
+    let state: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(state["status"], "RUNNING", "{state}");
+    assert_eq!(state["pid"], task.pid, "{state}");
+    let out = ctl(&["--bundle", &b, "pids", "c1"], None);
+    assert!(out.stdout_lines().contains(&task.pid.to_string()), "{out}");
+
+    // stats: the cgroup's memory figures.
+    let out = ctl(&["--bundle", &b, "stats", "c1"], None);
+    assert!(out.ok() && out.stdout.contains("memory"), "{out}");
+    let out = ctl(&["--bundle", &b, "--json", "stats", "c1"], None);
+    let stats: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(stats.get("memory").is_some(), "{stats}");
+
+    // Follow the events while an exec runs with our stdio.
+    let mut follower = Proc::spawn(
+        {
+            let mut cmd = Command::new(tether_ctl_binary());
+            cmd.args(["--bundle", &b, "events"]);
+            cmd
+        },
+        false,
+    );
+    let out = ctl(&["--bundle", &b, "exec", "c1", "--exec-id", "x1", "--", "sh", "-c", "read l; echo got $l; echo e >&2; exit 3"], Some(b"line\n"));
+    out.expect_code(3);
+    assert_eq!(out.stdout, "got line\n", "{out}");
+    assert!(out.stderr.contains('e'), "{out}");
+    for topic in ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"] {
+        assert!(follower.wait_for_stdout(topic, secs(10)), "events never showed {topic}: {}", follower.stdout_so_far());
+    }
+    assert!(follower.stdout_so_far().contains("exec_id: \"x1\""), "{}", follower.stdout_so_far());
+    drop(follower);
+
+    // dump: the process table, stdio with bytes copied, the queue, the fds.
+    let out = ctl(&["--bundle", &b, "dump"], None);
+    out.expect_ok();
+    for needle in ["container c1", &format!("init: pid {}, running", task.pid), "executor", "events not yet delivered: 0", "open fds:"] {
+        assert!(out.stdout.contains(needle), "{needle:?} in dump:\n{out}");
+    }
+    let out = ctl(&["--bundle", &b, "--json", "dump"], None);
+    let dump: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(dump["containers"][0]["id"], "c1", "{dump}");
+    let expected_executor = if executor == Executor::Native { "libcontainer" } else { "runc" };
+    assert_eq!(dump["containers"][0]["executor"], expected_executor, "{dump}");
+
+    // SIGUSR1: the same dump in the shim's log (which containerd copies into its own).
+    let shim = env.shim_pid_of("c1");
+    // SAFETY: kill on the pid of a shim this test's containerd started.
+    unsafe { libc::kill(shim as i32, libc::SIGUSR1) };
+    assert!(
+        wait_until(secs(10), || env.containerd.log().contains("dump: container c1").then_some(())).is_some(),
+        "SIGUSR1 wrote no dump to the log"
+    );
+
+    // kill, then wait: the trap's status.
+    by_id(&["kill", "c1", "-s", "TERM"]).expect_ok();
+    let out = by_id(&["wait", "c1"]);
+    out.expect_code(7);
+    assert!(out.stdout.contains("exit status 7"), "{out}");
+    assert_eq!(env.ctr.rm_task("c1"), 7);
+}
+
+/// Deletes what a standalone shim still serves when a test ends early.
+struct Standalone<'a> {
+    bundles: Vec<(&'a str, PathBuf)>,
+}
+
+impl Drop for Standalone<'_> {
+    fn drop(&mut self) {
+        for (id, bundle) in &self.bundles {
+            let b = bundle.display().to_string();
+            if fs::read_to_string(bundle.join("address")).is_ok() {
+                let _ = ctl(&["--bundle", &b, "kill", id, "--all", "-s", "KILL"], None);
+                let _ = ctl(&["--bundle", &b, "wait", id], None);
+                let _ = ctl(&["--bundle", &b, "delete", id], None);
+            }
+        }
+    }
+}
+
+/// A bundle `name` for `sh -c script`, on the test's (read-only) busybox rootfs.
+fn standalone_bundle(env: &Env, name: &str, script: &str) -> PathBuf {
+    bundle_with(env, name, script, false)
+}
+
+/// [`standalone_bundle`], with a terminal when `terminal`.
+fn bundle_with(env: &Env, name: &str, script: &str, terminal: bool) -> PathBuf {
+    let dir = env.work().join(name);
+    fs::create_dir_all(&dir).unwrap();
+    let spec = Command::new("runc").arg("spec").current_dir(&dir).output().expect("runc spec");
+    assert!(spec.status.success(), "runc spec: {spec:?}");
+    let file = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+    config["root"] = serde_json::json!({ "path": env.rootfs, "readonly": true });
+    config["process"]["terminal"] = terminal.into();
+    config["process"]["args"] = serde_json::json!(["sh", "-c", script]);
+    config["process"]["env"] = serde_json::json!(["PATH=/bin:/sbin:/usr/bin"]);
+    config["linux"]["cgroupsPath"] = format!("/{}/{name}", env.ns).into();
+    fs::write(&file, serde_json::to_vec(&config).unwrap()).unwrap();
+    dir
+}
+
+/// The `--config` option that runs a standalone bundle on the test's executor.
+fn config_args(env: &Env) -> Vec<String> {
+    env.default_config.iter().flat_map(|p| ["--config".to_string(), p.display().to_string()]).collect()
+}
+
+fn ctl_attaches_a_terminal(executor: Executor) {
+    let Some(env) = Env::for_executor("ctl_tty", executor) else { return };
+    if !env.tether_only("ctl_attaches_a_terminal") {
+        return;
+    }
+    // `run` of a terminal bundle: the container's stdin and stdout are a terminal of our size.
+    let probe = "[ -t 0 ] && [ -t 1 ] && echo tty-yes; for i in $(seq 1 100); do s=$(stty size); [ \"$s\" = \"33 111\" ] && break; sleep 0.05; done; echo \"size=$s\"; exit 5";
+    let bundle = bundle_with(&env, "tty1", probe, true);
+    let _cleanup = Standalone { bundles: vec![("tty1", bundle.clone())] };
+    let mut argv = vec![tether_ctl_binary().display().to_string(), "run".into(), "--namespace".into(), env.ns.clone()];
+    argv.extend(config_args(&env));
+    argv.extend(["--id".into(), "tty1".into(), bundle.display().to_string()]);
+    let out = run_on_tty(&argv, 111, 33, secs(60));
+    out.expect_code(5);
+    assert!(out.stdout.contains("tty-yes") && out.stdout.contains("size=33 111"), "{out}");
+
+    // `exec -t` into a container under containerd.
+    env.run("c1").detach().run(&["sh", "-c", LOOP_UNTIL_TERM]).expect_ok();
+    env.ctr.wait_status("c1", "RUNNING", secs(10));
+    let b = env.containerd.bundle(&env.ns, "c1").display().to_string();
+    let exec: Vec<String> = [tether_ctl_binary().display().to_string(), "--bundle".into(), b, "exec".into(), "-t".into(), "c1".into(), "--".into(), "sh".into(), "-c".into(), probe.into()].to_vec();
+    let out = run_on_tty(&exec, 111, 33, secs(60));
+    out.expect_code(5);
+    assert!(out.stdout.contains("tty-yes") && out.stdout.contains("size=33 111"), "{out}");
+    env.ctr.kill("c1", "SIGKILL", false).expect_ok();
+    env.ctr.wait_status("c1", "STOPPED", secs(10));
+    assert_eq!(env.ctr.rm_task("c1"), 137);
+}
+
+fn ctl_runs_a_bundle_without_containerd(executor: Executor) {
+    let Some(env) = Env::for_executor("ctl_standalone", executor) else { return };
+    if !env.tether_only("ctl_runs_a_bundle_without_containerd") {
+        return;
+    }
+    let run_args = |id: &'static str, extra: &[&'static str], bundle: &Path| -> Vec<String> {
+        let mut a: Vec<String> = vec!["run".into(), "--namespace".into(), env.ns.clone(), "--id".into(), id.into()];
+        a.extend(config_args(&env));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push(bundle.display().to_string());
+        a
+    };
+
+    // Output, input, exit status, and the events it printed.
+    let b1 = standalone_bundle(&env, "sa1", "echo out; echo err >&2; read x; echo got $x; exit 7");
+    let b2 = standalone_bundle(&env, "sa2", LOOP_UNTIL_TERM);
+    let b3 = standalone_bundle(&env, "sa3", "echo kept; exit 4");
+    let _cleanup = Standalone { bundles: vec![("sa1", b1.clone()), ("sa2", b2.clone()), ("sa3", b3.clone())] };
+    let out = ctl(&run_args("sa1", &["--events"], &b1), Some(b"hello\n"));
+    out.expect_code(7);
+    assert_eq!(out.stdout, "out\ngot hello\n", "{out}");
+    assert!(out.stderr.contains("err"), "{out}");
+    for topic in ["/tasks/create", "/tasks/start", "/tasks/exit"] {
+        assert!(out.stderr.contains(topic), "{topic} printed: {out}");
+    }
+    assert!(fs::read_to_string(b1.join("log")).unwrap().contains("serving"), "the shim logged to the bundle's log");
+
+    // Our signals reach the container.
+    let mut running = Proc::spawn(
+        {
+            let mut cmd = Command::new(tether_ctl_binary());
+            cmd.args(run_args("sa2", &[], &b2));
+            cmd
+        },
+        true,
+    );
+    let b2s = b2.display().to_string();
+    wait_until(secs(20), || ctl(&["--bundle", &b2s, "state", "sa2"], None).stdout.contains("RUNNING").then_some(()))
+        .expect("sa2 runs");
+    running.signal(libc::SIGTERM);
+    let out = running.finish(secs(20));
+    out.expect_code(7);
+
+    // --keep: the shim serves on after the exit, for state and dump, until deleted.
+    ctl(&run_args("sa3", &["--keep"], &b3), None).expect_code(4);
+    let b3s = b3.display().to_string();
+    let out = ctl(&["--bundle", &b3s, "state", "sa3"], None);
+    assert!(out.stdout.contains("STOPPED") && out.stdout.contains("exit status 4"), "{out}");
+    let out = ctl(&["--bundle", &b3s, "dump"], None);
+    assert!(out.stdout.contains("init: pid") && out.stdout.contains("stopped, exit status 4"), "{out}");
+    assert!(out.stdout.contains("(5 bytes)"), "stdout bytes copied (\"kept\\n\"): {out}");
+    let address = fs::read_to_string(b3.join("address")).unwrap();
+    ctl(&["--bundle", &b3s, "delete", "sa3"], None).expect_ok();
+    let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert!(
+        wait_until(secs(10), || (!socket.exists()).then_some(())).is_some(),
+        "the idle standalone shim exited after the delete"
+    );
+}
