@@ -287,6 +287,8 @@ pub struct TetherConfig {
     pub criu: Option<String>,
     /// `[native] root`: libcontainer's state dir.
     pub native_root: Option<PathBuf>,
+    /// `log_level`: the shim's log level.
+    pub log_level: Option<String>,
 }
 
 impl TetherConfig {
@@ -294,6 +296,9 @@ impl TetherConfig {
         let mut s = String::from("# tether runtime config (written by tether-tests)\n");
         if let Some(e) = &self.executor {
             s += &format!("executor = {}\n", toml_str(e));
+        }
+        if let Some(l) = &self.log_level {
+            s += &format!("log_level = {}\n", toml_str(l));
         }
         s += "\n[runc]\n";
         if let Some(b) = &self.binary {

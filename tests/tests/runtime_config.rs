@@ -308,3 +308,28 @@ fn native_executor_runs_containers_without_a_runtime_binary() {
         "the shim's children outlived it: {kids:?}"
     );
 }
+
+#[test]
+fn log_level_from_the_config_file() {
+    let env = Env::new("log_level");
+    if !env.tether_only("log_level_from_the_config_file") {
+        return;
+    }
+    // containerd at debug level starts its shims with -debug: every task call is logged, with
+    // its id, exec id, duration and result.
+    env.run("c1").rm().run(&["true"]).expect_ok();
+    let logged = |needle: &str| env.containerd.log().lines().any(|l| l.contains(needle));
+    assert!(
+        wait_until(secs(10), || logged("Start id=c1 exec= took=").then_some(())).is_some(),
+        "no debug line for c1's Start in containerd's log"
+    );
+    // A config's log_level rules from its container's creation on.
+    let quiet = TetherConfig { log_level: Some("warn".into()), ..Default::default() }.write(&env.work().join("quiet.toml"));
+    env.run("c2").rm().config_path(&quiet).run(&["true"]).expect_ok();
+    env.run("c3").rm().run(&["true"]).expect_ok();
+    assert!(
+        wait_until(secs(10), || logged("Start id=c3 exec= took=").then_some(())).is_some(),
+        "c3's shim logs at debug level"
+    );
+    assert!(!logged("id=c2 exec="), "c2's shim logged below warn:\n{}", tether_tests::containerd::tail(&env.containerd.log(), 30));
+}
