@@ -11,7 +11,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
     os::{
-        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
         unix::{
             fs::{DirBuilderExt, OpenOptionsExt},
             net::UnixListener,
@@ -41,6 +41,8 @@ const CONSOLE_DIR: &str = "/run/tether/console";
 /// How long a `binary://` logger may take to signal that it is ready.
 const LOGGER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 const COPY_BUF: usize = 64 * 1024;
+/// How often a lingering FIFO checks whether its reader has caught up.
+const LINGER_POLL_MS: u16 = 20;
 
 /// The stdio a client asked for in Create or Exec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -115,23 +117,35 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Counts copy threads still running, so that an exit is reported only after its output.
-#[derive(Default)]
+/// The output copiers of one process: counts those still copying, so that an exit is reported
+/// only after its output, and keeps each destination FIFO open after its copy until the
+/// reader has taken everything or the process is deleted.
 struct Drain {
     running: Mutex<usize>,
     done: Condvar,
+    /// Readable (at EOF) once the process's [`ProcessIo`] is dropped.
+    released: OwnedFd,
 }
 
 impl Drain {
-    fn spawn(self: &Arc<Self>, name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    /// A drain, and the guard whose drop releases its lingering FIFOs.
+    fn new() -> Result<(Arc<Drain>, OwnedFd)> {
+        let (released, guard) = pipe()?;
+        Ok((Arc::new(Drain { running: Mutex::new(0), done: Condvar::new(), released }), guard))
+    }
+
+    /// Runs `copy` on a thread of its own; once it returns its destination, the copy counts
+    /// as done and the destination lingers (see [`linger`]).
+    fn spawn(self: &Arc<Self>, name: &str, copy: impl FnOnce() -> File + Send + 'static) -> Result<()> {
         *self.running.lock().unwrap() += 1;
         let me = self.clone();
         thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                f();
+                let sink = copy();
                 *me.running.lock().unwrap() -= 1;
                 me.done.notify_all();
+                linger(&sink, me.released.as_fd());
             })
             .map(drop)
             .map_err(|e| {
@@ -230,6 +244,8 @@ pub struct Copied {
 pub struct ProcessIo {
     spec: StdioSpec,
     drain: Arc<Drain>,
+    /// Dropped with the process: lets go of the output FIFOs its copiers still hold.
+    _release: OwnedFd,
     /// What the copiers have moved so far.
     pub copied: Copied,
     /// Dropping this wakes the stdin copier, which then closes the process's stdin.
@@ -248,9 +264,11 @@ impl ProcessIo {
     /// Opens what the client asked for and returns the runtime's streams. Nothing is copied
     /// until [`ProcessIo::start`], after the runtime created the process.
     pub fn prepare(spec: &StdioSpec, id: &str, namespace: &str) -> Result<Prepared> {
+        let (drain, release) = Drain::new()?;
         let mut io = ProcessIo {
             spec: spec.clone(),
-            drain: Arc::default(),
+            drain,
+            _release: release,
             copied: Copied::default(),
             stdin_cancel: Mutex::new(None),
             stdin_cancel_rx: None,
@@ -401,20 +419,39 @@ fn open_fifo(path: &Path, flags: i32, name: &str) -> Result<File> {
         .map_err(|e| Error::InvalidArgument(format!("cannot open {name} {}: {e}", path.display())))
 }
 
-/// Copies a process's output stream to its destination until EOF. A pty reports EIO once
-/// the last slave closes: that is its EOF.
-fn copy_output(mut from: File, mut to: File, count: &AtomicU64) {
+/// Holds the FIFO `sink` open until its reader has taken all that is in it, or `released`
+/// says the process was deleted. The last close of a FIFO discards its contents, and a client
+/// may open its read end late (containerd's fifo package opens it in the background), so
+/// closing as soon as the copy ends could lose the output of a short process.
+fn linger(sink: &File, released: BorrowedFd) {
+    loop {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes an int to a valid pointer.
+        if unsafe { libc::ioctl(sink.as_raw_fd(), libc::FIONREAD, &mut unread) } < 0 || unread == 0 {
+            return;
+        }
+        let mut fds = [PollFd::new(released, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(LINGER_POLL_MS)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+            _ => return,
+        }
+    }
+}
+
+/// Copies a process's output stream to its destination until EOF, and returns the
+/// destination. A pty reports EIO once the last slave closes: that is its EOF.
+fn copy_output(mut from: File, mut to: File, count: &AtomicU64) -> File {
     let mut buf = vec![0u8; COPY_BUF];
     loop {
         let n = match from.read(&mut buf) {
-            Ok(0) => return,
+            Ok(0) => return to,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
+            Err(_) => return to,
         };
         if let Err(e) = to.write_all(&buf[..n]) {
             log::warn!("copying output: {e}");
-            return;
+            return to;
         }
         count.fetch_add(n as u64, Ordering::Relaxed);
     }

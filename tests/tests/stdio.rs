@@ -5,7 +5,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+
+use tether_protos::{api, protobuf::well_known_types::empty::Empty};
 use tether_tests::env::Env;
+use tether_tests::shim::{exec_request, ShimClient};
 use tether_tests::{secs, wait_until};
 use tether_tests::Executor;
 
@@ -15,6 +20,7 @@ tether_tests::for_each_executor!(
     log_uri_file,
     log_uri_binary,
     detached_output_waits_for_a_reader,
+    output_of_an_exited_process_waits_for_a_late_reader,
 );
 
 /// Prints "tty-yes" if stdin is a terminal, then the terminal size once it is `want` (ctr
@@ -210,4 +216,50 @@ fn detached_output_waits_for_a_reader(executor: Executor) {
         &out.stdout[..out.stdout.len().min(40)]
     );
     ctr.wait_gone("c1", secs(10));
+}
+
+/// A client may open its end of an output FIFO only after the process has exited (containerd's
+/// fifo package opens it in the background): what the process wrote must still be there.
+fn output_of_an_exited_process_waits_for_a_late_reader(executor: Executor) {
+    let Some(env) = Env::for_executor("late_reader", executor) else { return };
+    if !env.tether_only("output_of_an_exited_process_waits_for_a_late_reader") {
+        return;
+    }
+    env.run("c1").detach().run(&["sh", "-c", "while :; do sleep 0.1; done"]).expect_ok();
+    env.ctr.wait_status("c1", "RUNNING", secs(10));
+    let shim = ShimClient::for_task(&env, "c1");
+    let fifo = env.work().join("late-stdout");
+    fs::create_dir_all(env.work()).unwrap();
+    let path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: mkfifo with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo {}", fifo.display());
+    let mut req = exec_request("c1", "e1", &["sh", "-c", "echo written-before-exit; seq 1 2000"]);
+    req.stdout = fifo.display().to_string();
+    shim.call::<Empty>("Exec", &req).unwrap();
+    let start = api::StartRequest { id: "c1".into(), exec_id: "e1".into(), ..Default::default() };
+    shim.call::<api::StartResponse>("Start", &start).unwrap();
+    let wait = api::WaitRequest { id: "c1".into(), exec_id: "e1".into(), ..Default::default() };
+    assert_eq!(shim.call::<api::WaitResponse>("Wait", &wait).unwrap().exit_status, 0);
+
+    // Only now does a reader come.
+    let reader = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+    let mut got = Vec::new();
+    let mut reader = std::io::BufReader::new(reader);
+    let deadline = std::time::Instant::now() + secs(10);
+    let expected: String = std::iter::once("written-before-exit\n".to_string()).chain((1..=2000).map(|i| format!("{i}\n"))).collect();
+    while got.len() < expected.len() && std::time::Instant::now() < deadline {
+        let mut buf = [0u8; 8192];
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("reading the fifo: {e}"),
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&got), expected, "all the output, for a reader that came after the exit");
+    let delete = api::DeleteRequest { id: "c1".into(), exec_id: "e1".into(), ..Default::default() };
+    shim.call::<api::DeleteResponse>("Delete", &delete).unwrap();
+    env.ctr.kill("c1", "SIGKILL", false).expect_ok();
+    env.ctr.wait_status("c1", "STOPPED", secs(10));
+    assert_eq!(env.ctr.rm_task("c1"), 137);
 }

@@ -174,7 +174,7 @@ fn run(args: Vec<String>) -> Result<u8, String> {
             println!("deleted (exit status {})", resp.exit_status);
             Ok(0)
         }
-        "events" => follow_events(&shim, cli.json),
+        "events" => follow_events(&shim, cli.json, |line| println!("{line}")),
         "dump" => {
             let dump = shim.debug.dump(ctx(), &DumpRequest::new()).map_err(|e| format!("dump: {}", describe(e)))?;
             if cli.json {
@@ -247,17 +247,15 @@ fn stats(shim: &Shim, id: &str, json: bool) -> Result<u8, String> {
     Ok(0)
 }
 
-fn follow_events(shim: &Shim, json: bool) -> Result<u8, String> {
+/// Follows the shim's events, calling `line` with each (rendered, or JSON with `json`),
+/// until the shim goes away.
+fn follow_events(shim: &Shim, json: bool, mut line: impl FnMut(String)) -> Result<u8, String> {
     let mut after = 0;
     loop {
         let req = EventsRequest { after, wait_ms: 10_000, ..Default::default() };
         let resp = shim.debug.events(no_timeout(), &req).map_err(|e| format!("events: {}", describe(e)))?;
         for e in &resp.events {
-            if json {
-                println!("{}", json_of(e)?);
-            } else {
-                println!("{}", render_event(e));
-            }
+            line(if json { json_of(e)? } else { render_event(e) });
             after = e.seq;
         }
     }

@@ -13,15 +13,13 @@ use std::{
 
 use tether_protos::{
     api,
-    debug::EventsRequest,
     protobuf::{well_known_types::any::Any, Message},
     runtimeoptions, type_urls,
 };
-use tether_shim::debug::render_event;
 
 use crate::{
     attach::{self, Copiers, Fifos, RawTerminal},
-    shim::{ctx, describe, no_timeout, Shim},
+    shim::{ctx, describe, Shim},
     Opts,
 };
 
@@ -94,8 +92,8 @@ pub fn run(o: Opts, json: bool) -> Result<u8, String> {
         return Err(format!("create: {}", describe(e)));
     }
     if o.has("--events") {
-        let (s, json) = (shim.clone(), json);
-        thread::spawn(move || print_events(&s, json));
+        let s = shim.clone();
+        thread::spawn(move || crate::follow_events(&s, json, |line| eprintln!("event: {line}")));
     }
     let Some(fifos) = fifos else {
         let pid = start_task(&shim, &id, "")?;
@@ -140,15 +138,3 @@ pub fn shutdown_if_idle(shim: &Shim) {
     let _ = shim.task.shutdown(ctx(), &api::ShutdownRequest::default());
 }
 
-fn print_events(shim: &Shim, json: bool) {
-    let mut after = 0;
-    loop {
-        let req = EventsRequest { after, wait_ms: 10_000, ..Default::default() };
-        let Ok(resp) = shim.debug.events(no_timeout(), &req) else { return };
-        for e in &resp.events {
-            let line = if json { protobuf_json_mapping::print_to_string(e).unwrap_or_default() } else { render_event(e) };
-            eprintln!("event: {line}");
-            after = e.seq;
-        }
-    }
-}
