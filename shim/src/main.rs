@@ -10,6 +10,7 @@ mod launch;
 mod logger;
 mod mount;
 mod oom;
+mod pidfd;
 mod process;
 mod reaper;
 mod resources;
