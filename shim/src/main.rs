@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod error;
 mod events;
+mod journal;
 mod launch;
 mod logger;
 mod mount;
@@ -15,6 +16,7 @@ mod process;
 mod reaper;
 mod resources;
 mod service;
+mod spill;
 mod stdio;
 mod sys;
 

@@ -46,6 +46,7 @@ use crate::{
     config::Settings,
     error::{Error, Result},
     events::{timestamp, to_any, Publisher},
+    journal::{Entry, ExitJournal},
     mount,
     oom::OomMonitor,
     pidfd::Handle,
@@ -238,6 +239,7 @@ pub struct Table {
     events: Arc<Publisher>,
     oom: Arc<OomMonitor>,
     exits: Mutex<mpsc::Sender<ExitMsg>>,
+    journal: Arc<ExitJournal>,
 }
 
 impl Table {
@@ -245,6 +247,9 @@ impl Table {
     /// from `oom`.
     pub fn new(namespace: &str, reaper: Arc<Reaper>, events: Arc<Publisher>, oom: Arc<OomMonitor>) -> Arc<Table> {
         let (tx, rx) = mpsc::channel::<ExitMsg>();
+        let journal = Arc::new(ExitJournal::default());
+        let settle = journal.clone();
+        events.on_delivered(move |event| settle.settle(event));
         let table = Arc::new(Table {
             namespace: namespace.to_string(),
             containers: Mutex::default(),
@@ -254,6 +259,7 @@ impl Table {
             events,
             oom,
             exits: Mutex::new(tx),
+            journal,
         });
         let weak = Arc::downgrade(&table);
         thread::Builder::new()
@@ -422,6 +428,7 @@ impl Table {
                 log::warn!("container {}: cannot watch for OOM kills: {e}", req.id);
             }
         }
+        self.journal.open(&req.id, &req.bundle);
         self.lock().insert(
             req.id.clone(),
             Container {
@@ -649,6 +656,8 @@ impl Table {
         // Only once the runtime let go: a failed delete leaves the container, still watched.
         self.oom.unwatch(id);
         let c = self.lock().remove(id).ok_or_else(|| Error::NotFound(format!("container {id}")))?;
+        // containerd learns the exit from this answer.
+        self.journal.close(id);
         if let Some(t) = &c.rootfs {
             mount::unmount(t);
         }
@@ -850,9 +859,14 @@ impl Table {
         self.with(id, |c| Ok(c.init.pid as u32)).unwrap_or(0)
     }
 
-    /// Records an exit: drains the process's output, marks it stopped, wakes waiters and
-    /// publishes /tasks/exit. An init's exit waits until its execs' exits are reported.
+    /// Records an exit: journals it, drains the process's output, marks it stopped, wakes
+    /// waiters and publishes /tasks/exit. An init's exit waits until its execs' exits are
+    /// reported.
     fn handle_exit(&self, id: &str, exec_id: &str, exit: Exit) {
+        // At once, before anything that may wait: from here a shim crash cannot lose it.
+        let event_id = if exec_id.is_empty() { id } else { exec_id };
+        let code = exit_code(exit.status) as u32;
+        self.journal.record(id, &Entry::new(event_id, exit.pid as u32, code, exit.at));
         let Ok(lifecycle) = self.lifecycle(id) else {
             log::debug!("exit of pid {} for deleted container {id}", exit.pid);
             return;
