@@ -910,6 +910,8 @@ impl Table {
             let p = c.process_mut(exec_id)?;
             p.transition(Status::Stopped)?;
             p.exited = Some(Exited { code, at: exit.at });
+            // Nothing is signalled or checked on once it has exited: give its pidfd back.
+            p.handle = None;
             Ok(p.pid as u32)
         });
         let Ok(pid) = pid else { return };
