@@ -381,6 +381,17 @@ pub(crate) mod tests {
         line.trim().parse().unwrap()
     }
 
+    /// A `sleep` supervised by `reaper` whose parent, a shell spawned as pid `shell`, reaps it
+    /// when it is killed: returns its pid, free again by then, and its handle.
+    fn killed_elsewhere(reaper: &Reaper, shell: i32, on_exit: impl FnOnce(Exit) + Send + 'static) -> (i32, Arc<Handle>) {
+        let spawned = Instant::now();
+        let pid = grandchild(shell);
+        let handle = reaper.supervise(pid, spawned, on_exit);
+        handle.signal(libc::SIGKILL).unwrap();
+        until_reaped(pid);
+        (pid, handle)
+    }
+
     /// Waits until no process has `pid` any more.
     fn until_reaped(pid: i32) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -418,11 +429,7 @@ pub(crate) mod tests {
 
         // A watched process reaped elsewhere; its pid goes to a child of ours that exits 7:
         // that 7 is not the watched process's exit.
-        let spawned = Instant::now();
-        let pid = grandchild(200);
-        let lost = reaper.supervise(pid, spawned, report("lost"));
-        lost.signal(libc::SIGKILL).unwrap();
-        until_reaped(pid);
+        let (pid, _) = killed_elsewhere(&reaper, 200, report("lost"));
         let spawned = Instant::now();
         spawn_at(pid, Command::new("sh").args(["-c", "exit 7"]));
         assert_eq!(next(), ("lost", UNKNOWN_EXIT));
@@ -431,11 +438,7 @@ pub(crate) mod tests {
 
         // A watched process reaped elsewhere while its pid runs again: by pid it looks alive,
         // its pidfd knows better.
-        let spawned = Instant::now();
-        let pid = grandchild(300);
-        let gone = reaper.supervise(pid, spawned, report("gone"));
-        gone.signal(libc::SIGKILL).unwrap();
-        until_reaped(pid);
+        let (pid, gone) = killed_elsewhere(&reaper, 300, report("gone"));
         spawn_at(pid, &mut sleeper());
         assert!(!Handle::Pid(pid).is_lost(|| false), "by pid alone the process seems to run");
         assert!(reaper.heal(pid, &gone, || false));
@@ -459,11 +462,7 @@ pub(crate) mod tests {
         Handle::open(pid).signal(libc::SIGKILL).unwrap();
 
         // A second watch of a pid: the process watched before is gone.
-        let spawned = Instant::now();
-        let pid = grandchild(500);
-        let old = reaper.supervise(pid, spawned, report("old"));
-        old.signal(libc::SIGKILL).unwrap();
-        until_reaped(pid);
+        let (pid, _) = killed_elsewhere(&reaper, 500, report("old"));
         let spawned = Instant::now();
         spawn_at(pid, &mut sleeper());
         let new = reaper.supervise(pid, spawned, report("new"));

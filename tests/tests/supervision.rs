@@ -18,19 +18,26 @@ fn an_init_the_shim_cannot_reap_still_exits() {
     }
     let ctr = &env.ctr;
     let runc = adopting_runc(&env.work().join("bin"), "adopting-runc");
+    // A container whose init exits with `code` once released, and is not the shim's child.
+    let adopted = |id: &str, code: u32| {
+        env.run(id)
+            .detach()
+            .runtime_binary(&runc.display().to_string())
+            .run(&["sh", "-c", &format!("while [ ! -e /tmp/go-{id} ]; do sleep 0.05; done; exit {code}")])
+            .expect_ok();
+        ctr.wait_status(id, "RUNNING", secs(10))
+    };
+    let release = |id: &str, pid: u32| {
+        fs::write(env.rootfs.join(format!("tmp/go-{id}")), "").unwrap();
+        assert!(wait_until(secs(10), || (!pid_alive(pid)).then_some(())).is_some(), "{id}'s init exited");
+    };
     let events = ctr.subscribe();
-    env.run("h1")
-        .detach()
-        .runtime_binary(&runc.display().to_string())
-        .run(&["sh", "-c", "while [ ! -e /tmp/go-h1 ]; do sleep 0.05; done; exit 3"])
-        .expect_ok();
-    let task = ctr.wait_status("h1", "RUNNING", secs(10));
+    let task = adopted("h1", 3);
     let parent = parent_pid(task.pid).expect("the init's parent");
     let shims: Vec<u32> = env.containerd.shim_processes().into_iter().map(|(p, _)| p).collect();
     assert!(!shims.contains(&parent), "the init's parent {parent} is not a shim ({shims:?})");
 
-    fs::write(env.rootfs.join("tmp/go-h1"), "").unwrap();
-    assert!(wait_until(secs(10), || (!pid_alive(task.pid)).then_some(())).is_some(), "the init exited");
+    release("h1", task.pid);
     // Nobody asks the shim anything: its own periodic check finds the init gone.
     let seen = events.wait_for("h1", secs(30), |evs| evs.iter().any(|e| e.topic == "/tasks/exit"));
     let exit = seen.iter().find(|e| e.topic == "/tasks/exit").unwrap();
@@ -40,14 +47,8 @@ fn an_init_the_shim_cannot_reap_still_exits() {
     assert_eq!(ctr.rm_task("h1"), UNKNOWN_EXIT as i32);
 
     // Killed once gone: the shim looks before it signals, and says the process has finished.
-    env.run("h2")
-        .detach()
-        .runtime_binary(&runc.display().to_string())
-        .run(&["sh", "-c", "while [ ! -e /tmp/go-h2 ]; do sleep 0.05; done; exit 4"])
-        .expect_ok();
-    let task = ctr.wait_status("h2", "RUNNING", secs(10));
-    fs::write(env.rootfs.join("tmp/go-h2"), "").unwrap();
-    assert!(wait_until(secs(10), || (!pid_alive(task.pid)).then_some(())).is_some(), "the init exited");
+    let task = adopted("h2", 4);
+    release("h2", task.pid);
     ctr.kill("h2", "SIGKILL", false).expect_failure().expect_stderr("has already finished");
     ctr.wait_status("h2", "STOPPED", secs(10));
     assert_eq!(ctr.rm_task("h2"), UNKNOWN_EXIT as i32);
