@@ -241,7 +241,8 @@ fn containerd_restart_keeps_tasks_and_exit_statuses() {
     }
 }
 
-/// Longer than containerd's own Go shim keeps retrying an event before it drops it.
+/// Longer than containerd's own Go shim retries an event before dropping it (its publisher
+/// gives up after attempts 1, 2, ... 6 s apart, about 21 s).
 const OUTAGE: Duration = Duration::from_secs(25);
 /// More events than tether keeps in memory (256): the rest wait in its spill file.
 const OVERFLOW: usize = 300;
