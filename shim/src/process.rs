@@ -64,8 +64,8 @@ pub const SETTINGS_FILE: &str = "tether.json";
 pub const INIT_PID_FILE: &str = "init.pid";
 /// CRIU's work directory in the bundle when the request names none.
 const CRIU_WORK_DIR: &str = "criu-work";
-/// How often the exits thread, when idle, looks for processes that are gone without an exit
-/// for the reaper (see [`Table::heal`]).
+/// How often the exits thread looks for processes that are gone without an exit for the
+/// reaper (see [`Table::heal`]).
 const HEAL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where a process is in its life.
@@ -266,14 +266,19 @@ impl Table {
             .name("exits".into())
             .spawn(move || {
                 // One thread handles every exit, in reap order, so events keep their order;
-                // when idle, it looks for processes whose exit never came.
+                // between exits, it looks for processes whose exit never came.
+                let mut next_heal = Instant::now() + HEAL_INTERVAL;
                 loop {
-                    let received = rx.recv_timeout(HEAL_INTERVAL);
+                    let received = rx.recv_timeout(next_heal.saturating_duration_since(Instant::now()));
                     let Some(table) = weak.upgrade() else { return };
                     match received {
                         Ok((id, exec_id, exit)) => table.handle_exit(&id, &exec_id, exit),
-                        Err(RecvTimeoutError::Timeout) => table.heal_all(),
+                        Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    if Instant::now() >= next_heal {
+                        table.heal_all();
+                        next_heal = Instant::now() + HEAL_INTERVAL;
                     }
                 }
             })

@@ -199,7 +199,7 @@ impl Reaper {
         }
     }
 
-    /// Reaps one exited child, if there is one; returns the exits to deliver.
+    /// Reaps one exited child, if there is one; returns the exits to deliver (`None`: stop).
     fn reap_one(&self) -> Option<Deliveries> {
         let mut inner = self.inner.lock().unwrap();
         // Looked at before it is reaped, while the pid still names it.
@@ -215,7 +215,11 @@ impl Reaper {
             let exit = Exit::lost(pid, "ended unseen, and another child of the shim with its pid exited");
             deliveries.push((watch.on_exit, exit));
         }
-        let status = reap(pid)?;
+        let Some(status) = reap(pid) else {
+            drop(inner);
+            deliver(deliveries);
+            return None;
+        };
         let exit = Exit {
             pid,
             status,
