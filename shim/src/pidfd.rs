@@ -71,14 +71,16 @@ impl Handle {
         }
     }
 
-    /// Whether the process is gone without an exit for the reaper to collect: it was not
-    /// the shim's child (or someone else reaped it), so its exit status is lost. Where only a
-    /// pid names the process, a live pid may have been recycled: then `vacated`, the caller's
-    /// own evidence that the process is gone (its cgroup holds no process), decides.
+    /// Whether the process is gone and its exit status with it: another process reaped it
+    /// (it was not the shim's child), so the reaper will never see it. An exited process that
+    /// is still a zombie is not lost: if its parent exits, it comes to the shim (the
+    /// subreaper) with its status. Where only a pid names the process, a live pid may have
+    /// been recycled: then `vacated`, the caller's own evidence that the process is gone (its
+    /// cgroup holds no process), decides.
     pub fn is_lost(&self, vacated: impl FnOnce() -> bool) -> bool {
         match self {
-            Handle::Fd(fd) => fd.has_exited() && !fd.is_waiting_zombie(),
-            Handle::Pid(pid) => !is_waiting_zombie_pid(*pid) && (!pid_exists(*pid) || vacated()),
+            Handle::Fd(fd) => fd.is_reaped(),
+            Handle::Pid(pid) => !is_zombie(*pid) && (!pid_exists(*pid) || vacated()),
             Handle::Exited => false,
         }
     }
@@ -122,6 +124,12 @@ impl Pidfd {
         Ok(())
     }
 
+    /// Whether the process has been reaped (by whichever parent): a zombie still takes
+    /// signals, without effect, a reaped process no longer has a pid to take them.
+    fn is_reaped(&self) -> bool {
+        self.signal(0).is_err_and(|e| e.raw_os_error() == Some(libc::ESRCH))
+    }
+
     /// Whether the process has exited (a zombie or reaped): the pidfd polls readable then.
     pub fn has_exited(&self) -> bool {
         let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -156,8 +164,12 @@ pub fn waitid_peek(idtype: libc::idtype_t, id: libc::id_t) -> Option<i32> {
     }
 }
 
-fn is_waiting_zombie_pid(pid: i32) -> bool {
-    waitid_peek(libc::P_PID, pid as libc::id_t) == Some(pid)
+/// Whether `pid` is a zombie, whoever its parent.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, fields)| fields.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 /// Whether some process (maybe a zombie) has `pid`.

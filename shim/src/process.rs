@@ -235,11 +235,12 @@ pub struct Table {
     /// Ids being created, so that two Creates of one id cannot both proceed.
     creating: Mutex<HashSet<String>>,
     changed: Condvar,
+    /// Exits not yet delivered to containerd, per bundle.
+    journal: Arc<ExitJournal>,
     reaper: Arc<Reaper>,
     events: Arc<Publisher>,
     oom: Arc<OomMonitor>,
     exits: Mutex<mpsc::Sender<ExitMsg>>,
-    journal: Arc<ExitJournal>,
 }
 
 impl Table {
@@ -255,11 +256,11 @@ impl Table {
             containers: Mutex::default(),
             creating: Mutex::default(),
             changed: Condvar::new(),
+            journal,
             reaper,
             events,
             oom,
             exits: Mutex::new(tx),
-            journal,
         });
         let weak = Arc::downgrade(&table);
         thread::Builder::new()

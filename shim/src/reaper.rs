@@ -374,11 +374,11 @@ pub(crate) mod tests {
         cmd
     }
 
-    /// A `sleep` whose parent is a shell (spawned as pid `shell`) that reaps it: the shim
-    /// never sees its exit. Returns the sleep's pid.
-    fn grandchild(shell: i32) -> i32 {
+    /// A `sleep` whose parent is a shell (spawned as pid `shell`) that then runs `then`
+    /// (`wait`: it reaps the sleep, so the shim never sees its exit). Returns the sleep's pid.
+    fn grandchild(shell: i32, then: &str) -> i32 {
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "sleep 1000 & echo $!; wait"]).stdout(Stdio::piped());
+        cmd.args(["-c", &format!("sleep 1000 & echo $!; {then}")]).stdout(Stdio::piped());
         let mut sh = spawn_at(shell, &mut cmd);
         let mut line = String::new();
         BufReader::new(sh.stdout.take().unwrap()).read_line(&mut line).unwrap();
@@ -389,7 +389,7 @@ pub(crate) mod tests {
     /// when it is killed: returns its pid, free again by then, and its handle.
     fn killed_elsewhere(reaper: &Reaper, shell: i32, on_exit: impl FnOnce(Exit) + Send + 'static) -> (i32, Arc<Handle>) {
         let spawned = Instant::now();
-        let pid = grandchild(shell);
+        let pid = grandchild(shell, "wait");
         let handle = reaper.supervise(pid, spawned, on_exit);
         handle.signal(libc::SIGKILL).unwrap();
         until_reaped(pid);
@@ -453,7 +453,7 @@ pub(crate) mod tests {
         // The same by pid alone (kernels without pidfds): a pid that runs again only counts
         // as gone on the caller's evidence.
         let spawned = Instant::now();
-        let pid = grandchild(400);
+        let pid = grandchild(400, "wait");
         let by_pid = Arc::new(Handle::Pid(pid));
         let (_, deliveries) = reaper.register(pid, spawned, Some(by_pid.clone()), Box::new(report("by pid")));
         assert!(deliveries.is_empty());
@@ -464,6 +464,21 @@ pub(crate) mod tests {
         assert!(reaper.heal(pid, &by_pid, || true), "unless its cgroup is empty");
         assert_eq!(next(), ("by pid", UNKNOWN_EXIT));
         Handle::open(pid).signal(libc::SIGKILL).unwrap();
+
+        // An exited process whose parent does not reap it is not lost: when that parent
+        // exits, it comes to us (pid 1 here, the subreaper in the shim) with its status.
+        let spawned = Instant::now();
+        let pid = grandchild(600, "exec sleep 1000");
+        let orphan = reaper.supervise(pid, spawned, report("orphan"));
+        orphan.signal(libc::SIGKILL).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while orphan.is_running() {
+            assert!(Instant::now() < deadline, "pid {pid} did not exit");
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!reaper.heal(pid, &orphan, || true), "a zombie is not lost");
+        Handle::open(600).signal(libc::SIGKILL).unwrap();
+        assert_eq!(next(), ("orphan", 137));
 
         // A second watch of a pid: the process watched before is gone.
         let (pid, _) = killed_elsewhere(&reaper, 500, report("old"));
