@@ -304,8 +304,14 @@ impl Table {
     /// Supervises a process whose pid the runtime just reported; returns its handle.
     fn supervise(&self, id: &str, exec_id: &str, pid: i32, spawned: Instant) -> Arc<Handle> {
         let tx = self.exits.lock().unwrap().clone();
+        let journal = self.journal.clone();
         let (id, exec_id) = (id.to_string(), exec_id.to_string());
         self.reaper.supervise(pid, spawned, move |exit| {
+            // Written down as it is reaped, before anything may wait (an exit is handled
+            // after the ones before it): from here a shim crash cannot lose it.
+            let event_id = if exec_id.is_empty() { &id } else { &exec_id };
+            let code = exit_code(exit.status) as u32;
+            journal.record(&id, &Entry::new(event_id, exit.pid as u32, code, exit.at));
             let _ = tx.send((id, exec_id, exit));
         })
     }
@@ -450,10 +456,11 @@ impl Table {
             },
         );
         let handle = self.supervise(&req.id, "", pid, spawned);
-        self.with(&req.id, |c| {
+        // A Delete may have come in since the insert: then the handle has nobody to serve.
+        let _ = self.with(&req.id, |c| {
             c.init.handle = Some(handle);
             Ok(())
-        })?;
+        });
         self.events.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             &TaskCreate {
@@ -865,14 +872,9 @@ impl Table {
         self.with(id, |c| Ok(c.init.pid as u32)).unwrap_or(0)
     }
 
-    /// Records an exit: journals it, drains the process's output, marks it stopped, wakes
-    /// waiters and publishes /tasks/exit. An init's exit waits until its execs' exits are
-    /// reported.
+    /// Records an exit: drains the process's output, marks it stopped, wakes waiters and
+    /// publishes /tasks/exit. An init's exit waits until its execs' exits are reported.
     fn handle_exit(&self, id: &str, exec_id: &str, exit: Exit) {
-        // At once, before anything that may wait: from here a shim crash cannot lose it.
-        let event_id = if exec_id.is_empty() { id } else { exec_id };
-        let code = exit_code(exit.status) as u32;
-        self.journal.record(id, &Entry::new(event_id, exit.pid as u32, code, exit.at));
         let Ok(lifecycle) = self.lifecycle(id) else {
             log::debug!("exit of pid {} for deleted container {id}", exit.pid);
             return;
