@@ -15,7 +15,7 @@ use std::{
 pub enum Handle {
     /// A pidfd opened for the process while it still held its pid.
     Fd(Pidfd),
-    /// Only the pid: the kernel has no pidfds.
+    /// Only the pid: the kernel has no pidfds (or none could be opened).
     Pid(i32),
     /// The process had already exited when its pid became known; nothing may be signalled.
     Exited,
