@@ -86,6 +86,18 @@ impl Cgroup {
         self.memory_dir().is_some_and(Path::is_dir)
     }
 
+    /// Whether any process is left in the cgroup: false once it is empty or removed; true
+    /// when that cannot be told (no memory controller).
+    pub fn populated(&self) -> bool {
+        match self {
+            Cgroup::V1(_) => match self.memory_dir() {
+                Some(dir) => fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty()),
+                None => true,
+            },
+            Cgroup::V2(dir) => read_kv(&dir.join("cgroup.events")).get("populated").is_some_and(|n| *n > 0),
+        }
+    }
+
     /// The directory holding the memory controller's files (`memory.oom_control` on v1,
     /// `memory.events` on v2), where OOM kills are counted and signalled.
     pub fn memory_dir(&self) -> Option<&Path> {

@@ -7,6 +7,7 @@
 use std::{
     fmt::Write as _,
     fs,
+    path::Path,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -14,11 +15,13 @@ use std::{
 use tether_protos::{
     debug::{DumpRequest, DumpResponse, Event, EventsRequest, EventsResponse, Process},
     debug_ttrpc::{create_debug, Debug},
+    topics,
     ttrpc::{self, MethodHandler, TtrpcContext},
 };
 
 use crate::{
     events::{Publisher, Recorded},
+    journal,
     logger::rfc3339,
     process::{unix_nanos, Table},
 };
@@ -54,12 +57,15 @@ impl DebugService {
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
                 .unwrap_or(0)
         };
+        let containers = self.table.dump();
+        let journal = containers.iter().flat_map(|c| journal::read(Path::new(&c.bundle)).into_iter().map(|e| journaled(&c.id, &e))).collect();
         DumpResponse {
             pid: std::process::id(),
             namespace: self.namespace.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.started.elapsed().as_secs(),
-            containers: self.table.dump(),
+            containers,
+            journal,
             pending_events: self.events.undelivered().iter().map(event).collect(),
             open_fds: open_fds(),
             threads: field("Threads:") as u32,
@@ -76,6 +82,16 @@ fn event(r: &Recorded) -> Event {
         timestamp_unix_nanos: unix_nanos(r.at),
         text: r.text.clone(),
         delivered: r.delivered,
+        ..Default::default()
+    }
+}
+
+/// A journaled exit, shown as the /tasks/exit event it waits to be delivered as.
+fn journaled(container: &str, e: &journal::Entry) -> Event {
+    Event {
+        topic: topics::TASK_EXIT_EVENT_TOPIC.into(),
+        timestamp_unix_nanos: unix_nanos(e.at()),
+        text: format!("container_id: {container:?} id: {:?} pid: {} exit_status: {}", e.id, e.pid, e.code),
         ..Default::default()
     }
 }

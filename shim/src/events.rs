@@ -1,23 +1,28 @@
 //! Task events to containerd: an ordered queue drained by one thread that publishes each event
 //! to containerd's ttrpc events service, retrying (never dropping) while containerd is away.
+//! The queue keeps a bounded number of events in memory and spills the rest to a file.
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Condvar, Mutex},
+    sync::{Arc, Condvar, Mutex, OnceLock},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tether_protos::{
-    protobuf::{well_known_types::{any::Any, timestamp::Timestamp}, MessageDyn},
+    protobuf::{well_known_types::{any::Any, timestamp::Timestamp}, Message, MessageDyn},
     shim::{events::ForwardRequest, events_ttrpc::EventsClient, event::Envelope},
     ttrpc,
 };
+
+use crate::spill::Spill;
 
 /// How long one publish attempt may take before it counts as failed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between two attempts while containerd is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How many undelivered events are kept in memory; later ones wait in the spill file.
+pub const MEMORY_EVENTS: usize = 256;
 
 /// A protobuf timestamp for `t`.
 pub fn timestamp(t: SystemTime) -> Timestamp {
@@ -52,19 +57,69 @@ pub struct Recorded {
     pub delivered: bool,
 }
 
+/// The last [`HISTORY`] events, delivered or not.
 #[derive(Default)]
-struct Queue {
-    /// Events for containerd, oldest first, each with its sequence number.
-    pending: VecDeque<(u64, Envelope)>,
-    /// The last [`HISTORY`] events, delivered or not.
-    history: VecDeque<Recorded>,
+struct History {
+    events: VecDeque<Recorded>,
     last_seq: u64,
+    /// The sequence number of the last event containerd accepted: events are queued in
+    /// sequence order and delivered in queue order, so every event up to it is delivered.
+    delivered_seq: u64,
+}
+
+impl History {
+    fn record(&mut self, topic: &str, at: SystemTime, text: String) {
+        self.last_seq += 1;
+        if self.events.len() == HISTORY {
+            self.events.pop_front();
+        }
+        self.events.push_back(Recorded { seq: self.last_seq, topic: topic.to_string(), at, text, delivered: false });
+    }
+
+    fn delivered_one(&mut self) {
+        self.delivered_seq += 1;
+        let seq = self.delivered_seq;
+        if let Some(r) = self.events.iter_mut().rev().find(|r| r.seq == seq) {
+            r.delivered = true;
+        }
+    }
+}
+
+/// Undelivered events, oldest first: those in memory, then those spilled.
+struct Queue {
+    memory: VecDeque<Envelope>,
+    /// Made at the first overflow.
+    spill: Option<Spill>,
 }
 
 impl Queue {
-    fn mark_delivered(&mut self, seq: u64) {
-        if let Some(r) = self.history.iter_mut().rev().find(|r| r.seq == seq) {
-            r.delivered = true;
+    fn len(&self) -> usize {
+        self.memory.len() + self.spill.as_ref().map_or(0, Spill::len)
+    }
+
+    fn push(&mut self, env: Envelope) {
+        let spilled = self.spill.as_ref().is_some_and(|s| s.len() > 0);
+        if !spilled && self.memory.len() < MEMORY_EVENTS {
+            self.memory.push_back(env);
+            return;
+        }
+        let spill = self.spill.get_or_insert_with(|| {
+            log::warn!("more than {MEMORY_EVENTS} events undelivered; spilling the rest to a file");
+            Spill::new(&std::env::temp_dir())
+        });
+        spill.push(env.write_to_bytes().expect("an envelope encodes"));
+    }
+
+    /// Drops the delivered front event and refills memory from the spill, in order.
+    fn pop_delivered(&mut self) {
+        self.memory.pop_front();
+        let Some(spill) = &mut self.spill else { return };
+        while self.memory.len() < MEMORY_EVENTS {
+            let Some(bytes) = spill.pop() else { break };
+            match Envelope::parse_from_bytes(&bytes) {
+                Ok(env) => self.memory.push_back(env),
+                Err(e) => log::error!("a spilled event does not decode ({e}); it is lost"),
+            }
         }
     }
 }
@@ -73,14 +128,21 @@ impl Queue {
 ///
 /// Guarantees: events are delivered one at a time in queue order; an event that fails to
 /// publish stays at the front and is retried with backoff until it is delivered (or the shim
-/// exits), so a containerd restart loses nothing. Without an events address (standalone use)
-/// nothing is queued: events are only recorded, for the debug service's followers.
+/// exits), so a containerd restart loses nothing, however long containerd is away: past
+/// [`MEMORY_EVENTS`] they wait in a file. Without an events address (standalone use) nothing
+/// is queued: events are only recorded, for the debug service's followers.
 pub struct Publisher {
     namespace: String,
     /// Whether a thread publishes to containerd.
     publishing: bool,
     queue: Mutex<Queue>,
+    /// Guarded apart from the queue: followers and dumps never wait on a spill file.
+    history: Mutex<History>,
     changed: Condvar,
+    /// Signalled when an event is recorded.
+    recorded: Condvar,
+    /// Told of every event containerd has accepted.
+    on_delivered: OnceLock<Box<dyn Fn(&Envelope) + Send + Sync>>,
 }
 
 impl Publisher {
@@ -90,8 +152,11 @@ impl Publisher {
         let publisher = Arc::new(Publisher {
             namespace: namespace.to_string(),
             publishing: address.is_some(),
-            queue: Mutex::default(),
+            queue: Mutex::new(Queue { memory: VecDeque::new(), spill: None }),
+            history: Mutex::default(),
             changed: Condvar::new(),
+            recorded: Condvar::new(),
+            on_delivered: OnceLock::new(),
         });
         if let Some(address) = address {
             let p = publisher.clone();
@@ -103,6 +168,13 @@ impl Publisher {
         publisher
     }
 
+    /// Has `f` called with each event once containerd has accepted it (set once).
+    pub fn on_delivered(&self, f: impl Fn(&Envelope) + Send + Sync + 'static) {
+        if self.on_delivered.set(Box::new(f)).is_err() {
+            panic!("Publisher::on_delivered is set once");
+        }
+    }
+
     /// Queues `event` under `topic`, stamped now.
     pub fn publish(&self, topic: &str, event: &dyn MessageDyn) {
         log::debug!("event {topic}: {event}");
@@ -112,43 +184,42 @@ impl Publisher {
         env.namespace = self.namespace.clone();
         env.topic = topic.to_string();
         env.event = Some(to_any(event)).into();
+        // Queue and record under the queue's lock, so that sequence order is queue order.
         let mut q = self.queue.lock().unwrap();
-        q.last_seq += 1;
-        let seq = q.last_seq;
-        if q.history.len() == HISTORY {
-            q.history.pop_front();
-        }
-        q.history.push_back(Recorded { seq, topic: topic.to_string(), at, text: event.to_string(), delivered: false });
+        self.history.lock().unwrap().record(topic, at, event.to_string());
+        self.recorded.notify_all();
         if self.publishing {
-            q.pending.push_back((seq, env));
+            q.push(env);
+            self.changed.notify_all();
         }
-        self.changed.notify_all();
     }
 
     /// Events not yet delivered.
     pub fn pending(&self) -> usize {
-        let q = self.queue.lock().unwrap();
-        q.pending.len()
+        self.queue.lock().unwrap().len()
     }
 
-    /// The events not yet delivered, oldest first.
+    /// The remembered events not yet delivered, oldest first.
     pub fn undelivered(&self) -> Vec<Recorded> {
-        let q = self.queue.lock().unwrap();
-        q.pending.iter().filter_map(|(seq, _)| q.history.iter().find(|r| r.seq == *seq)).cloned().collect()
+        if !self.publishing {
+            return Vec::new();
+        }
+        let h = self.history.lock().unwrap();
+        h.events.iter().filter(|r| r.seq > h.delivered_seq).cloned().collect()
     }
 
     /// The remembered events after sequence number `after`, waiting up to `wait` for one when
     /// there is none yet. Events older than the last [`HISTORY`] are gone.
     pub fn recorded_after(&self, after: u64, wait: Duration) -> Vec<Recorded> {
         let deadline = Instant::now() + wait;
-        let mut q = self.queue.lock().unwrap();
+        let mut h = self.history.lock().unwrap();
         loop {
-            let found: Vec<Recorded> = q.history.iter().filter(|r| r.seq > after).cloned().collect();
+            let found: Vec<Recorded> = h.events.iter().filter(|r| r.seq > after).cloned().collect();
             let now = Instant::now();
             if !found.is_empty() || now >= deadline {
                 return found;
             }
-            q = self.changed.wait_timeout(q, deadline - now).unwrap().0;
+            h = self.recorded.wait_timeout(h, deadline - now).unwrap().0;
         }
     }
 
@@ -157,7 +228,7 @@ impl Publisher {
     pub fn flush(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut q = self.queue.lock().unwrap();
-        while !q.pending.is_empty() {
+        while q.len() > 0 {
             let now = Instant::now();
             if now >= deadline {
                 return false;
@@ -173,36 +244,38 @@ impl Publisher {
         loop {
             let env = {
                 let mut q = self.queue.lock().unwrap();
-                while q.pending.is_empty() {
+                // Memory only empties once the spill has been read back into it.
+                while q.memory.is_empty() {
                     q = self.changed.wait(q).unwrap();
                 }
-                q.pending.front().cloned().expect("queue is not empty")
+                q.memory.front().cloned().expect("queue is not empty")
             };
-            let (seq, env) = env;
             let result = match &client {
-                Some(c) => forward(c, env),
+                Some(c) => forward(c, env.clone()),
                 None => match connect(address) {
                     Ok(c) => {
-                        let r = forward(&c, env);
+                        let r = forward(&c, env.clone());
                         client = Some(c);
                         r
                     }
                     Err(e) => Err(e),
                 },
             };
+            if result.is_ok() {
+                if let Some(f) = self.on_delivered.get() {
+                    f(&env);
+                }
+            }
             let mut q = self.queue.lock().unwrap();
             match result {
                 Ok(()) => {
-                    q.pending.pop_front();
-                    q.mark_delivered(seq);
+                    q.pop_delivered();
+                    self.history.lock().unwrap().delivered_one();
                     backoff = Duration::from_millis(50);
                     self.changed.notify_all();
                 }
                 Err(e) => {
-                    log::warn!(
-                        "publishing event to {address} failed ({} queued), will retry: {e}",
-                        q.pending.len()
-                    );
+                    log::warn!("publishing event to {address} failed ({} queued), will retry: {e}", q.len());
                     client = None;
                     drop(q);
                     thread::sleep(backoff);
@@ -233,6 +306,31 @@ mod tests {
     use tether_protos::events::task::TaskStart;
 
     use super::*;
+
+    #[test]
+    fn overflow_is_spilled_and_comes_back_in_order() {
+        let mut q = Queue { memory: VecDeque::new(), spill: None };
+        let n = MEMORY_EVENTS * 3 + 7;
+        for i in 0..n {
+            let mut env = Envelope::new();
+            env.topic = format!("/test/{i}");
+            q.push(env);
+        }
+        assert_eq!(q.memory.len(), MEMORY_EVENTS, "memory holds a bounded number");
+        assert_eq!(q.len(), n, "nothing dropped");
+        for i in 0..n {
+            assert_eq!(q.memory.front().map(|e| e.topic.as_str()), Some(format!("/test/{i}").as_str()));
+            if i == n / 2 {
+                let mut late = Envelope::new();
+                late.topic = "/test/late".into();
+                q.push(late);
+            }
+            q.pop_delivered();
+        }
+        assert_eq!(q.memory.front().map(|e| e.topic.as_str()), Some("/test/late"));
+        q.pop_delivered();
+        assert_eq!(q.len(), 0);
+    }
 
     #[test]
     fn events_are_recorded_in_order_for_followers() {

@@ -16,7 +16,7 @@ use crate::{
     cli::Args,
     config::Settings,
     events::timestamp,
-    mount,
+    journal, mount,
     process::{read_init_pid, SETTINGS_FILE},
 };
 
@@ -115,7 +115,9 @@ pub fn start(args: &Args) -> Result<String> {
 }
 
 /// `delete`: the shim is gone; force-delete the container through the executor it used,
-/// unmount its rootfs and return the DeleteResponse containerd expects on stdout.
+/// unmount its rootfs, remove the dead shim's socket and return the DeleteResponse containerd
+/// expects on stdout: the init's exit from the shim's exit journal, else SIGKILL's (the
+/// runtime just killed it).
 pub fn delete(args: &Args) -> Result<Vec<u8>> {
     let bundle = bundle_dir(args)?;
     let settings = fs::read(bundle.join(SETTINGS_FILE))
@@ -131,13 +133,32 @@ pub fn delete(args: &Args) -> Result<Vec<u8>> {
         Err(e) => log::warn!("cannot force-delete {}: {e}", args.id),
     }
     mount::unmount(&bundle.join("rootfs"));
+    remove_dead_socket(&bundle);
+    let pid = read_init_pid(&bundle);
+    let (exit_status, exited_at) = journal::read(&bundle)
+        .into_iter()
+        .find(|e| e.id == args.id && e.pid == pid)
+        .map(|e| (e.code, e.at()))
+        .unwrap_or((128 + libc::SIGKILL as u32, SystemTime::now()));
     let resp = api::DeleteResponse {
-        pid: read_init_pid(&bundle),
-        exit_status: 128 + libc::SIGKILL as u32,
-        exited_at: Some(timestamp(SystemTime::now())).into(),
+        pid,
+        exit_status,
+        exited_at: Some(timestamp(exited_at)).into(),
         ..Default::default()
     };
     resp.write_to_bytes().map_err(|e| format!("encoding the DeleteResponse: {e}"))
+}
+
+/// Removes the socket named by the bundle's address file if no shim listens on it any more
+/// (a killed shim cannot remove it itself).
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = fs::read_to_string(bundle.join("address")) else { return };
+    let path = socket_path(address.trim());
+    if let Err(e) = UnixStream::connect(path) {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 /// Writes `bytes` to stdout in full.

@@ -19,7 +19,8 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
-        mpsc, Arc, Condvar, Mutex, MutexGuard,
+        mpsc::{self, RecvTimeoutError},
+        Arc, Condvar, Mutex, MutexGuard,
     },
     thread,
     time::{Duration, Instant, SystemTime},
@@ -47,8 +48,10 @@ use crate::{
     logger,
     error::{Error, Result},
     events::{timestamp, to_any, Publisher},
+    journal::{Entry, ExitJournal},
     mount,
     oom::OomMonitor,
+    pidfd::Handle,
     reaper::{Exit, Reaper},
     resources,
     stdio::{ProcessIo, StdioSpec},
@@ -63,6 +66,9 @@ pub const SETTINGS_FILE: &str = "tether.json";
 pub const INIT_PID_FILE: &str = "init.pid";
 /// CRIU's work directory in the bundle when the request names none.
 const CRIU_WORK_DIR: &str = "criu-work";
+/// How often the exits thread looks for processes that are gone without an exit for the
+/// reaper (see [`Table::heal`]).
+const HEAL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where a process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +106,8 @@ pub struct Process {
     pub exited: Option<Exited>,
     pub stdio: StdioSpec,
     io: Option<Arc<ProcessIo>>,
+    /// How the process is signalled and checked on, once its pid is known.
+    handle: Option<Arc<Handle>>,
     /// An exec's OCI process spec (JSON), kept until it is started.
     spec: Vec<u8>,
 }
@@ -113,6 +121,7 @@ impl Process {
             exited: None,
             stdio,
             io: None,
+            handle: None,
             spec: Vec::new(),
         }
     }
@@ -260,6 +269,8 @@ pub struct Table {
     /// Ids being created, so that two Creates of one id cannot both proceed.
     creating: Mutex<HashSet<String>>,
     changed: Condvar,
+    /// Exits not yet delivered to containerd, per bundle.
+    journal: Arc<ExitJournal>,
     reaper: Arc<Reaper>,
     events: Arc<Publisher>,
     oom: Arc<OomMonitor>,
@@ -273,11 +284,15 @@ impl Table {
     /// from `oom`.
     pub fn new(namespace: &str, reaper: Arc<Reaper>, events: Arc<Publisher>, oom: Arc<OomMonitor>) -> Arc<Table> {
         let (tx, rx) = mpsc::channel::<ExitMsg>();
+        let journal = Arc::new(ExitJournal::default());
+        let settle = journal.clone();
+        events.on_delivered(move |event| settle.settle(event));
         let table = Arc::new(Table {
             namespace: namespace.to_string(),
             containers: Mutex::default(),
             creating: Mutex::default(),
             changed: Condvar::new(),
+            journal,
             reaper,
             events,
             oom,
@@ -288,10 +303,21 @@ impl Table {
         thread::Builder::new()
             .name("exits".into())
             .spawn(move || {
-                // One thread handles every exit, in reap order, so events keep their order.
-                for (id, exec_id, exit) in rx {
+                // One thread handles every exit, in reap order, so events keep their order;
+                // between exits, it looks for processes whose exit never came.
+                let mut next_heal = Instant::now() + HEAL_INTERVAL;
+                loop {
+                    let received = rx.recv_timeout(next_heal.saturating_duration_since(Instant::now()));
                     let Some(table) = weak.upgrade() else { return };
-                    table.handle_exit(&id, &exec_id, exit);
+                    match received {
+                        Ok((id, exec_id, exit)) => table.handle_exit(&id, &exec_id, exit),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    if Instant::now() >= next_heal {
+                        table.heal_all();
+                        next_heal = Instant::now() + HEAL_INTERVAL;
+                    }
                 }
             })
             .expect("spawning the exits thread");
@@ -312,12 +338,51 @@ impl Table {
         self.with(id, |c| Ok(c.lifecycle.clone()))
     }
 
-    fn watch(&self, id: &str, exec_id: &str, pid: i32, spawned: Instant) {
+    /// Supervises a process whose pid the runtime just reported; returns its handle.
+    fn supervise(&self, id: &str, exec_id: &str, pid: i32, spawned: Instant) -> Arc<Handle> {
         let tx = self.exits.lock().unwrap().clone();
+        let journal = self.journal.clone();
         let (id, exec_id) = (id.to_string(), exec_id.to_string());
-        self.reaper.watch(pid, spawned, move |exit| {
+        self.reaper.supervise(pid, spawned, move |exit| {
+            // Written down as it is reaped, before anything may wait (an exit is handled
+            // after the ones before it): from here a shim crash cannot lose it.
+            let event_id = if exec_id.is_empty() { &id } else { &exec_id };
+            let code = exit_code(exit.status) as u32;
+            journal.record(&id, &Entry::new(event_id, exit.pid as u32, code, exit.at));
             let _ = tx.send((id, exec_id, exit));
+        })
+    }
+
+    /// Gives a process that is gone without an exit for the reaper (it was not the shim's
+    /// child, or someone else reaped it) an exit of unknown status, so that its task does not
+    /// seem to run forever; returns whether it did.
+    fn heal(&self, id: &str, exec_id: &str) -> bool {
+        let supervised = self.with(id, |c| {
+            let p = c.process(exec_id)?;
+            let cgroup = if exec_id.is_empty() { c.cgroup.clone() } else { None };
+            Ok(p.handle.clone().filter(|_| p.exited.is_none()).map(|h| (p.pid, h, cgroup)))
         });
+        let Ok(Some((pid, handle, cgroup))) = supervised else { return false };
+        // Where only a pid names the init, an empty cgroup says it is gone even if its pid
+        // was recycled.
+        self.reaper.heal(pid, &handle, || cgroup.is_some_and(|cg| !cg.populated()))
+    }
+
+    /// [`Table::heal`] for every process believed to run.
+    fn heal_all(&self) {
+        let supervised: Vec<(String, String)> = self
+            .lock()
+            .iter()
+            .flat_map(|(id, c)| {
+                std::iter::once(&c.init)
+                    .chain(c.execs.values())
+                    .filter(|p| p.handle.is_some() && p.exited.is_none())
+                    .map(move |p| (id.clone(), p.exec_id.clone()))
+            })
+            .collect();
+        for (id, exec_id) in supervised {
+            self.heal(&id, &exec_id);
+        }
     }
 
     /// Whether no container is left (Shutdown may exit the shim).
@@ -414,6 +479,7 @@ impl Table {
                 log::warn!("container {}: cannot watch for OOM kills: {e}", req.id);
             }
         }
+        self.journal.open(&req.id, &req.bundle);
         self.lock().insert(
             req.id.clone(),
             Container {
@@ -428,7 +494,12 @@ impl Table {
                 lifecycle: Arc::default(),
             },
         );
-        self.watch(&req.id, "", pid, spawned);
+        let handle = self.supervise(&req.id, "", pid, spawned);
+        // A Delete may have come in since the insert: then the handle has nobody to serve.
+        let _ = self.with(&req.id, |c| {
+            c.init.handle = Some(handle);
+            Ok(())
+        });
         self.events.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             &TaskCreate {
@@ -514,13 +585,15 @@ impl Table {
         let _ = fs::remove_file(&spec_file);
         let _ = fs::remove_file(&pid_file);
         let pid = result?;
+        // An exit delivered at once is handled after this call: it holds the lifecycle lock.
+        let handle = self.supervise(id, exec_id, pid, spawned);
         self.with(id, |c| {
             let p = c.process_mut(exec_id)?;
             p.pid = pid;
             p.io = Some(Arc::new(io));
+            p.handle = Some(handle);
             p.transition(Status::Running)
         })?;
-        self.watch(id, exec_id, pid, spawned);
         self.events.publish(
             topics::TASK_EXEC_STARTED_EVENT_TOPIC,
             &TaskExecStarted {
@@ -561,23 +634,28 @@ impl Table {
 
     /// Sends a signal to the init (with `all`, to every process of the container) or an exec.
     pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
-        let (executor, status, pid) = self.with(id, |c| {
+        let finished = || Error::NotFound(format!("process {exec_id:?} of {id} has already finished"));
+        if self.heal(id, exec_id) {
+            return Err(finished());
+        }
+        let (executor, status, handle) = self.with(id, |c| {
             let p = c.process(exec_id)?;
-            Ok((c.executor.clone(), p.status, p.pid))
+            Ok((c.executor.clone(), p.status, p.handle.clone()))
         })?;
-        match status {
-            Status::Stopped => Err(Error::NotFound(format!("process {exec_id:?} of {id} has already finished"))),
-            Status::Created if !exec_id.is_empty() => {
+        match (status, handle) {
+            (Status::Stopped, _) => Err(finished()),
+            (Status::Created, _) if !exec_id.is_empty() => {
                 Err(Error::FailedPrecondition(format!("exec {exec_id} has not been started")))
             }
             _ if exec_id.is_empty() => Ok(executor.kill(id, signal, all)?),
-            _ => {
-                // An exec is not the runtime's to signal: it is our child, by pid.
-                let sig = nix::sys::signal::Signal::try_from(signal as i32)
-                    .map_err(|_| Error::InvalidArgument(format!("invalid signal {signal}")))?;
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
-                    .map_err(|e| Error::io(format!("signalling exec {exec_id}"), e.into()))
-            }
+            // An exec is not the runtime's to signal: it is our child, named by its handle so
+            // that a recycled pid is never signalled.
+            (_, Some(handle)) => handle.signal(signal as i32).map_err(|e| match e.raw_os_error() {
+                Some(libc::ESRCH) => finished(),
+                Some(libc::EINVAL) => Error::InvalidArgument(format!("invalid signal {signal}")),
+                _ => Error::io(format!("signalling exec {exec_id}"), e),
+            }),
+            (_, None) => Err(Error::FailedPrecondition(format!("exec {exec_id} has no process yet"))),
         }
     }
 
@@ -630,6 +708,8 @@ impl Table {
         // Only once the runtime let go: a failed delete leaves the container, still watched.
         self.oom.unwatch(id);
         let c = self.lock().remove(id).ok_or_else(|| Error::NotFound(format!("container {id}")))?;
+        // containerd learns the exit from this answer.
+        self.journal.close(id);
         if let Some(t) = &c.rootfs {
             mount::unmount(t);
         }
@@ -683,6 +763,7 @@ impl Table {
 
     /// The State response for a process.
     pub fn state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse> {
+        self.heal(id, exec_id);
         self.with(id, |c| {
             let p = c.process(exec_id)?;
             let (code, at) = p.exit_fields();
@@ -705,6 +786,7 @@ impl Table {
 
     /// Blocks until the process has stopped, and reports how.
     pub fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
+        self.heal(id, exec_id);
         let mut map = self.lock();
         loop {
             let c = map.get(id).ok_or_else(|| Error::NotFound(format!("container {id}")))?;
@@ -719,7 +801,13 @@ impl Table {
     /// The container's processes, exec processes named by their exec id.
     pub fn pids(&self, id: &str) -> Result<Vec<api::ProcessInfo>> {
         let (executor, execs) = self.with(id, |c| {
-            let execs: HashMap<i32, String> = c.execs.values().filter(|p| p.pid > 0).map(|p| (p.pid, p.exec_id.clone())).collect();
+            // Only execs still running: the pid of one that ended may be another process's.
+            let execs: HashMap<i32, String> = c
+                .execs
+                .values()
+                .filter(|p| p.handle.as_ref().is_some_and(|h| h.is_running()))
+                .map(|p| (p.pid, p.exec_id.clone()))
+                .collect();
             Ok((c.executor.clone(), execs))
         })?;
         let pids = executor.ps(id)?;
@@ -892,6 +980,8 @@ impl Table {
             let p = c.process_mut(exec_id)?;
             p.transition(Status::Stopped)?;
             p.exited = Some(Exited { code, at: exit.at });
+            // Nothing is signalled or checked on once it has exited: give its pidfd back.
+            p.handle = None;
             Ok(p.pid as u32)
         });
         let Ok(pid) = pid else { return };

@@ -435,10 +435,7 @@ pub fn containerd_binary() -> PathBuf {
 /// Unmounts (lazily, deepest first) every mount point at or below `dir`; returns those that
 /// are still mounted afterwards.
 pub fn unmount_below(dir: &Path) -> Vec<PathBuf> {
-    let below = |mounts: Vec<PathBuf>| -> Vec<PathBuf> {
-        mounts.into_iter().filter(|m| m.starts_with(dir)).collect()
-    };
-    let mut points = below(mount_points());
+    let mut points = mounted_below(dir);
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in &points {
         if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
@@ -448,7 +445,12 @@ pub fn unmount_below(dir: &Path) -> Vec<PathBuf> {
             }
         }
     }
-    below(mount_points())
+    mounted_below(dir)
+}
+
+/// The mount points at or below `dir`.
+pub fn mounted_below(dir: &Path) -> Vec<PathBuf> {
+    mount_points().into_iter().filter(|m| m.starts_with(dir)).collect()
 }
 
 /// rmdir the cgroup `/<namespace>` (and its empty children) in every cgroup hierarchy.

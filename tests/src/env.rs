@@ -120,6 +120,18 @@ impl Env {
         self.containerd.dir().join("runc-root")
     }
 
+    /// The OCI runtime's state dir of container `id` (run with the default options): under
+    /// tether's default root `/run/tether/<namespace>`, or the Go shim's root here.
+    pub fn runtime_state(&self, id: &str) -> PathBuf {
+        let root = if self.runtime.is_go_runc() { self.go_runc_root() } else { PathBuf::from("/run/tether") };
+        root.join(&self.ns).join(id)
+    }
+
+    /// Imports the busybox rootfs as an image (see [`crate::image`]); returns its name.
+    pub fn image(&self) -> String {
+        crate::image::import(&self.ctr, &self.rootfs, &self.work())
+    }
+
     /// A `ctr run` for container `id` in this test's namespace.
     pub fn run(&self, id: &str) -> RunBuilder<'_> {
         RunBuilder {
@@ -129,6 +141,7 @@ impl Env {
             config: ConfigChoice::Default,
             binary: None,
             root: None,
+            image: None,
             timeout: CTR_TIMEOUT,
         }
     }
@@ -348,6 +361,7 @@ pub struct RunBuilder<'a> {
     config: ConfigChoice,
     binary: Option<String>,
     root: Option<PathBuf>,
+    image: Option<String>,
     timeout: Duration,
 }
 
@@ -409,6 +423,12 @@ impl<'a> RunBuilder<'a> {
         self
     }
 
+    /// Run from `image` (see [`Env::image`]) instead of the rootfs directory.
+    pub fn image(mut self, image: &str) -> Self {
+        self.image = Some(image.to_owned());
+        self
+    }
+
     /// Deadline of the ctr call (default 30 s).
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
@@ -458,11 +478,11 @@ impl<'a> RunBuilder<'a> {
             }
         }
         a.extend(self.flags.iter().cloned());
-        a.extend([
-            "--rootfs".into(),
-            env.rootfs.display().to_string(),
-            self.id.clone(),
-        ]);
+        match &self.image {
+            Some(image) => a.push(image.clone()),
+            None => a.extend(["--rootfs".into(), env.rootfs.display().to_string()]),
+        }
+        a.push(self.id.clone());
         a.extend(cmd.iter().map(|s| s.to_string()));
         a
     }

@@ -13,6 +13,7 @@
 pub mod containerd;
 pub mod ctr;
 pub mod env;
+pub mod image;
 pub mod process;
 pub mod rootfs;
 pub mod runtime;

@@ -147,24 +147,73 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
-/// A runc under another name: a wrapper that records each invocation, then runs the real runc.
-pub fn recording_runc(dir: &Path, name: &str, record: &Path) -> PathBuf {
-    let runc = which("runc")
+/// The host's runc.
+fn host_runc() -> PathBuf {
+    which("runc")
         .or_else(|| Some(PathBuf::from("/usr/sbin/runc")))
         .filter(|p| p.exists())
-        .expect("runc not found: apt-get install runc");
+        .expect("runc not found: apt-get install runc")
+}
+
+/// Writes an executable script `dir/name`.
+fn write_script(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join(name);
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
-            record.display(),
-            runc.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, text).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
+}
+
+/// A runc under another name: a wrapper that records each invocation, then runs the real runc.
+pub fn recording_runc(dir: &Path, name: &str, record: &Path) -> PathBuf {
+    let text = format!(
+        "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+        record.display(),
+        host_runc().display()
+    );
+    write_script(dir, name, &text)
+}
+
+/// A runc whose containers are not the shim's children: `create` runs under a subreaper of
+/// its own that stays behind when the call returns, so the container's init is that
+/// process's child, which reaps it. The shim never sees the init's exit status (a perl
+/// script: perl is part of every Debian system).
+pub fn adopting_runc(dir: &Path, name: &str) -> PathBuf {
+    // prctl's syscall number (perl has no prctl of its own).
+    let prctl = match std::env::consts::ARCH {
+        "x86_64" => 157,
+        "aarch64" => 167,
+        other => panic!("adopting_runc: no prctl syscall number for {other}"),
+    };
+    let text = format!(
+        r#"#!/usr/bin/perl
+use strict;
+my $runc = '{runc}';
+exec($runc, @ARGV) or die "exec $runc: $!" unless grep {{ $_ eq 'create' }} @ARGV;
+pipe(my $status_r, my $status_w) or die "pipe: $!";
+my $keeper = fork() // die "fork: $!";
+if ($keeper == 0) {{
+    close($status_r);
+    # PR_SET_CHILD_SUBREAPER: the container's init comes to us when runc exits.
+    syscall({prctl}, 36, 1, 0, 0, 0) == 0 or die "prctl: $!";
+    my $create = fork() // die "fork: $!";
+    if ($create == 0) {{ exec($runc, @ARGV) or die "exec $runc: $!"; }}
+    # Let go of the container's stdio, so that it ends when the container does.
+    open(STDIN, '<', '/dev/null'); open(STDOUT, '>', '/dev/null'); open(STDERR, '>', '/dev/null');
+    waitpid($create, 0);
+    my $code = ($? & 127) ? 128 + ($? & 127) : $? >> 8;
+    syswrite($status_w, "$code
+");
+    close($status_w);
+    1 while wait() != -1;
+    exit 0;
+}}
+close($status_w);
+my $code = <$status_r>;
+exit(defined $code ? $code : 1);
+"#,
+        runc = host_runc().display()
+    );
+    write_script(dir, name, &text)
 }

@@ -10,7 +10,7 @@ use tether_protos::{
     runc_options::CheckpointOptions,
     ttrpc::{self, Code},
 };
-use tether_tests::containerd::mount_points;
+use tether_tests::containerd::mounted_below;
 use tether_tests::env::Env;
 use tether_tests::shim::{code_of, exec_request, message_of, ShimClient};
 use tether_tests::secs;
@@ -68,10 +68,6 @@ fn expect<T: std::fmt::Debug>(what: &str, result: Result<T, ttrpc::Error>, code:
     println!("{what}: {:?} {message}", code_of(&err));
     assert_eq!(code_of(&err), code, "{what}: {message}");
     assert!(message.contains(needle), "{what}: message {message:?} lacks {needle:?}");
-}
-
-fn mounted_below(dir: &Path) -> Vec<PathBuf> {
-    mount_points().into_iter().filter(|m| m.starts_with(dir)).collect()
 }
 
 fn bad_requests_get_clear_codes_and_the_shim_serves_on(executor: Executor) {

@@ -233,6 +233,8 @@ fn ctl_runs_a_bundle_without_containerd(executor: Executor) {
     let out = ctl(&["--bundle", &b3s, "dump"], None);
     assert!(out.stdout.contains("init: pid") && out.stdout.contains("stopped, exit status 4"), "{out}");
     assert!(out.stdout.contains("(5 bytes)"), "stdout bytes copied (\"kept\\n\"): {out}");
+    // With no containerd to deliver it to, the exit waits in the journal.
+    assert!(out.stdout.contains("exit journal: 1") && out.stdout.contains("/tasks/exit") && out.stdout.contains("exit_status: 4"), "{out}");
     let address = fs::read_to_string(b3.join("address")).unwrap();
     ctl(&["--bundle", &b3s, "delete", "sa3"], None).expect_ok();
     let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));

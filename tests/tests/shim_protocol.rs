@@ -1,9 +1,19 @@
 //! The shim protocol seen from containerd: grouping several containers in one shim, cleanup
-//! of a dead shim (`shim delete`), and containerd restarts.
+//! of a dead shim (`shim delete`), containerd restarts and long outages.
 
 use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
+use tether_protos::{
+    api,
+    protobuf::{well_known_types::empty::Empty, Message},
+};
+use tether_tests::containerd::mounted_below;
 use tether_tests::env::{pid_alive, pid_exists, Env};
+use tether_tests::runtime::tether_shim_binary;
+use tether_tests::shim::{exec_request, ShimClient};
 use tether_tests::{secs, wait_until};
 use tether_tests::Executor;
 
@@ -12,6 +22,8 @@ tether_tests::for_each_executor!(
     dead_shim_is_cleaned_up,
     containerd_restart_keeps_tasks_and_exit_statuses,
     shim_logs_reach_containerd,
+    exits_survive_a_long_containerd_outage,
+    shim_delete_cleans_up_and_reports_the_journaled_exit,
 );
 
 fn address_of(env: &Env, id: &str) -> String {
@@ -106,14 +118,19 @@ fn dead_shim_is_cleaned_up(executor: Executor) {
     let Some(env) = Env::for_executor("dead_shim", executor) else { return };
     let ctr = &env.ctr;
     let events = ctr.subscribe();
-    env.run("k1").detach().run(&["sleep", "1000"]).expect_ok();
+    // From an image, so that containerd hands the shim an overlay to mount as the rootfs.
+    let image = env.image();
+    env.run("k1").detach().image(&image).run(&["sleep", "1000"]).expect_ok();
     let task = ctr.wait_status("k1", "RUNNING", secs(10));
+    ctr.run(&ctr.exec_args(&["--detach"], "k1", "x1", &["sleep", "1000"])).expect_ok();
+    let exec = ctr.ps("k1").into_iter().map(|r| r.pid).find(|p| *p != task.pid).expect("the exec's pid");
     let shim = env.shim_pid_of("k1");
     let bundle = env.containerd.bundle(&env.ns, "k1");
     assert!(bundle.join("config.json").exists());
-    let socket = address_of(&env, "k1")
-        .trim_start_matches("unix://")
-        .to_owned();
+    assert!(!mounted_below(&bundle).is_empty(), "the shim mounted the rootfs in the bundle");
+    let state = env.runtime_state("k1");
+    assert!(state.is_dir(), "the runtime keeps state at {}", state.display());
+    let socket = PathBuf::from(address_of(&env, "k1").trim_start_matches("unix://"));
 
     // SAFETY: a plain kill of the shim this test's containerd started.
     unsafe {
@@ -122,11 +139,12 @@ fn dead_shim_is_cleaned_up(executor: Executor) {
     // containerd notices, runs `<shim> delete` in the bundle: the container is force-deleted
     // and the task reported as exited with 137.
     ctr.wait_gone("k1", secs(20));
-    assert!(
-        wait_until(secs(10), || (!pid_exists(task.pid)).then_some(())).is_some(),
-        "the container's init {} was killed by the cleanup",
-        task.pid
-    );
+    for (what, pid) in [("init", task.pid), ("exec", exec)] {
+        assert!(
+            wait_until(secs(10), || (!pid_exists(pid)).then_some(())).is_some(),
+            "the container's {what} {pid} was killed by the cleanup"
+        );
+    }
     let seen = events.wait_for("k1", secs(15), |evs| {
         evs.iter().any(|e| e.topic == "/tasks/delete")
     });
@@ -137,15 +155,18 @@ fn dead_shim_is_cleaned_up(executor: Executor) {
     assert_eq!(exit.exit_status(), 137, "{:?}", exit.payload);
     assert_eq!(exit.payload["pid"].as_u64(), Some(task.pid as u64));
     assert!(!bundle.exists(), "bundle {} removed", bundle.display());
+    assert_eq!(mounted_below(&bundle), Vec::<PathBuf>::new(), "nothing left mounted in the bundle");
+    assert!(!state.exists(), "runtime state {} removed", state.display());
+    if env.runtime.is_tether() {
+        assert!(!socket.exists(), "the dead shim's socket {} removed", socket.display());
+    } else if socket.starts_with("/run/containerd/s/") {
+        // The Go shim's delete leaves it: tidy up (only that path).
+        let _ = fs::remove_file(&socket);
+    }
     ctr.rm_container("k1").expect_ok();
 
     // The namespace works as before.
     env.run("k2").rm().run(&["echo", "after"]).expect_ok();
-
-    // A shim killed with SIGKILL cannot remove its socket: tidy it up (only that path).
-    if socket.starts_with("/run/containerd/s/") {
-        let _ = fs::remove_file(&socket);
-    }
 }
 
 fn containerd_restart_keeps_tasks_and_exit_statuses(executor: Executor) {
@@ -224,6 +245,182 @@ fn containerd_restart_keeps_tasks_and_exit_statuses(executor: Executor) {
             wait_until(secs(10), || (!pid_alive(pid)).then_some(())).is_some(),
             "shim {pid} exited after its task was deleted"
         );
+    }
+}
+
+/// Longer than containerd's own Go shim retries an event before dropping it (its publisher
+/// gives up after attempts 1, 2, ... 6 s apart, about 21 s).
+const OUTAGE: Duration = Duration::from_secs(25);
+/// More events than tether keeps in memory (256): the rest wait in its spill file.
+const OVERFLOW: usize = 300;
+/// The shim's exit journal in a bundle: one JSON object per exit not yet delivered.
+const JOURNAL: &str = "exit-journal";
+
+/// The (id, exit code) pairs in the exit journal of `bundle`.
+fn journal(bundle: &Path) -> Vec<(String, u64)> {
+    fs::read_to_string(bundle.join(JOURNAL))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|e| (e["id"].as_str().unwrap_or_default().to_owned(), e["code"].as_u64().unwrap_or(999)))
+        .collect()
+}
+
+/// A shell loop that exits with `code` once `file` exists.
+fn exit_when(file: &str, code: u32) -> String {
+    format!("while [ ! -e {file} ]; do sleep 0.05; done; exit {code}")
+}
+
+fn exits_survive_a_long_containerd_outage(executor: Executor) {
+    let Some(mut env) = Env::for_executor("long_outage", executor) else { return };
+    if !env.tether_only("exits_survive_a_long_containerd_outage") {
+        return;
+    }
+    let ctr = env.ctr.clone();
+    // One shim for all: one event queue to overflow.
+    let group = "io.containerd.runc.v2.group";
+    env.run("keeper")
+        .detach()
+        .annotation(group, "outage")
+        .run(&["sleep", "1000"])
+        .expect_ok();
+    let tasks: Vec<(String, u32)> = (0..10).map(|i| (format!("x{i}"), 3 + 11 * i)).collect();
+    for (id, code) in &tasks {
+        env.run(id)
+            .detach()
+            .annotation(group, "outage")
+            .run(&["sh", "-c", &exit_when("/tmp/go-outage", *code)])
+            .expect_ok();
+    }
+    let pids: Vec<u32> = tasks.iter().map(|(id, _)| ctr.wait_status(id, "RUNNING", secs(10)).pid).collect();
+    let shim = ShimClient::for_task(&env, "keeper");
+
+    env.containerd.kill9();
+    let down = Instant::now();
+    // Events containerd cannot take now, past what the shim keeps in memory: an exec
+    // registered (/tasks/exec-added) and deleted again, many times.
+    for i in 0..OVERFLOW {
+        let exec_id = format!("o{i}");
+        shim.call::<Empty>("Exec", &exec_request("keeper", &exec_id, &["true"])).unwrap();
+        let delete = api::DeleteRequest { id: "keeper".into(), exec_id, ..Default::default() };
+        shim.call::<api::DeleteResponse>("Delete", &delete).unwrap();
+    }
+    fs::write(env.rootfs.join("tmp/go-outage"), "").unwrap();
+    for pid in &pids {
+        assert!(wait_until(secs(10), || (!pid_alive(*pid)).then_some(())).is_some(), "pid {pid} exited");
+    }
+    for (id, code) in &tasks {
+        let bundle = env.containerd.bundle(&env.ns, id);
+        let entry = (id.clone(), *code as u64);
+        assert!(
+            wait_until(secs(10), || journal(&bundle).contains(&entry).then_some(())).is_some(),
+            "{id}'s exit {code} is journaled in its bundle: {:?}",
+            journal(&bundle)
+        );
+        // The shim answers from its table all along.
+        let state: api::StateResponse = shim.call("State", &api::StateRequest { id: id.clone(), ..Default::default() }).unwrap();
+        assert_eq!((state.status.enum_value(), state.exit_status), (Ok(api::Status::STOPPED), *code));
+        assert_eq!(shim.wait(id).unwrap(), *code);
+    }
+    std::thread::sleep(OUTAGE.saturating_sub(down.elapsed()));
+
+    let log_before = env.containerd.log().len();
+    env.containerd.restart();
+    let outage = down.elapsed();
+    for (id, _) in &tasks {
+        ctr.wait_status(id, "STOPPED", secs(15));
+    }
+    // An exit leaves the journal only once containerd has accepted its /tasks/exit event.
+    for (id, _) in &tasks {
+        let bundle = env.containerd.bundle(&env.ns, id);
+        assert!(
+            wait_until(secs(60), || (!bundle.join(JOURNAL).exists()).then_some(())).is_some(),
+            "{id}'s exit was delivered: journal left {:?}",
+            journal(&bundle)
+        );
+    }
+    let drained = down.elapsed() - outage;
+    let forwarded = |topic: &str| {
+        let needle = format!("ns={} topic={topic} ", env.ns);
+        env.containerd.log()[log_before..].matches(&needle).count()
+    };
+    let (exits, added) = (forwarded("/tasks/exit"), forwarded("/tasks/exec-added"));
+    println!(
+        "outage {outage:?}: after the restart containerd got {exits} exit and {added} exec-added events, \
+         the last exit {drained:?} after the restart"
+    );
+    assert!(exits >= tasks.len(), "every exit event was forwarded after the restart ({exits})");
+    assert!(added >= OVERFLOW, "no event was dropped ({added} of {OVERFLOW} exec-added)");
+    // State through containerd, Wait straight to the shim, Delete's answer: each code as it was.
+    for (id, code) in &tasks {
+        assert_eq!(shim.wait(id).unwrap(), *code);
+        assert_eq!(ctr.rm_task(id), *code as i32, "{id}");
+    }
+}
+
+/// containerd runs `<shim> delete` for each task of a shim that died; here the test runs it
+/// itself, while containerd is down, to see what the command alone reports and leaves behind.
+fn shim_delete_cleans_up_and_reports_the_journaled_exit(executor: Executor) {
+    let Some(mut env) = Env::for_executor("shim_delete", executor) else { return };
+    if !env.tether_only("shim_delete_cleans_up_and_reports_the_journaled_exit") {
+        return;
+    }
+    let image = env.image();
+    let group = "io.containerd.runc.v2.group";
+    env.run("d1").detach().image(&image).annotation(group, "d").run(&["sleep", "1000"]).expect_ok();
+    env.run("d2")
+        .detach()
+        .image(&image)
+        .annotation(group, "d")
+        .run(&["sh", "-c", &exit_when("/tmp/go", 7)])
+        .expect_ok();
+    let d1 = env.ctr.wait_status("d1", "RUNNING", secs(10));
+    let d2 = env.ctr.wait_status("d2", "RUNNING", secs(10));
+    let shim = env.shim_pid_of("d1");
+    let socket = PathBuf::from(address_of(&env, "d1").trim_start_matches("unix://"));
+
+    // d2 exits while containerd is away; then the shim dies before it could tell.
+    env.containerd.kill9();
+    let b2 = env.containerd.bundle(&env.ns, "d2");
+    fs::write(b2.join("rootfs/tmp/go"), "").unwrap();
+    let entry = ("d2".to_owned(), 7);
+    assert!(
+        wait_until(secs(10), || journal(&b2).contains(&entry).then_some(())).is_some(),
+        "d2's exit is journaled: {:?}",
+        journal(&b2)
+    );
+    // SAFETY: a plain kill of the shim this test's containerd started.
+    unsafe {
+        libc::kill(shim as libc::pid_t, libc::SIGKILL);
+    }
+    assert!(wait_until(secs(10), || (!pid_exists(shim)).then_some(())).is_some());
+
+    for (id, init, code) in [("d1", d1.pid, 137), ("d2", d2.pid, 7)] {
+        let bundle = env.containerd.bundle(&env.ns, id);
+        // As containerd runs it: in the bundle, with the shim's usual flags.
+        let out = Command::new(tether_shim_binary())
+            .current_dir(&bundle)
+            .args(["-namespace", &env.ns, "-id", id, "-bundle"])
+            .arg(&bundle)
+            .arg("-address")
+            .arg(env.containerd.address())
+            .args(["-publish-binary", "/usr/bin/containerd", "delete"])
+            .output()
+            .expect("running the shim's delete");
+        assert!(out.status.success(), "{id}: delete failed: {}", String::from_utf8_lossy(&out.stderr));
+        let resp = api::DeleteResponse::parse_from_bytes(&out.stdout).expect("a DeleteResponse on stdout");
+        assert_eq!((resp.pid, resp.exit_status), (init, code), "{id}'s DeleteResponse");
+        assert!(wait_until(secs(10), || (!pid_exists(init)).then_some(())).is_some(), "{id}'s init {init} is gone");
+        assert_eq!(mounted_below(&bundle), Vec::<PathBuf>::new(), "{id}'s rootfs is unmounted");
+        let state = env.runtime_state(id);
+        assert!(!state.exists(), "{id}'s runtime state {} is removed", state.display());
+    }
+    assert!(!socket.exists(), "the dead shim's socket {} is removed", socket.display());
+
+    // containerd finds the dead shim when it comes back, runs delete itself, and is done.
+    env.containerd.restart();
+    for id in ["d1", "d2"] {
+        env.ctr.wait_gone(id, secs(20));
     }
 }
 

@@ -1,0 +1,55 @@
+//! Processes the shim cannot reap: a container whose init is another process's child. Its
+//! exit status never reaches the shim, yet the task must not seem to run forever.
+
+use std::fs;
+
+use tether_tests::env::{parent_pid, pid_alive, Env};
+use tether_tests::runtime::adopting_runc;
+use tether_tests::{secs, wait_until};
+
+/// The exit code tether reports for a process whose exit status it could not see.
+const UNKNOWN_EXIT: u64 = 255;
+
+#[test]
+fn an_init_the_shim_cannot_reap_still_exits() {
+    let env = Env::new("self_heal");
+    if !env.tether_only("an_init_the_shim_cannot_reap_still_exits") {
+        return;
+    }
+    let ctr = &env.ctr;
+    let runc = adopting_runc(&env.work().join("bin"), "adopting-runc");
+    // A container whose init exits with `code` once released, and is not the shim's child.
+    let adopted = |id: &str, code: u32| {
+        env.run(id)
+            .detach()
+            .runtime_binary(&runc.display().to_string())
+            .run(&["sh", "-c", &format!("while [ ! -e /tmp/go-{id} ]; do sleep 0.05; done; exit {code}")])
+            .expect_ok();
+        ctr.wait_status(id, "RUNNING", secs(10))
+    };
+    let release = |id: &str, pid: u32| {
+        fs::write(env.rootfs.join(format!("tmp/go-{id}")), "").unwrap();
+        assert!(wait_until(secs(10), || (!pid_alive(pid)).then_some(())).is_some(), "{id}'s init exited");
+    };
+    let events = ctr.subscribe();
+    let task = adopted("h1", 3);
+    let parent = parent_pid(task.pid).expect("the init's parent");
+    let shims: Vec<u32> = env.containerd.shim_processes().into_iter().map(|(p, _)| p).collect();
+    assert!(!shims.contains(&parent), "the init's parent {parent} is not a shim ({shims:?})");
+
+    release("h1", task.pid);
+    // Nobody asks the shim anything: its own periodic check finds the init gone.
+    let seen = events.wait_for("h1", secs(30), |evs| evs.iter().any(|e| e.topic == "/tasks/exit"));
+    let exit = seen.iter().find(|e| e.topic == "/tasks/exit").unwrap();
+    assert_eq!(exit.exit_status(), UNKNOWN_EXIT, "{:?}", exit.payload);
+    assert_eq!(exit.payload["pid"].as_u64(), Some(task.pid as u64));
+    ctr.wait_status("h1", "STOPPED", secs(10));
+    assert_eq!(ctr.rm_task("h1"), UNKNOWN_EXIT as i32);
+
+    // Killed once gone: the shim looks before it signals, and says the process has finished.
+    let task = adopted("h2", 4);
+    release("h2", task.pid);
+    ctr.kill("h2", "SIGKILL", false).expect_failure().expect_stderr("has already finished");
+    ctr.wait_status("h2", "STOPPED", secs(10));
+    assert_eq!(ctr.rm_task("h2"), UNKNOWN_EXIT as i32);
+}
