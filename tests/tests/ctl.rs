@@ -199,7 +199,10 @@ fn ctl_runs_a_bundle_without_containerd(executor: Executor) {
     let b1 = standalone_bundle(&env, "sa1", "echo out; echo err >&2; read x; echo got $x; exit 7");
     let b2 = standalone_bundle(&env, "sa2", LOOP_UNTIL_TERM);
     let b3 = standalone_bundle(&env, "sa3", "echo kept; exit 4");
-    let _cleanup = Standalone { bundles: vec![("sa1", b1.clone()), ("sa2", b2.clone()), ("sa3", b3.clone())] };
+    let b4 = standalone_bundle(&env, "sa4", LOOP_UNTIL_TERM);
+    let _cleanup = Standalone {
+        bundles: vec![("sa1", b1.clone()), ("sa2", b2.clone()), ("sa3", b3.clone()), ("sa4", b4.clone())],
+    };
     let out = ctl(&run_args("sa1", &["--events"], &b1), Some(b"hello\n"));
     out.expect_code(7);
     assert_eq!(out.stdout, "out\ngot hello\n", "{out}");
@@ -235,6 +238,16 @@ fn ctl_runs_a_bundle_without_containerd(executor: Executor) {
     assert!(out.stdout.contains("(5 bytes)"), "stdout bytes copied (\"kept\\n\"): {out}");
     // With no containerd to deliver it to, the exit waits in the journal.
     assert!(out.stdout.contains("exit journal: 1") && out.stdout.contains("/tasks/exit") && out.stdout.contains("exit_status: 4"), "{out}");
+    // --detach: started in the background, driven by later calls.
+    let out = ctl(&run_args("sa4", &["--detach"], &b4), None);
+    out.expect_ok();
+    assert!(out.stdout.starts_with("started sa4 (pid "), "{out}");
+    let b4s = b4.display().to_string();
+    assert!(ctl(&["--bundle", &b4s, "state", "sa4"], None).stdout.contains("RUNNING"));
+    ctl(&["--bundle", &b4s, "kill", "sa4"], None).expect_ok();
+    ctl(&["--bundle", &b4s, "wait", "sa4"], None).expect_code(7);
+    ctl(&["--bundle", &b4s, "delete", "sa4"], None).expect_ok();
+
     let address = fs::read_to_string(b3.join("address")).unwrap();
     ctl(&["--bundle", &b3s, "delete", "sa3"], None).expect_ok();
     let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));

@@ -2,7 +2,12 @@
 //! exec, delete (poststop hooks) and checkpoint. They run in a process of their own (see
 //! [`super::helper`]) and answer with a [`Reply`].
 
-use std::{os::fd::OwnedFd, path::Path};
+use std::{
+    os::fd::OwnedFd,
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
 
 use libcontainer::{
     container::{builder::ContainerBuilder, Container, ContainerStatus},
@@ -41,16 +46,24 @@ fn execute(req: Request, stdio: [OwnedFd; 3]) -> Result<i32, LibcontainerError> 
         }
         Op::Start => Container::load(dir)?.start().map(|()| 0),
         Op::Delete { force } => {
-            if !dir.exists() {
-                return Ok(0);
+            let patience = Instant::now() + FORCE_DELETE_PATIENCE;
+            loop {
+                if !dir.exists() {
+                    return Ok(0);
+                }
+                let mut container = Container::load(dir.clone())?;
+                if force && container.status() == ContainerStatus::Creating {
+                    // A create that died half way: libcontainer refuses to delete a container
+                    // it believes is still being created, and nothing of it can run.
+                    container.set_status(ContainerStatus::Stopped);
+                }
+                match container.delete(force) {
+                    // libcontainer gives the processes it just killed about 0.1 s to leave
+                    // the cgroup before it gives up removing it; a loaded machine needs longer.
+                    Err(_) if force && Instant::now() < patience => thread::sleep(FORCE_DELETE_RETRY),
+                    other => return other.map(|()| 0),
+                }
             }
-            let mut container = Container::load(dir)?;
-            if force && container.status() == ContainerStatus::Creating {
-                // A create that died half way: libcontainer refuses to delete a container
-                // it believes is still being created, and nothing of it can run.
-                container.set_status(ContainerStatus::Stopped);
-            }
-            container.delete(force).map(|()| 0)
         }
         Op::Checkpoint(opts) => {
             let options = libcontainer::container::CheckpointOptions {
@@ -91,6 +104,11 @@ fn builder(
         None => builder.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr),
     })
 }
+
+/// How long a forced delete keeps trying while the killed processes leave the cgroup.
+const FORCE_DELETE_PATIENCE: Duration = Duration::from_secs(10);
+/// The pause between two tries.
+const FORCE_DELETE_RETRY: Duration = Duration::from_millis(100);
 
 /// How libcontainer's `ChannelError::ExecError` begins: the init could not exec the program.
 const EXEC_FAILED: &str = "exec process failed with error";
