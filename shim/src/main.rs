@@ -1,6 +1,7 @@
 //! `containerd-shim-tether-v2`: the shim containerd starts for each task (or pod) of the
 //! runtime type `io.containerd.tether.v2`.
 
+mod bootstrap;
 mod cgroup;
 mod cli;
 mod config;
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
             println!("containerd-shim-tether-v2 {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Action::Start => launch::start(&args).and_then(|addr| launch::print(addr.as_bytes())),
+        Action::Start => launch::start(&args).and_then(|reply| launch::print(&reply)),
         Action::Delete => launch::delete(&args).and_then(|resp| launch::print(&resp)),
         Action::Serve => serve(&args),
     };
