@@ -43,7 +43,7 @@ pub enum Caller {
     /// containerd 1.7 and 2.0–2.2: JSON.
     Json,
     /// containerd 2.3+: the bootstrap protocol, with what it told us.
-    Bootstrap(BootstrapParams),
+    Bootstrap(Box<BootstrapParams>),
 }
 
 impl Caller {
@@ -52,7 +52,7 @@ impl Caller {
     pub fn detect(stdin: &[u8], max_shim_version: Option<&str>, id: &str, namespace: &str) -> Caller {
         if let Ok(params) = BootstrapParams::parse_from_bytes(stdin) {
             if !stdin.is_empty() && params.instance_id == id && params.namespace == namespace {
-                return Caller::Bootstrap(params);
+                return Caller::Bootstrap(Box::new(params));
             }
         }
         match max_shim_version {
