@@ -6,7 +6,7 @@ use ttrpc_codegen::{Codegen, ProtobufCustomize};
 
 fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let protos = ["proto/runtimeoptions.proto", "proto/debug.proto"];
+    let protos = ["proto/runtimeoptions.proto", "proto/debug.proto", "proto/bootstrap.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

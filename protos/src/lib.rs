@@ -28,6 +28,13 @@ pub mod debug_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/debug_ttrpc.rs"));
 }
 
+/// containerd 2.3+'s shim bootstrap messages: `BootstrapParams` on a `start`'s stdin,
+/// `BootstrapResult` on its stdout.
+#[allow(non_upper_case_globals, non_camel_case_types, unused_imports, unused_mut)]
+pub mod bootstrap {
+    include!(concat!(env!("OUT_DIR"), "/bootstrap.rs"));
+}
+
 /// The type urls under which containerd wraps runtime options in an `Any`.
 pub mod type_urls {
     /// containerd's generic runtime options (config path).

@@ -52,11 +52,18 @@ fn socket_path(address: &str) -> &str {
 }
 
 /// `start`: finds the live shim of this container's group or spawns one, writes the bundle's
-/// `address` file and returns the address to print.
-pub fn start(args: &Args) -> Result<String> {
+/// `address` file and returns what to print: the address in the form the caller reads.
+pub fn start(args: &Args) -> Result<Vec<u8>> {
+    let caller = crate::bootstrap::Caller::of_this_process(&args.id, &args.namespace);
+    let params = caller.params();
     let bundle = bundle_dir(args)?;
     let group = grouping(&bundle, &args.id);
-    let address = containerd_shim::socket_address(&args.address, &args.namespace, &group);
+    let mut address = containerd_shim::socket_address(&args.address, &args.namespace, &group);
+    // containerd 2.3+ may name the socket's directory; the name stays the group's hash.
+    if let Some(dir) = params.and_then(|p| p.socket_dir.as_deref()).filter(|d| !d.is_empty()) {
+        let name = Path::new(socket_path(&address)).file_name().map(PathBuf::from).unwrap_or_default();
+        address = format!("unix://{}", Path::new(dir).join(name).display());
+    }
     let path = socket_path(&address);
 
     let listener = if UnixStream::connect(path).is_ok() {
@@ -91,8 +98,12 @@ pub fn start(args: &Args) -> Result<String> {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if args.debug {
+        if args.debug || caller.wants_debug() {
             cmd.arg("-debug");
+        }
+        // 2.3+ says where events go in the params (the environment variable is deprecated).
+        if let Some(ttrpc) = params.map(|p| p.containerd_ttrpc_address.as_str()).filter(|a| !a.is_empty()) {
+            cmd.env("TTRPC_ADDRESS", ttrpc);
         }
         cmd.arg("serve");
         let listener_fd = std::os::fd::OwnedFd::from(listener);
@@ -111,7 +122,7 @@ pub fn start(args: &Args) -> Result<String> {
         drop(passed);
     }
     fs::write(bundle.join("address"), &address).map_err(|e| format!("writing the address file: {e}"))?;
-    Ok(address)
+    caller.reply(&address)
 }
 
 /// `delete`: the shim is gone; force-delete the container through the executor it used,

@@ -1,6 +1,7 @@
 //! tether's shim: the pieces of `containerd-shim-tether-v2` (one module per concern), shared
 //! with `tether-ctl`, which reads the shim's state over its debug service.
 
+pub mod bootstrap;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
             println!("containerd-shim-tether-v2 {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Action::Start => launch::start(&args).and_then(|addr| launch::print(addr.as_bytes())),
+        Action::Start => launch::start(&args).and_then(|reply| launch::print(&reply)),
         Action::Delete => launch::delete(&args).and_then(|resp| launch::print(&resp)),
         Action::Serve => serve(&args),
     };

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cri::config::CriPlugin;
 use crate::ctr::Ctr;
 use crate::process::{self, wait_until};
 use crate::runtime::{self, Runtime};
@@ -34,11 +35,13 @@ fn stderr_writable() -> bool {
     n >= 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) == 0
 }
 
-/// Plugins that are not needed (CRI, legacy snapshotters, tracing) or would touch the host
+/// containerd's CRI plugin: off unless a test asks for it ([`Containerd::start_with_cri`]).
+const CRI_PLUGIN: &str = "io.containerd.grpc.v1.cri";
+
+/// Plugins that are not needed (legacy snapshotters, tracing) or would touch the host
 /// (`opt` creates /opt/containerd). `io.containerd.runtime.v1.linux` must stay: containerd
 /// 1.6's tasks service refuses to load without it.
 const DISABLED_PLUGINS: &[&str] = &[
-    "io.containerd.grpc.v1.cri",
     "io.containerd.internal.v1.opt",
     "io.containerd.snapshotter.v1.btrfs",
     "io.containerd.snapshotter.v1.zfs",
@@ -56,12 +59,24 @@ pub struct Containerd {
     path: PathBuf,
     child: Option<Child>,
     runtime: Runtime,
+    /// The CRI plugin's settings, when it is on.
+    cri: Option<CriPlugin>,
 }
 
 impl Containerd {
     /// Starts a private containerd whose PATH holds the shim of `runtime` (for tether, a
     /// symlink to the built binary; other runtimes are taken from the host's PATH).
     pub fn start(runtime: &Runtime) -> Containerd {
+        Containerd::launch(runtime, false)
+    }
+
+    /// [`Containerd::start`] with the CRI plugin on (see `cri::config`): its gRPC API on the
+    /// same socket, runtime handlers for tether's executors and containerd's Go shim.
+    pub fn start_with_cri(runtime: &Runtime) -> Containerd {
+        Containerd::launch(runtime, true)
+    }
+
+    fn launch(runtime: &Runtime, with_cri: bool) -> Containerd {
         // SAFETY: geteuid has no preconditions.
         assert!(
             unsafe { libc::geteuid() } == 0,
@@ -80,12 +95,14 @@ impl Containerd {
             std::os::unix::fs::symlink(&shim, path.join("bin").join(runtime::SHIM_BINARY))
                 .expect("symlink the shim into bin/");
         }
-        fs::write(path.join("config.toml"), config_toml(&path)).expect("write containerd config");
+        let cri = with_cri.then(|| CriPlugin::prepare(&path));
+        fs::write(path.join("config.toml"), config_toml(&path, cri.as_ref())).expect("write containerd config");
         let mut c = Containerd {
             dir: Some(dir),
             path,
             child: None,
             runtime: runtime.clone(),
+            cri,
         };
         c.spawn();
         c
@@ -130,6 +147,11 @@ impl Containerd {
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// The CRI plugin's settings, if it is on.
+    pub fn cri(&self) -> Option<&CriPlugin> {
+        self.cri.as_ref()
     }
 
     /// containerd's pid, if it is running.
@@ -334,6 +356,9 @@ impl Containerd {
             }
         }
         self.stop();
+        if let Some(cri) = &self.cri {
+            cri.remove_leftovers();
+        }
         // runc removes /NAMESPACE/ID cgroups but leaves the empty /NAMESPACE parents.
         for ns in &namespaces {
             remove_empty_cgroups(ns);
@@ -393,13 +418,15 @@ impl Drop for Containerd {
     }
 }
 
-fn config_toml(dir: &Path) -> String {
+fn config_toml(dir: &Path, cri: Option<&CriPlugin>) -> String {
     let d = dir.display();
     let disabled = DISABLED_PLUGINS
         .iter()
+        .chain(cri.is_none().then_some(&CRI_PLUGIN))
         .map(|p| format!("\"{p}\""))
         .collect::<Vec<_>>()
         .join(", ");
+    let cri = cri.map(CriPlugin::toml).unwrap_or_default();
     format!(
         r#"# Private containerd for tether's tests: nothing outside {d}.
 version = 2
@@ -415,7 +442,7 @@ disabled_plugins = [{disabled}]
 
 [debug]
   level = "debug"
-"#
+{cri}"#
     )
 }
 

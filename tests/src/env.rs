@@ -12,10 +12,14 @@ use tether_protos::{
 };
 
 use crate::containerd::Containerd;
+use crate::oci_image;
 use crate::ctr::{Ctr, CTR_TIMEOUT};
 use crate::process::{Output, Proc};
 use crate::rootfs;
 use crate::runtime::Runtime;
+
+/// The name [`Env::image`] imports the busybox rootfs under.
+pub const IMAGE: &str = "docker.io/library/tether-busybox:latest";
 
 /// PATH inside containers: `ctr run --rootfs` gives the process no environment at all.
 pub const CONTAINER_PATH: &str = "PATH=/bin:/sbin:/usr/bin";
@@ -127,9 +131,15 @@ impl Env {
         root.join(&self.ns).join(id)
     }
 
-    /// Imports the busybox rootfs as an image (see [`crate::image`]); returns its name.
+    /// Imports the busybox rootfs as an image into this test's namespace, so that containerd
+    /// hands the shim rootfs mounts (an overlay) to mount, as in production; returns its name.
     pub fn image(&self) -> String {
-        crate::image::import(&self.ctr, &self.rootfs, &self.work())
+        let dir = self.work().join("image");
+        std::fs::create_dir_all(&dir).expect("creating the image dir");
+        let archive = dir.join("busybox.tar");
+        oci_image::write_archive(&self.rootfs, &[oci_image::Image::new(IMAGE)], &archive);
+        oci_image::import(&self.ctr, &archive);
+        IMAGE.to_string()
     }
 
     /// A `ctr run` for container `id` in this test's namespace.

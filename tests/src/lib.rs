@@ -1,8 +1,10 @@
 //! tether-tests: the harness for tether's integration tests.
 //!
 //! Every test starts its own containerd (Debian's package) from a generated config in a temp
-//! dir (own root, state, sockets; CRI off), with the shim under test on containerd's PATH, and
-//! drives it with `ctr` in a namespace of its own, on a rootfs built from busybox-static.
+//! dir (own root, state, sockets; CRI off unless a test uses [`cri::CriEnv`]), with the shim
+//! under test on containerd's PATH, and drives it with `ctr` in a namespace of its own, on a
+//! rootfs built from busybox-static (or, for CRI tests, through the CRI API on images made
+//! from it).
 //! Nothing outside the temp dir is touched, except the shim sockets that shims create under
 //! /run/containerd/s and the runtime state of the runtime under test.
 //!
@@ -10,10 +12,12 @@
 //! executor and with its native one. The runtime is a parameter too: `TETHER_TEST_RUNTIME=io.containerd.runc.v2` runs the same
 //! scenarios against containerd's Go shim, the reference behaviour.
 
+pub mod cgroup;
 pub mod containerd;
+pub mod cri;
 pub mod ctr;
 pub mod env;
-pub mod image;
+pub mod oci_image;
 pub mod process;
 pub mod rootfs;
 pub mod runtime;

@@ -2,9 +2,9 @@
 //! no `task update`), OOM events, and no watcher left behind by deleted containers.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use tether_protos::ttrpc::Code;
+use tether_tests::cgroup::{cgroup_dir, is_v2, read};
 use tether_tests::env::{usage, Env};
 use tether_tests::shim::{code_of, message_of, ShimClient};
 use tether_tests::{secs, wait_until, Event};
@@ -17,34 +17,6 @@ tether_tests::for_each_executor!(
 );
 
 const LOOP: &str = "while :; do sleep 0.1; done";
-
-/// The directory of `pid`'s cgroup for a v1 `controller` (or the unified one on a v2 host).
-fn cgroup_dir(pid: u32, controller: &str) -> PathBuf {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let unified = is_v2();
-    for line in text.lines() {
-        let mut f = line.splitn(3, ':');
-        let (_, ctrls, path) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
-        if unified && ctrls.is_empty() {
-            return Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
-        }
-        if ctrls.split(',').any(|c| c == controller) {
-            return Path::new("/sys/fs/cgroup").join(ctrls).join(path.trim_start_matches('/'));
-        }
-    }
-    panic!("pid {pid} has no {controller} cgroup:\n{text}");
-}
-
-fn read(dir: &Path, file: &str) -> String {
-    fs::read_to_string(dir.join(file))
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display()))
-        .trim()
-        .to_owned()
-}
-
-fn is_v2() -> bool {
-    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
-}
 
 fn metrics_and_update(executor: Executor) {
     let Some(env) = Env::for_executor("metrics_update", executor) else { return };

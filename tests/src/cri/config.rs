@@ -1,0 +1,156 @@
+//! The CRI plugin's part of the private containerd's config, and the tether configs its
+//! runtime handlers name.
+//!
+//! Everything the plugin writes stays in the temp dir: its root and state are derived from
+//! containerd's (`<root>/io.containerd.grpc.v1.cri`), the CNI dirs (which it would otherwise
+//! create under /etc/cni) are the temp dir's, the stream server listens on 127.0.0.1 only.
+//! Pods run with host networking, so no CNI plugin is needed and the host's network is never
+//! changed. The runtime state dirs are short paths of this test's own under /run/tether:
+//! libcontainer puts a unix socket in `<root>/<64-char container id>/`, which would overrun the
+//! 108-byte socket path limit below a temp dir.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use crate::containerd::remove_empty_cgroups;
+use crate::env::{Executor, TetherConfig};
+
+/// The runtime handler that runs pods on tether's runc executor.
+pub const TETHER_HANDLER: &str = "tether";
+/// The runtime handler that runs pods on tether's native executor.
+pub const TETHER_NATIVE_HANDLER: &str = "tether-native";
+/// containerd's Go shim, the reference behaviour.
+pub const GO_RUNC_HANDLER: &str = "runc";
+
+/// The pause image every pod's sandbox runs (imported by the harness, never pulled).
+pub const SANDBOX_IMAGE: &str = "tether.test/pause:1";
+/// The image of the test containers.
+pub const BUSYBOX_IMAGE: &str = "tether.test/busybox:1";
+
+/// The CRI plugin settings of one private containerd.
+#[derive(Clone, Debug)]
+pub struct CriPlugin {
+    /// The temp dir containerd lives in.
+    dir: PathBuf,
+    /// The streaming server's port on 127.0.0.1.
+    pub stream_port: u16,
+    /// A name of this containerd's own (from its temp dir), for state dirs and cgroups.
+    pub tag: String,
+}
+
+impl CriPlugin {
+    /// Prepares the CRI plugin of the containerd in `dir`: the CNI dirs, the tether configs
+    /// of the handlers, a free stream port.
+    pub fn prepare(dir: &Path) -> CriPlugin {
+        let suffix = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().rsplit('.').next().unwrap_or("x").to_owned())
+            .unwrap_or_default();
+        let plugin = CriPlugin { dir: dir.to_path_buf(), stream_port: free_port(), tag: format!("cri-{suffix}") };
+        for d in ["cni/bin", "cni/conf", "pods"] {
+            fs::create_dir_all(dir.join(d)).expect("create CRI dirs");
+        }
+        for executor in [Executor::Runc, Executor::Native] {
+            let root = plugin.runtime_root(executor);
+            let config = TetherConfig {
+                executor: Some(executor.name().into()),
+                root: (executor == Executor::Runc).then(|| root.clone()),
+                native_root: (executor == Executor::Native).then_some(root),
+                ..Default::default()
+            };
+            config.write(&plugin.handler_config(executor));
+        }
+        plugin
+    }
+
+    /// The tether config a handler names (`ConfigPath`).
+    pub fn handler_config(&self, executor: Executor) -> PathBuf {
+        self.dir.join(format!("tether-{}.toml", executor.name()))
+    }
+
+    /// The runtime state dir of `executor`'s handler (removed, when empty, at teardown).
+    pub fn runtime_root(&self, executor: Executor) -> PathBuf {
+        Path::new("/run/tether").join(format!("{}-{}", self.tag, executor.name()))
+    }
+
+    /// Where pods keep their CRI logs (`<dir>/pods/<pod>/`).
+    pub fn pod_log_dir(&self, pod: &str) -> PathBuf {
+        self.dir.join("pods").join(pod)
+    }
+
+    /// The cgroup parent of this containerd's pods (`/<tag>`, cgroupfs).
+    pub fn cgroup_parent(&self) -> String {
+        format!("/{}", self.tag)
+    }
+
+    /// Removes what outlives the pods once containerd has stopped: the empty cgroup parent,
+    /// the runtime state dirs when empty.
+    pub fn remove_leftovers(&self) {
+        remove_empty_cgroups(&self.tag);
+        for executor in [Executor::Runc, Executor::Native] {
+            let _ = fs::remove_dir(self.runtime_root(executor));
+        }
+    }
+
+    /// The `[plugins."io.containerd.grpc.v1.cri"]` section.
+    pub fn toml(&self) -> String {
+        let d = self.dir.display();
+        let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
+        let runtimes = format!("{cri}.containerd.runtimes");
+        let tether = |name: &str, executor: Executor| {
+            format!(
+                r#"
+    [{runtimes}.{name}]
+      runtime_type = "io.containerd.tether.v2"
+      [{runtimes}.{name}.options]
+        ConfigPath = "{}"
+"#,
+                self.handler_config(executor).display()
+            )
+        };
+        format!(
+            r#"
+[{cri}]
+  sandbox_image = "{SANDBOX_IMAGE}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "{port}"
+  # root cannot lower oom_score_adj here (no CAP_SYS_RESOURCE); the plugin would try.
+  restrict_oom_score_adj = true
+  # Loading an AppArmor profile would change the host.
+  disable_apparmor = true
+  enable_selinux = false
+  [{cri}.containerd]
+    default_runtime_name = "{GO_RUNC_HANDLER}"
+    snapshotter = "overlayfs"
+{tether_runc}{tether_native}
+    [{runtimes}.{GO_RUNC_HANDLER}]
+      runtime_type = "io.containerd.runc.v2"
+      [{runtimes}.{GO_RUNC_HANDLER}.options]
+        Root = "{d}/runc-root"
+  [{cri}.cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/conf"
+"#,
+            port = self.stream_port,
+            tether_runc = tether(TETHER_HANDLER, Executor::Runc),
+            tether_native = tether(TETHER_NATIVE_HANDLER, Executor::Native),
+        )
+    }
+}
+
+/// A TCP port on 127.0.0.1 that is free right now (the kernel's pick).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// The handler that runs a scenario on `executor`, or on containerd's Go shim when that is
+/// the runtime under test.
+pub fn handler_for(executor: Executor, go_runc: bool) -> &'static str {
+    match (executor, go_runc) {
+        (_, true) => GO_RUNC_HANDLER,
+        (Executor::Runc, false) => TETHER_HANDLER,
+        (Executor::Native, false) => TETHER_NATIVE_HANDLER,
+    }
+}
