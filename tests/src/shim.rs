@@ -36,9 +36,13 @@ impl ShimClient {
         let file = env.containerd.bundle(&env.ns, id).join("address");
         let address = fs::read_to_string(&file)
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let client = ttrpc::Client::connect(address.trim())
-            .unwrap_or_else(|e| panic!("connecting to shim {}: {e}", address.trim()));
-        ShimClient { client }
+        ShimClient::connect(address.trim())
+            .unwrap_or_else(|e| panic!("connecting to shim {}: {e}", address.trim()))
+    }
+
+    /// Connects to the shim serving at `address` (`unix:///path`, what `start` prints).
+    pub fn connect(address: &str) -> Result<ShimClient, ttrpc::Error> {
+        Ok(ShimClient { client: ttrpc::Client::connect(address)? })
     }
 
     /// Calls task API `method` with `req`.
