@@ -23,7 +23,11 @@ use tether_protos::{
     protobuf::{well_known_types::empty::Empty, Message, MessageField},
     ttrpc,
 };
-use tether_tests::{containerd, shim::ShimClient, Env};
+use tether_tests::{
+    containerd,
+    shim::{code_of, message_of, ShimClient},
+    Env,
+};
 
 use crate::containers::{self, start_sleepers};
 use crate::targets::Target;
@@ -199,7 +203,7 @@ impl<'a> Launch<'a> {
 
     fn call<Resp: Message>(&self, method: &str, req: &impl Message) -> Result<Resp, String> {
         let client = self.client.as_ref().ok_or_else(|| self.fail(method, "the shim was not started"))?;
-        client.call(method, req).map_err(|e| self.fail(method, e))
+        client.call(method, req).map_err(|e| self.fail(method, format!("{:?}: {}", code_of(&e), message_of(&e))))
     }
 
     /// Connect: the shim's pid.
@@ -209,8 +213,9 @@ impl<'a> Launch<'a> {
     }
 
     /// Create, as containerd sends it: the rootfs as a read-only bind mount, the runtime
-    /// options, `stdout` (a FIFO path, or empty for none).
-    pub fn create(&mut self, stdout: &str) -> Result<(), String> {
+    /// options, `stdout` and `stderr` (FIFO paths, or both empty for none: the Go shim wants
+    /// either none or both).
+    pub fn create(&mut self, stdout: &str, stderr: &str) -> Result<(), String> {
         let req = api::CreateTaskRequest {
             id: self.id.clone(),
             bundle: self.bundle.display().to_string(),
@@ -221,6 +226,7 @@ impl<'a> Launch<'a> {
                 ..Default::default()
             }],
             stdout: stdout.into(),
+            stderr: stderr.into(),
             options: MessageField::some(self.target.options(self.env)),
             ..Default::default()
         };

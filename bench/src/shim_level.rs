@@ -39,7 +39,7 @@ pub fn lifecycle(env: &Env, targets: &[Target], spec: &Value, opts: &Options) ->
         let mut launch = Launch::prepare(env, t, spec, &format!("sl-{}-{round}", t.name), &["/bin/true"])?;
         let t0 = Instant::now();
         launch.start_shim()?;
-        launch.create("")?;
+        launch.create("", "")?;
         launch.start()?;
         launch.wait()?;
         launch.delete()?;

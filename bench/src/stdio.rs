@@ -113,18 +113,19 @@ pub fn raw_pipe(mib: usize) -> Result<Transfer, String> {
 fn through_shim(env: &Env, target: &Target, spec: &Value, round: usize, mib: usize) -> Result<Transfer, String> {
     let script = format!("{} 2>/dev/null", dd_args(mib).join(" "));
     let mut launch = Launch::prepare(env, target, spec, &format!("io-{}-{round}", target.name), &["sh", "-c", &script])?;
-    let fifo = launch.bundle.join("stdout");
-    mkfifo(&fifo)?;
     // Read-write, as a reader that is there before the shim opens it (ctr opens its FIFOs
-    // before Create too) and that never sees a spurious end-of-file.
-    let reader = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&fifo)
-        .map_err(|e| format!("{}: {e}", fifo.display()))?;
+    // before Create too) and that never sees a spurious end-of-file. stderr stays empty (dd's
+    // goes to /dev/null) but is held the same way.
+    let open_fifo = |name: &str| {
+        let path = launch.bundle.join(name);
+        mkfifo(&path)?;
+        let file = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(&path);
+        file.map(|f| (path.display().to_string(), f)).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let (stdout, reader) = open_fifo("stdout")?;
+    let (stderr, _stderr_reader) = open_fifo("stderr")?;
     launch.start_shim()?;
-    launch.create(&fifo.display().to_string())?;
+    launch.create(&stdout, &stderr)?;
     let expected = mib as u64 * 1024 * 1024;
     let reading = std::thread::spawn(move || drain(reader.into(), expected, Instant::now() + TRANSFER_TIMEOUT));
     let ran = launch.start().and_then(|()| launch.wait());

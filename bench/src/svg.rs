@@ -41,6 +41,12 @@ pub fn tick_step(range: f64, count: usize) -> f64 {
     step.unwrap_or(10.0 * magnitude)
 }
 
+/// A tick label with the decimals `step` needs (0, 50, 100 or 0.2, 0.4; not 100.0).
+pub fn tick_label(v: f64, step: f64) -> String {
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    format!("{v:.decimals$}")
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -89,7 +95,7 @@ fn panel(svg: &mut String, figure: &Figure, y0: f64) {
     while t <= x_max + step / 2.0 {
         let px = x(t);
         let _ = writeln!(svg, r##"<line x1="{px:.1}" y1="{:.1}" x2="{px:.1}" y2="{:.1}" stroke="#e5e5e5"/>"##, y(0.0), y(1.0));
-        let _ = writeln!(svg, r#"<text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, y(0.0) + 16.0, format_value(t));
+        let _ = writeln!(svg, r#"<text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, y(0.0) + 16.0, tick_label(t, step));
         t += step;
     }
     for frac in [0.0, 0.25, 0.5, 0.75, 1.0] {
@@ -112,8 +118,10 @@ fn panel(svg: &mut String, figure: &Figure, y0: f64) {
         );
     }
 
-    // The step lines, and a legend entry with each series' median.
-    let mut legend_y = y(1.0) + 16.0;
+    // The step lines, and a legend entry with each series' median, bottom right: the lines
+    // are near 1 at the right end of the axis, so that corner is free.
+    let drawn = figure.series.iter().filter(|s| !s.samples.is_empty()).count() as f64;
+    let mut legend_y = y(0.0) - 10.0 - 16.0 * (drawn - 1.0);
     for (i, series) in figure.series.iter().enumerate() {
         let Some(summary) = series.summary() else { continue };
         let mut sorted = series.samples.clone();
@@ -137,6 +145,13 @@ fn panel(svg: &mut String, figure: &Figure, y0: f64) {
 mod tests {
     use super::*;
     use crate::results::{test_figure, Unit};
+
+    #[test]
+    fn tick_labels_have_the_decimals_of_their_step() {
+        assert_eq!(tick_label(100.0, 50.0), "100");
+        assert_eq!(tick_label(0.4, 0.2), "0.4");
+        assert_eq!(tick_label(0.05, 0.05), "0.05");
+    }
 
     #[test]
     fn ticks_are_round_numbers() {
