@@ -1,7 +1,9 @@
 //! Figure 5, stdio throughput: a container writes `--stdio-mib` MiB to stdout (busybox dd,
 //! 1 MiB blocks); the shim copies it from the container's pipe to the stdout FIFO, which the
 //! benchmark reads the way ctr would. The ceiling is the same dd writing into one plain pipe
-//! on the host, read by the same code: what the machine can move through a pipe at all.
+//! on the host, read by the same code: what the machine can move through a pipe at all. A
+//! second reference adds one copying hop (a thread with a read/write loop between two pipes),
+//! which is the best any shim that copies in user space can do.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read};
@@ -17,6 +19,9 @@ use crate::alternate::{alternate, series};
 use crate::launch::{mkfifo, Launch};
 use crate::options::Options;
 use crate::results::{Figure, Unit, RAW_PIPE};
+
+/// The series of the one-hop reference: a plain copying thread between two pipes.
+pub const RELAY: &str = "pipe + relay";
 use crate::targets::Target;
 use crate::timed::wait_readable;
 
@@ -85,15 +90,39 @@ fn dd_args(mib: usize) -> [String; 4] {
     ["dd".into(), "if=/dev/zero".into(), "bs=1M".into(), format!("count={mib}")]
 }
 
-/// The ceiling: host dd → one pipe → [`drain`].
-pub fn raw_pipe(mib: usize) -> Result<Transfer, String> {
+/// A pipe (read end, write end), both close-on-exec.
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two descriptors on success.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
     }
     // SAFETY: both were just created and are owned by nobody else.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Copies `from` to `to` until end-of-file with a plain read/write loop and a 64 KiB buffer:
+/// what a shim's copy does, with nothing else around it.
+fn relay(from: OwnedFd, to: OwnedFd) {
+    let (mut from, mut to) = (File::from(from), File::from(to));
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+/// The references, on the host: dd → one pipe → [`drain`] (the ceiling), or with `relayed`
+/// dd → pipe → [`relay`] thread → pipe → [`drain`] (the best a copying shim can do).
+pub fn host_pipe(mib: usize, relayed: bool) -> Result<Transfer, String> {
+    let (mut read, write) = pipe()?;
+    let mut relay_thread = None;
+    if relayed {
+        let (read2, write2) = pipe()?;
+        let first = std::mem::replace(&mut read, read2);
+        relay_thread = Some(std::thread::spawn(move || relay(first, write2)));
+    }
     let mut child = Command::new(rootfs::host_busybox())
         .args(dd_args(mib))
         .stdin(Stdio::null())
@@ -106,6 +135,9 @@ pub fn raw_pipe(mib: usize) -> Result<Transfer, String> {
         let _ = child.kill();
     }
     let _ = child.wait();
+    if let Some(t) = relay_thread {
+        let _ = t.join();
+    }
     transfer
 }
 
@@ -139,18 +171,21 @@ fn through_shim(env: &Env, target: &Target, spec: &Value, round: usize, mib: usi
 
 enum Subject<'a> {
     RawPipe,
+    Relay,
     Target(&'a Target),
 }
 
 pub fn figure(env: &Env, targets: &[Target], spec: &Value, opts: &Options) -> Figure {
     let mut subjects: Vec<Subject> = targets.iter().map(Subject::Target).collect();
-    subjects.push(Subject::RawPipe);
+    subjects.extend([Subject::RawPipe, Subject::Relay]);
     let name = |s: &Subject| match s {
         Subject::RawPipe => RAW_PIPE.to_string(),
+        Subject::Relay => RELAY.to_string(),
         Subject::Target(t) => t.name.to_string(),
     };
     let collected = alternate("stdio", &subjects, name, 0, opts.stdio_rounds, |s, round| match s {
-        Subject::RawPipe => raw_pipe(opts.stdio_mib),
+        Subject::RawPipe => host_pipe(opts.stdio_mib, false),
+        Subject::Relay => host_pipe(opts.stdio_mib, true),
         Subject::Target(t) => through_shim(env, t, spec, round, opts.stdio_mib),
     });
     let mut f = Figure::new(
@@ -161,7 +196,8 @@ pub fn figure(env: &Env, targets: &[Target], spec: &Value, opts: &Options) -> Fi
     );
     f.notes.push(format!(
         "busybox dd bs=1M in the container; the bench reads the stdout FIFO ({} KiB reads) as ctr would, from its first byte to its last; \
-         `{RAW_PIPE}` is the same dd on the host into one pipe, read by the same code",
+         `{RAW_PIPE}` is the same dd on the host into one pipe, read by the same code; `{RELAY}` puts a thread copying \
+         with read/write and 64 KiB between two pipes (one hop, like a shim's copy)",
         READ_BUFFER / 1024
     ));
     f
@@ -173,16 +209,16 @@ mod tests {
 
     #[test]
     fn drains_a_pipe_and_times_it() {
-        let t = raw_pipe(4).unwrap();
-        assert_eq!(t.bytes, 4 * 1024 * 1024);
-        assert!(t.mb_per_s() > 0.0);
+        for relayed in [false, true] {
+            let t = host_pipe(4, relayed).unwrap();
+            assert_eq!(t.bytes, 4 * 1024 * 1024);
+            assert!(t.mb_per_s() > 0.0);
+        }
     }
 
     #[test]
     fn a_short_stream_is_an_error() {
-        let mut fds = [0; 2];
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (read, write) = pipe().unwrap();
         std::io::Write::write_all(&mut File::from(write), b"abc").unwrap();
         let err = drain(read, 10, Instant::now() + Duration::from_secs(5)).unwrap_err();
         assert!(err.contains("after 3 of 10"), "{err}");
