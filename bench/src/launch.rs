@@ -8,6 +8,7 @@
 //! stdin is fine; a runc Options Any may set the shim's cgroup), and its serving process
 //! opens the `log` FIFO for writing, which blocks until someone holds the read end.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -307,6 +308,10 @@ impl<'a> Launch<'a> {
                 libc::kill(pid as libc::pid_t, libc::SIGKILL);
             }
         }
+        let leftovers = empty_cgroup(&self.env.ns, &self.id);
+        if !leftovers.is_empty() {
+            problems.push(format!("processes {leftovers:?} were left in the container's cgroup: killed"));
+        }
         let mounted = containerd::unmount_below(&self.bundle);
         if mounted.is_empty() {
             let _ = fs::remove_dir_all(&self.bundle);
@@ -320,6 +325,42 @@ impl<'a> Launch<'a> {
             Err(format!("{} {}: {}", self.target.name, self.id, problems.join("; ")))
         }
     }
+}
+
+/// A container whose create failed half-way can leave its init behind (`runc init`, waiting
+/// for a start that never comes, re-parented away from the shim that exited). Its cgroup is
+/// `/<namespace>/<id>`, set by [`Launch::prepare`], so whatever is still in it is this
+/// launch's: kill it and remove the cgroup. Returns the pids it had to kill.
+fn empty_cgroup(namespace: &str, id: &str) -> Vec<u32> {
+    let dirs: Vec<PathBuf> = containerd::cgroup_mount_points()
+        .into_iter()
+        .map(|m| m.join(namespace).join(id))
+        .filter(|d| d.is_dir())
+        .collect();
+    let members = || -> BTreeSet<u32> {
+        let read = |d: &PathBuf| fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+        dirs.iter().flat_map(|d| read(d).split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>()).collect()
+    };
+    let mut killed = BTreeSet::new();
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    loop {
+        let pids = members();
+        if pids.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: a plain kill of a process in a cgroup only this launch's container uses.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+            killed.insert(pid);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for d in &dirs {
+        let _ = fs::remove_dir(d);
+    }
+    killed.into_iter().collect()
 }
 
 impl Drop for Launch<'_> {
