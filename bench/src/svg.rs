@@ -111,7 +111,7 @@ fn panel(svg: &mut String, figure: &Figure, y0: f64) {
             svg,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#777">samples over {} {} drawn at the edge (max {})</text>"##,
             LEFT + plot_w,
-            y0 + 22.0,
+            y(0.0) + 34.0,
             format_value(x_max),
             figure.unit.label(),
             format_value(largest)
