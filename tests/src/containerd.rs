@@ -486,19 +486,8 @@ pub fn remove_empty_cgroups(namespace: &str) {
     if namespace.is_empty() || namespace.contains('/') || namespace.starts_with('.') {
         return;
     }
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for line in text.lines() {
-        let Some((_, after)) = line.split_once(" - ") else {
-            continue;
-        };
-        let fstype = after.split(' ').next().unwrap_or("");
-        if fstype != "cgroup" && fstype != "cgroup2" {
-            continue;
-        }
-        let Some(point) = line.split(' ').nth(4) else {
-            continue;
-        };
-        let dir = PathBuf::from(unescape_octal(point)).join(namespace);
+    for point in cgroup_mount_points() {
+        let dir = point.join(namespace);
         if let Ok(children) = fs::read_dir(&dir) {
             for c in children.flatten() {
                 if c.file_type().is_ok_and(|t| t.is_dir()) {
@@ -508,6 +497,19 @@ pub fn remove_empty_cgroups(namespace: &str) {
             let _ = fs::remove_dir(&dir);
         }
     }
+}
+
+/// Where the cgroup hierarchies are mounted (one per v1 controller set, or the v2 one).
+pub fn cgroup_mount_points() -> Vec<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter(|line| {
+            let fstype = line.split_once(" - ").and_then(|(_, after)| after.split(' ').next());
+            matches!(fstype, Some("cgroup" | "cgroup2"))
+        })
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_octal(p)))
+        .collect()
 }
 
 /// Mount points of this mount namespace (/proc/self/mountinfo, octal escapes decoded).

@@ -146,6 +146,7 @@ impl Env {
     pub fn run(&self, id: &str) -> RunBuilder<'_> {
         RunBuilder {
             env: self,
+            runtime: self.runtime.clone(),
             id: id.to_owned(),
             flags: Vec::new(),
             config: ConfigChoice::Default,
@@ -366,6 +367,7 @@ fn toml_str(s: &str) -> String {
 /// Builds `ctr run --runtime RUNTIME --rootfs ROOTFS ID CMD...`.
 pub struct RunBuilder<'a> {
     env: &'a Env,
+    runtime: Runtime,
     id: String,
     flags: Vec<String>,
     config: ConfigChoice,
@@ -439,6 +441,12 @@ impl<'a> RunBuilder<'a> {
         self
     }
 
+    /// Another runtime than the test's (one containerd serves them all), e.g. to compare two.
+    pub fn runtime(mut self, runtime: &Runtime) -> Self {
+        self.runtime = runtime.clone();
+        self
+    }
+
     /// Deadline of the ctr call (default 30 s).
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
@@ -451,13 +459,13 @@ impl<'a> RunBuilder<'a> {
         let mut a: Vec<String> = vec![
             "run".into(),
             "--runtime".into(),
-            env.runtime.name.clone(),
+            self.runtime.name.clone(),
             "--fifo-dir".into(),
             env.ctr.fifo_dir.display().to_string(),
             "--env".into(),
             CONTAINER_PATH.into(),
         ];
-        if env.runtime.is_go_runc() {
+        if self.runtime.is_go_runc() {
             // ctr sends runc options for io.containerd.runc.v2 (it ignores a config path then).
             let root = self.root.clone().unwrap_or_else(|| env.go_runc_root());
             a.extend(["--runc-root".into(), root.display().to_string()]);

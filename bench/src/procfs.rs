@@ -1,0 +1,75 @@
+//! What /proc says about a process: its memory and its children.
+
+use std::fs;
+
+/// Resident memory of a process, from /proc/PID/smaps_rollup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Resident set: every page mapped and present, shared ones counted in full.
+    pub rss_kib: u64,
+    /// Proportional set: shared pages divided among the processes that map them, so that
+    /// the PSS of N processes adds up to what they really cost together.
+    pub pss_kib: u64,
+}
+
+impl std::ops::Add for Memory {
+    type Output = Memory;
+    fn add(self, o: Memory) -> Memory {
+        Memory { rss_kib: self.rss_kib + o.rss_kib, pss_kib: self.pss_kib + o.pss_kib }
+    }
+}
+
+/// Parses the `Rss:` and `Pss:` lines of smaps_rollup.
+pub fn parse_smaps_rollup(text: &str) -> Option<Memory> {
+    let field = |name: &str| -> Option<u64> {
+        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    Some(Memory { rss_kib: field("Rss:")?, pss_kib: field("Pss:")? })
+}
+
+/// The memory of `pid`, None if it is gone.
+pub fn memory(pid: u32) -> Option<Memory> {
+    parse_smaps_rollup(&fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?)
+}
+
+/// argv of `pid` (empty if it is gone).
+pub fn cmdline(pid: u32) -> Vec<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+}
+
+/// Every process whose parent is `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| tether_tests::env::parent_pid(*p) == Some(pid))
+        .collect()
+}
+
+/// A shim's own helper processes that belong in its memory figure: tether's native helper
+/// (`containerd-shim-tether-v2 native-helper`), which the native executor forks its workers
+/// from. Container processes are children of the shim too, and are left out.
+pub fn helpers(shim: u32) -> Vec<u32> {
+    children(shim).into_iter().filter(|c| cmdline(*c).iter().any(|a| a == "native-helper")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_rss_and_pss() {
+        let text = "55d0c0000000-7ffc00000000 ---p 00000000 00:00 0   [rollup]\nRss:                2048 kB\nPss:                 900 kB\nPss_Anon:            512 kB\n";
+        assert_eq!(parse_smaps_rollup(text), Some(Memory { rss_kib: 2048, pss_kib: 900 }));
+        assert_eq!(parse_smaps_rollup("Rss: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn our_own_process_is_visible() {
+        let me = std::process::id();
+        assert!(memory(me).is_some_and(|m| m.rss_kib > 0 && m.pss_kib > 0));
+        assert!(!cmdline(me).is_empty());
+    }
+}
