@@ -131,17 +131,25 @@ pub fn start(args: &Args) -> Result<Vec<u8>> {
 /// runtime just killed it).
 pub fn delete(args: &Args) -> Result<Vec<u8>> {
     let bundle = bundle_dir(args)?;
-    let settings = fs::read(bundle.join(SETTINGS_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Settings>(&b).ok())
-        .unwrap_or_else(|| Settings::defaults(&args.namespace));
-    match settings.standalone_executor() {
-        Ok(executor) => {
-            if let Err(e) = executor.delete(&args.id, true) {
-                log::warn!("force-deleting {}: {e}", args.id);
+    // The settings are written before the executor creates anything and removed once the
+    // shim deleted the container: without them there is nothing for an executor to remove
+    // (containerd runs `delete` after every shim exit, a clean one too).
+    match fs::read(bundle.join(SETTINGS_FILE)) {
+        Err(_) => log::debug!("{}: no executor settings in the bundle; nothing to force-delete", args.id),
+        Ok(bytes) => {
+            let settings = serde_json::from_slice::<Settings>(&bytes).unwrap_or_else(|e| {
+                log::warn!("{}: unreadable {SETTINGS_FILE} ({e}); force-deleting with the defaults", args.id);
+                Settings::defaults(&args.namespace)
+            });
+            match settings.standalone_executor() {
+                Ok(executor) => {
+                    if let Err(e) = executor.delete(&args.id, true) {
+                        log::warn!("force-deleting {}: {e}", args.id);
+                    }
+                }
+                Err(e) => log::warn!("cannot force-delete {}: {e}", args.id),
             }
         }
-        Err(e) => log::warn!("cannot force-delete {}: {e}", args.id),
     }
     mount::unmount(&bundle.join("rootfs"));
     remove_dead_socket(&bundle);

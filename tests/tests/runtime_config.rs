@@ -259,14 +259,15 @@ fn children(pid: u32) -> Vec<(u32, String)> {
 fn native_executor_runs_containers_without_a_runtime_binary() {
     let Some(env) = Env::for_executor("native_executor", Executor::Native) else { return };
     let ctr = &env.ctr;
-    // A runc that records every call, named as the runtime binary: the native executor must
-    // never run it.
+    // A runc that records every call, first on containerd's PATH and named as the runtime
+    // binary: the native executor must never run it, nor the `delete` containerd runs after
+    // each shim exit.
     let record = env.work().join("runc.calls");
-    let runc = recording_runc(&env.work().join("alt-bin"), "runc", &record);
+    recording_runc(&env.containerd.dir().join("bin"), "runc", &record);
     let root = env.work().join("native-root");
     let config = TetherConfig {
         executor: Some("native".into()),
-        binary: Some(runc.display().to_string()),
+        binary: Some("runc".into()),
         native_root: Some(root.clone()),
         ..Default::default()
     }
@@ -307,6 +308,12 @@ fn native_executor_runs_containers_without_a_runtime_binary() {
         wait_until(secs(10), || kids.iter().all(|(pid, _)| !Path::new(&format!("/proc/{pid}")).exists()).then_some(())).is_some(),
         "the shim's children outlived it: {kids:?}"
     );
+    assert!(
+        wait_until(secs(10), || env.containerd.log().contains("cleaning up after shim disconnected\" id=c1").then_some(())).is_some(),
+        "containerd cleaned up after the shim"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!record.exists(), "the runtime binary was run after the shim exited: {}", subcommands(&record));
 }
 
 #[test]
