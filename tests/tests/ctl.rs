@@ -108,13 +108,23 @@ fn ctl_inspects_and_drives_a_shim_under_containerd(executor: Executor) {
     assert_eq!(env.ctr.rm_task("c1"), 7);
 }
 
-/// Deletes what a standalone shim still serves when a test ends early.
+/// Deletes what a standalone shim still serves when a test ends early, and the namespace's
+/// empty runtime root and cgroup parents, which no containerd teardown knows of.
 struct Standalone<'a> {
+    namespace: &'a str,
     bundles: Vec<(&'a str, PathBuf)>,
 }
 
 impl Drop for Standalone<'_> {
     fn drop(&mut self) {
+        self.delete_tasks();
+        tether_tests::containerd::remove_empty_cgroups(self.namespace);
+        let _ = fs::remove_dir(Path::new("/run/tether").join(self.namespace));
+    }
+}
+
+impl Standalone<'_> {
+    fn delete_tasks(&self) {
         for (id, bundle) in &self.bundles {
             let b = bundle.display().to_string();
             if fs::read_to_string(bundle.join("address")).is_ok() {
@@ -161,7 +171,7 @@ fn ctl_attaches_a_terminal(executor: Executor) {
     // `run` of a terminal bundle: the container's stdin and stdout are a terminal of our size.
     let probe = "[ -t 0 ] && [ -t 1 ] && echo tty-yes; for i in $(seq 1 100); do s=$(stty size); [ \"$s\" = \"33 111\" ] && break; sleep 0.05; done; echo \"size=$s\"; exit 5";
     let bundle = bundle_with(&env, "tty1", probe, true);
-    let _cleanup = Standalone { bundles: vec![("tty1", bundle.clone())] };
+    let _cleanup = Standalone { namespace: &env.ns, bundles: vec![("tty1", bundle.clone())] };
     let mut argv = vec![tether_ctl_binary().display().to_string(), "run".into(), "--namespace".into(), env.ns.clone()];
     argv.extend(config_args(&env));
     argv.extend(["--id".into(), "tty1".into(), bundle.display().to_string()]);
@@ -201,6 +211,7 @@ fn ctl_runs_a_bundle_without_containerd(executor: Executor) {
     let b3 = standalone_bundle(&env, "sa3", "echo kept; exit 4");
     let b4 = standalone_bundle(&env, "sa4", LOOP_UNTIL_TERM);
     let _cleanup = Standalone {
+        namespace: &env.ns,
         bundles: vec![("sa1", b1.clone()), ("sa2", b2.clone()), ("sa3", b3.clone()), ("sa4", b4.clone())],
     };
     let out = ctl(&run_args("sa1", &["--events"], &b1), Some(b"hello\n"));
