@@ -206,12 +206,7 @@ impl Ctr {
     pub fn containers(&self) -> Vec<String> {
         let out = self.run(&["container", "ls", "-q"]);
         out.expect_ok();
-        out.stdout
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect()
+        words(&out.stdout)
     }
 
     /// `ctr namespaces ls -q`.
@@ -220,12 +215,7 @@ impl Ctr {
         if !out.ok() {
             return Vec::new();
         }
-        out.stdout
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect()
+        words(&out.stdout)
     }
 
     /// Best-effort removal of every task and container in this namespace (for teardown):
@@ -470,6 +460,11 @@ pub fn ctr_binary() -> PathBuf {
     }
     crate::runtime::which("ctr")
         .unwrap_or_else(|| panic!("ctr not found on PATH: apt-get install containerd"))
+}
+
+/// The non-empty lines of a `ls -q` listing, trimmed.
+fn words(listing: &str) -> Vec<String> {
+    listing.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
 }
 
 #[cfg(test)]
