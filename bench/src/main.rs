@@ -1,7 +1,7 @@
 //! tether-bench: tether (with its runc and its native executor) against containerd's Go shim
 //! `io.containerd.runc.v2`, side by side in one run under one private containerd.
 //!
-//!     cargo build --release --workspace && cargo run --release -p tether-bench -- [--quick]
+//!     cargo dist && cargo run --release -p tether-bench -- [--quick]
 //!
 //! Prints a table (median, tail, ratio to Go) and the goals of issue 6, and writes
 //! `tether-bench.json` (every sample) and `tether-bench.svg` (latency distributions). Needs
@@ -26,7 +26,7 @@ mod targets;
 mod through_containerd;
 mod timed;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tether_tests::{runtime, Env, Runtime};
 
@@ -53,9 +53,9 @@ fn main() {
         std::process::exit(1);
     }
     interrupt::install();
-    let shim = runtime::tether_shim_binary();
-    if shim.components().any(|c| c.as_os_str() == "debug") {
-        eprintln!("warning: measuring a debug build ({}); build with --release", shim.display());
+    let shim = choose_shim();
+    if !shim.components().any(|c| c.as_os_str() == DIST_PROFILE) {
+        eprintln!("warning: measuring {}, not the build for nodes; run `cargo dist` first", shim.display());
     }
 
     eprintln!("starting a private containerd (tether: {})", shim.display());
@@ -87,6 +87,25 @@ fn main() {
         eprintln!("(interrupted: the figures above are partial)");
         std::process::exit(130);
     }
+}
+
+/// The cargo profile of `cargo dist` (.cargo/config.toml), and the target it builds for.
+const DIST_PROFILE: &str = "dist";
+const DIST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// The shim to measure: `$TETHER_SHIM_BINARY` if set, else the `cargo dist` build (what nodes
+/// run) if there is one, else the one beside this bench. The harness reads the choice from
+/// the environment, so containerd gets the same binary.
+fn choose_shim() -> PathBuf {
+    if std::env::var_os(runtime::SHIM_BINARY_ENV).is_none_or(|v| v.is_empty()) {
+        let target_dir = runtime::target_profile_dir().and_then(|d| d.parent().map(Path::to_path_buf));
+        let dist = target_dir.map(|t| t.join(DIST_TARGET).join(DIST_PROFILE).join(runtime::SHIM_BINARY));
+        if let Some(dist) = dist.filter(|d| runtime::is_executable(d)) {
+            // Set while this is the only thread: nothing reads the environment meanwhile.
+            std::env::set_var(runtime::SHIM_BINARY_ENV, &dist);
+        }
+    }
+    runtime::tether_shim_binary()
 }
 
 fn value<'a>(info: &'a RunInfo, key: &str) -> &'a str {

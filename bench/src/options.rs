@@ -5,7 +5,7 @@ use std::path::PathBuf;
 pub const USAGE: &str = "\
 tether-bench: tether (runc and native executors) against containerd's Go shim, side by side
 
-usage: tether-bench [OPTIONS]   (as root; build first: cargo build --release --workspace)
+usage: tether-bench [OPTIONS]   (as root; build the shim first: cargo dist)
 
   --quick               tiny counts for a smoke run (10 iterations, 5 containers, 64 MiB)
   --iterations N        iterations of every latency figure (lifecycle, exec, shim start,

@@ -80,7 +80,7 @@ fn event(r: &Recorded) -> Event {
         seq: r.seq,
         topic: r.topic.clone(),
         timestamp_unix_nanos: unix_nanos(r.at),
-        text: r.text.clone(),
+        text: r.text(),
         delivered: r.delivered,
         ..Default::default()
     }

@@ -10,7 +10,14 @@ use std::{
 };
 
 use tether_protos::{
-    protobuf::{well_known_types::{any::Any, timestamp::Timestamp}, Message, MessageDyn},
+    cgroups::metrics as cgroups_v1,
+    cgroups_v2::metrics as cgroups_v2,
+    events::task::{
+        TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM,
+        TaskPaused, TaskResumed, TaskStart,
+    },
+    protobuf::{well_known_types::{any::Any, timestamp::Timestamp}, Message, MessageFull},
+    runc_options::ProcessDetails,
     shim::{events::ForwardRequest, events_ttrpc::EventsClient, event::Envelope},
     ttrpc,
 };
@@ -33,28 +40,65 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
     ts
 }
 
+/// A message that goes to containerd in an `Any`, whose type URL is the message's protobuf
+/// full name (containerd's typeurl). The package is spelled out here rather than asked of
+/// protobuf's reflection: reflection's first use builds the descriptors of the message's
+/// whole proto file and its imports (descriptor.proto among them), a third of a MiB that
+/// every shim would then keep for its whole life.
+pub trait Named: MessageFull {
+    /// The protobuf package the message is declared in.
+    const PACKAGE: &'static str;
+}
+
+macro_rules! named {
+    ($package:literal: $($message:ty),+ $(,)?) => {
+        $(impl Named for $message {
+            const PACKAGE: &'static str = $package;
+        })+
+    };
+}
+
+named!("containerd.events": TaskCreate, TaskStart, TaskExit, TaskDelete, TaskOOM, TaskIO, TaskExecAdded,
+    TaskExecStarted, TaskPaused, TaskResumed, TaskCheckpointed);
+named!("containerd.runc.v1": ProcessDetails);
+named!("io.containerd.cgroups.v1": cgroups_v1::Metrics);
+named!("io.containerd.cgroups.v2": cgroups_v2::Metrics);
+
 /// Packs a message into an `Any` the way containerd's typeurl names protobuf messages.
-pub fn to_any(msg: &dyn MessageDyn) -> Any {
+pub fn to_any<M: Named>(msg: &M) -> Any {
     let mut any = Any::new();
-    any.type_url = msg.descriptor_dyn().full_name().to_string();
-    any.value = msg.write_to_bytes_dyn().unwrap_or_default();
+    any.type_url = format!("{}.{}", M::PACKAGE, M::NAME);
+    any.value = msg.write_to_bytes().unwrap_or_default();
     any
+}
+
+/// An event's fields in protobuf text format (which takes reflection: only for debugging).
+fn text_of<M: MessageFull>(bytes: &[u8]) -> String {
+    M::parse_from_bytes(bytes).map(|m| m.to_string()).unwrap_or_else(|e| format!("(does not decode: {e})"))
 }
 
 /// How many recent events the shim remembers for `tether-ctl events` and dumps.
 const HISTORY: usize = 1024;
 
 /// One event as the shim recorded it, for its debug service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Recorded {
     /// Increases by one per event, from 1.
     pub seq: u64,
     pub topic: String,
     pub at: SystemTime,
-    /// The event's fields in protobuf text format.
-    pub text: String,
+    /// The event, encoded; [`Recorded::text`] decodes it.
+    event: Vec<u8>,
+    text_of: fn(&[u8]) -> String,
     /// Whether containerd acknowledged it.
     pub delivered: bool,
+}
+
+impl Recorded {
+    /// The event's fields in protobuf text format.
+    pub fn text(&self) -> String {
+        (self.text_of)(&self.event)
+    }
 }
 
 /// The last [`HISTORY`] events, delivered or not.
@@ -68,12 +112,12 @@ struct History {
 }
 
 impl History {
-    fn record(&mut self, topic: &str, at: SystemTime, text: String) {
+    fn record(&mut self, topic: &str, at: SystemTime, event: Vec<u8>, text_of: fn(&[u8]) -> String) {
         self.last_seq += 1;
         if self.events.len() == HISTORY {
             self.events.pop_front();
         }
-        self.events.push_back(Recorded { seq: self.last_seq, topic: topic.to_string(), at, text, delivered: false });
+        self.events.push_back(Recorded { seq: self.last_seq, topic: topic.to_string(), at, event, text_of, delivered: false });
     }
 
     fn delivered_one(&mut self) {
@@ -176,17 +220,19 @@ impl Publisher {
     }
 
     /// Queues `event` under `topic`, stamped now.
-    pub fn publish(&self, topic: &str, event: &dyn MessageDyn) {
+    pub fn publish<M: Named>(&self, topic: &str, event: &M) {
         log::debug!("event {topic}: {event}");
         let at = SystemTime::now();
+        let any = to_any(event);
+        let recorded = any.value.clone();
         let mut env = Envelope::new();
         env.timestamp = Some(timestamp(at)).into();
         env.namespace = self.namespace.clone();
         env.topic = topic.to_string();
-        env.event = Some(to_any(event)).into();
+        env.event = Some(any).into();
         // Queue and record under the queue's lock, so that sequence order is queue order.
         let mut q = self.queue.lock().unwrap();
-        self.history.lock().unwrap().record(topic, at, event.to_string());
+        self.history.lock().unwrap().record(topic, at, recorded, text_of::<M>);
         self.recorded.notify_all();
         if self.publishing {
             q.push(env);
@@ -303,9 +349,28 @@ fn forward(client: &EventsClient, env: Envelope) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use tether_protos::events::task::TaskStart;
-
     use super::*;
+
+    #[test]
+    fn type_urls_are_protobuf_full_names() {
+        fn check<M: Named>() {
+            assert_eq!(to_any(&M::new()).type_url, M::descriptor().full_name());
+        }
+        check::<TaskCreate>();
+        check::<TaskStart>();
+        check::<TaskExit>();
+        check::<TaskDelete>();
+        check::<TaskOOM>();
+        check::<TaskIO>();
+        check::<TaskExecAdded>();
+        check::<TaskExecStarted>();
+        check::<TaskPaused>();
+        check::<TaskResumed>();
+        check::<TaskCheckpointed>();
+        check::<ProcessDetails>();
+        check::<cgroups_v1::Metrics>();
+        check::<cgroups_v2::Metrics>();
+    }
 
     #[test]
     fn overflow_is_spilled_and_comes_back_in_order() {
@@ -341,8 +406,9 @@ mod tests {
         publisher.publish("/tasks/start", &start("b"));
         let all = publisher.recorded_after(0, Duration::ZERO);
         assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
-        assert!(all[1].text.contains("\"b\""), "{:?}", all[1]);
-        assert_eq!(publisher.recorded_after(1, Duration::ZERO), all[1..]);
+        assert_eq!(all[1].text(), "container_id: \"b\" pid: 7");
+        let later = publisher.recorded_after(1, Duration::ZERO);
+        assert_eq!(later.iter().map(|r| r.seq).collect::<Vec<_>>(), [2]);
         // Without containerd nothing is queued for it, and nothing waits on a flush.
         assert_eq!(publisher.pending(), 0);
         assert!(publisher.flush(Duration::ZERO));

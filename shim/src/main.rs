@@ -121,7 +121,13 @@ fn serve(args: &cli::Args) -> Result<(), String> {
             std::process::exit(0);
         });
     }));
+    // Per connection, ttrpc keeps between `min` and `max` idle workers and starts `default`
+    // more whenever fewer than `min` are idle, so a blocked Wait never starves a Kill. An idle
+    // shim needs no more than that one spare (the defaults, 3 of 1..5, cost threads).
     let mut server = ttrpc::Server::new()
+        .set_thread_count_min(1)
+        .set_thread_count_default(2)
+        .set_thread_count_max(3)
         .add_listener(LISTENER_FD)
         .map_err(|e| format!("using the inherited listener: {e}"))?
         .register_service(service.methods())

@@ -40,7 +40,10 @@ use crate::error::{Error, Result};
 const CONSOLE_DIR: &str = "/run/tether/console";
 /// How long a `binary://` logger may take to signal that it is ready.
 const LOGGER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The buffer of a stream that cannot be spliced.
 const COPY_BUF: usize = 64 * 1024;
+/// The most one splice moves: a pipe's default capacity.
+const SPLICE_LEN: usize = 64 * 1024;
 /// How often a lingering FIFO checks whether its reader has caught up.
 const LINGER_POLL_MS: u16 = 20;
 
@@ -314,7 +317,7 @@ impl ProcessIo {
                 let sink = open_sink(out, name)?.expect("a fifo has a sink");
                 let (r, w) = pipe()?;
                 let count = if name == "stdout" { self.copied.stdout.clone() } else { self.copied.stderr.clone() };
-                self.drain.spawn(name, move || copy_output(File::from(r), sink, &count))?;
+                self.drain.spawn(name, move || copy_output(Relay::splicing(), File::from(r), sink, &count))?;
                 Ok(Some(w))
             }
             Output::Binary { path, args } => {
@@ -335,7 +338,7 @@ impl ProcessIo {
             if let Some(out) = open_sink(&parse_output(&self.spec.stdout)?, "stdout")? {
                 let reader = master.try_clone().map_err(|e| Error::io("dup pty master", e))?;
                 let count = self.copied.stdout.clone();
-                self.drain.spawn("pty-out", move || copy_output(reader, out, &count))?;
+                self.drain.spawn("pty-out", move || copy_output(Relay::copying(), reader, out, &count))?;
             }
             self.stdin_sink = Some(master.try_clone().map_err(|e| Error::io("dup pty master", e))?);
             self.console = Some(master);
@@ -438,22 +441,80 @@ fn linger(sink: &File, released: BorrowedFd) {
     }
 }
 
-/// Copies a process's output stream to its destination until EOF, and returns the
-/// destination. A pty reports EIO once the last slave closes: that is its EOF.
-fn copy_output(mut from: File, mut to: File, count: &AtomicU64) -> File {
-    let mut buf = vec![0u8; COPY_BUF];
+/// Copies a process's output stream to its destination through `relay` until EOF, and
+/// returns the destination. A pty reports EIO once the last slave closes: that is its EOF.
+fn copy_output(mut relay: Relay, from: File, mut to: File, count: &AtomicU64) -> File {
     loop {
-        let n = match from.read(&mut buf) {
+        match relay.pass(&from, &mut to) {
             Ok(0) => return to,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return to,
-        };
-        if let Err(e) = to.write_all(&buf[..n]) {
-            log::warn!("copying output: {e}");
-            return to;
+            Ok(n) => {
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(Stop::Read(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(Stop::Read(_)) => return to,
+            Err(Stop::Write(e)) => {
+                log::warn!("copying output: {e}");
+                return to;
+            }
         }
-        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Why [`Relay::pass`] moved nothing.
+enum Stop {
+    /// Reading the source failed (for a pty master, EIO is its end of file).
+    Read(io::Error),
+    /// Writing the destination failed.
+    Write(io::Error),
+}
+
+/// Moves bytes from a source to a destination descriptor. Between two pipes (a process's
+/// stream and a client's FIFO) it splices: the kernel moves the pages, and the shim holds no
+/// buffer, so a quiet stream costs no memory. Otherwise (a pty master, a non-blocking FIFO)
+/// it reads and writes through a buffer made on first use.
+struct Relay {
+    splice: bool,
+    buf: Vec<u8>,
+}
+
+impl Relay {
+    /// A relay between two blocking pipes.
+    fn splicing() -> Relay {
+        Relay { splice: true, buf: Vec::new() }
+    }
+
+    /// A relay that copies: from a pty master (splice does not hand over what is there as a
+    /// read does: an attached terminal hung), and from a non-blocking FIFO, where splice
+    /// would not block on a full destination either (the kernel makes a pipe-to-pipe splice
+    /// non-blocking on both sides when either is).
+    fn copying() -> Relay {
+        Relay { splice: false, buf: Vec::new() }
+    }
+
+    /// Moves what `from` has (waiting for it as a read would) into `to`; `Ok(0)` at EOF.
+    fn pass(&mut self, from: &File, to: &mut File) -> std::result::Result<usize, Stop> {
+        if self.splice {
+            // SAFETY: splice between two descriptors we hold; pipes take no offsets.
+            let n = unsafe {
+                libc::splice(from.as_raw_fd(), std::ptr::null_mut(), to.as_raw_fd(), std::ptr::null_mut(), SPLICE_LEN, libc::SPLICE_F_MOVE)
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINVAL) => self.splice = false,
+                // EIO: a pty master whose last slave closed, its end of file.
+                Some(libc::EINTR | libc::EIO) => return Err(Stop::Read(e)),
+                _ => return Err(Stop::Write(e)),
+            }
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0; COPY_BUF];
+        }
+        let n = (&*from).read(&mut self.buf).map_err(Stop::Read)?;
+        to.write_all(&self.buf[..n]).map_err(Stop::Write)?;
+        Ok(n)
     }
 }
 
@@ -461,8 +522,7 @@ fn copy_output(mut from: File, mut to: File, count: &AtomicU64) -> File {
 /// The FIFO is opened non-blocking, so waiting for a writer is a poll that CloseIO (closing
 /// `cancel`'s other end) can interrupt.
 fn copy_stdin(fifo: File, mut sink: File, cancel: OwnedFd, count: &AtomicU64) {
-    let mut buf = vec![0u8; COPY_BUF];
-    let mut fifo = fifo;
+    let mut relay = Relay::copying();
     loop {
         let mut fds = [
             PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
@@ -476,23 +536,17 @@ fn copy_stdin(fifo: File, mut sink: File, cancel: OwnedFd, count: &AtomicU64) {
         if fds[1].revents().is_some_and(|r| !r.is_empty()) {
             // CloseIO comes after the client wrote its last byte: what is still in the FIFO
             // belongs to the process, so hand it over before closing.
-            while let Ok(n @ 1..) = fifo.read(&mut buf) {
-                if sink.write_all(&buf[..n]).is_err() {
-                    return;
-                }
+            while let Ok(n @ 1..) = relay.pass(&fifo, &mut sink) {
                 count.fetch_add(n as u64, Ordering::Relaxed);
             }
             return;
         }
-        match fifo.read(&mut buf) {
+        match relay.pass(&fifo, &mut sink) {
             Ok(0) => return,
             Ok(n) => {
-                if sink.write_all(&buf[..n]).is_err() {
-                    return;
-                }
                 count.fetch_add(n as u64, Ordering::Relaxed);
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(Stop::Read(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
             Err(_) => return,
         }
     }

@@ -286,17 +286,29 @@ fn native_executor_runs_containers_without_a_runtime_binary() {
     let out = env.exec("c1", "e1", &["sh", "-c", "echo native-exec; exit 5"]);
     out.expect_code(5);
     assert_eq!(out.stdout, "native-exec\n");
+
+    // The shim forks through its helper: one child running `native-helper` besides the
+    // container's init, while there is work.
+    let shim = env.shim_pid_of("c1");
+    let kids = children(shim);
+    assert!(kids.iter().any(|(_, cmd)| cmd.contains("native-helper")), "the shim's children: {kids:?}");
+    assert!(kids.iter().any(|(pid, _)| *pid == task.pid), "the init is the shim's child: {kids:?}");
     ctr.run(&["task", "pause", "c1"]).expect_ok();
     ctr.wait_status("c1", "PAUSED", secs(10));
     ctr.run(&["task", "resume", "c1"]).expect_ok();
     ctr.wait_status("c1", "RUNNING", secs(10));
 
-    // The shim forks through its helper: one child running `native-helper` besides the
-    // container's init.
-    let shim = env.shim_pid_of("c1");
+    // An idle helper leaves (the container runs on without it), and the next call that needs
+    // one starts another.
+    let helper_left = wait_until(secs(15), || {
+        (!children(shim).iter().any(|(_, cmd)| cmd.contains("native-helper"))).then_some(())
+    });
+    assert!(helper_left.is_some(), "the idle helper stayed: {:?}", children(shim));
+    assert_eq!(ctr.status("c1").as_deref(), Some("RUNNING"));
+    let out = env.exec("c1", "e2", &["sh", "-c", "echo again; exit 6"]);
+    out.expect_code(6);
+    assert_eq!(out.stdout, "again\n");
     let kids = children(shim);
-    assert!(kids.iter().any(|(_, cmd)| cmd.contains("native-helper")), "the shim's children: {kids:?}");
-    assert!(kids.iter().any(|(pid, _)| *pid == task.pid), "the init is the shim's child: {kids:?}");
 
     ctr.kill("c1", "SIGKILL", false).expect_ok();
     ctr.wait_status("c1", "STOPPED", secs(10));

@@ -17,6 +17,13 @@
 //! release, so the worker may allocate freely, and libcontainer's clones of the worker are
 //! just as safe. The worker answers on the reply socket that came with the request and exits.
 //!
+//! # A helper only while there is work
+//!
+//! The helper exits once it has had no request for a while ([`IDLE_EXIT_MS`]): a shim whose
+//! containers just run holds no second process. It first shuts its side of the control
+//! socket for reading, which the kernel orders against the shim's sends: a request is either
+//! queued before (and served) or refused with EPIPE, and the shim starts a new helper for it.
+//!
 //! # Who is whose child
 //!
 //! libcontainer makes the container's init (and an exec'd process) a child of the worker.
@@ -29,13 +36,15 @@
 
 use std::{
     os::{
-        fd::{AsRawFd, OwnedFd, RawFd},
+        fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd},
         unix::process::CommandExt,
     },
     path::PathBuf,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
 };
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::{
     wire::{self, Failure, Reply, Request},
@@ -49,8 +58,14 @@ pub const HELPER_ARG: &str = "native-helper";
 const SHIM_NAME: &str = "containerd-shim-tether-v2";
 /// The descriptor on which the helper receives requests.
 const CONTROL_FD: RawFd = 3;
+/// How long the helper waits for a request before it exits (the shim starts another on its
+/// next call, for a few milliseconds). Long enough that a create and its start, or a burst
+/// of execs, share one helper; short enough that a shim whose containers just run does not
+/// keep a second process for nothing.
+const IDLE_EXIT_MS: u16 = 2000;
 
-/// The shim's handle on its helper: started on first use, restarted if it died.
+/// The shim's handle on its helper: started on first use, and again after the helper died
+/// or left for want of work.
 pub struct Helper {
     /// The binary to run with [`HELPER_ARG`]: the shim's own (`/proc/self/exe`).
     exe: PathBuf,
@@ -69,8 +84,8 @@ impl Helper {
         let bytes = serde_json::to_vec(req).expect("requests serialise");
         let (mine, theirs) = wire::pair().map_err(|e| internal("creating a reply socket", e))?;
         let fds = [theirs.as_raw_fd(), stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
-        // A helper that died (or was killed) since the last call is replaced once; nothing
-        // was sent to it, so the request cannot run twice.
+        // A helper that died (or was killed, or left when idle) since the last call is
+        // replaced once; nothing was sent to it, so the request cannot run twice.
         let mut sent = Err(nix::errno::Errno::EPIPE);
         for _ in 0..2 {
             let control = self.control().map_err(|e| (Failure::Runtime, e.to_string()))?;
@@ -78,7 +93,11 @@ impl Helper {
             if sent.is_ok() {
                 break;
             }
-            self.control.lock().unwrap().take();
+            // Forget this helper, unless a concurrent call already replaced it.
+            let mut current = self.control.lock().unwrap();
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &control)) {
+                current.take();
+            }
         }
         sent.map_err(|e| internal("sending a request to the native helper", e))?;
         // Only the worker may hold the write side of the reply socket and the process's
@@ -131,12 +150,28 @@ impl Helper {
     }
 }
 
+/// Whether `fd` has something to read (or is closed) within `ms` milliseconds.
+fn readable_within(fd: RawFd, ms: u16) -> bool {
+    // SAFETY: the caller keeps `fd` open across the call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    loop {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(0) => return false,
+            // An error is left to recv to report.
+            _ => return true,
+        }
+    }
+}
+
 fn internal(what: &str, err: nix::errno::Errno) -> (Failure, String) {
     (Failure::Runtime, format!("{what}: {err}"))
 }
 
 /// The helper's main loop (the shim binary run with [`HELPER_ARG`]); returns when the shim
-/// closes the control socket, i.e. when the shim has exited.
+/// closes the control socket (the shim has exited), or once no request came for
+/// [`IDLE_EXIT_MS`].
 ///
 /// Must be called while the process has a single thread.
 pub fn serve() {
@@ -152,6 +187,13 @@ pub fn serve() {
         eprintln!("tether native helper: cannot change to /: {e}");
     }
     loop {
+        if !readable_within(CONTROL_FD, IDLE_EXIT_MS) {
+            // Refuse further requests: the shim's next send fails (EPIPE) and it starts a new
+            // helper, so no request is lost. One queued before this is still served, and
+            // the next recv then finds the socket closed.
+            // SAFETY: shutdown of a socket this process owns.
+            unsafe { libc::shutdown(CONTROL_FD, libc::SHUT_RD) };
+        }
         let (bytes, fds) = match wire::recv(CONTROL_FD) {
             Ok(Some(m)) => m,
             Ok(None) => return,
