@@ -108,15 +108,16 @@ fn serve(args: &cli::Args) -> Result<(), String> {
     dump_on_sigusr1(debug.clone()).map_err(|e| format!("installing the SIGUSR1 handler: {e}"))?;
     let socket = args.socket.clone();
     let service = Arc::new(TaskService::new(table, move || {
+        // The address goes first: a `start` for the same id from now on (`ctr run --rm c1`
+        // twice in a row) must bind a new shim, not hand its task to this exiting one.
+        let _ = std::fs::remove_file(socket.strip_prefix("unix://").unwrap_or(&socket));
         let events = events.clone();
-        let socket = socket.clone();
         thread::spawn(move || {
             // Let the Shutdown reply go out, then the events still queued.
             thread::sleep(Duration::from_millis(50));
             if !events.flush(SHUTDOWN_FLUSH) {
                 log::warn!("exiting with {} events undelivered", events.pending());
             }
-            let _ = std::fs::remove_file(socket.strip_prefix("unix://").unwrap_or(&socket));
             log::info!("shutdown: no tasks left, exiting");
             std::process::exit(0);
         });

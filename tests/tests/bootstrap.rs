@@ -123,3 +123,29 @@ fn containerd_23_bootstrap_protocol() {
     assert_eq!(started.socket().parent(), Some(socket_dir.as_path()), "the socket is in socket_dir: {result:?}");
     started.check_serves_and_shut_down();
 }
+
+/// Shutdown frees the address at once: a `start` for the same id right after it gets a shim
+/// of its own, not the exiting one (`ctr run --rm c1` and then `ctr run c1` again).
+#[test]
+fn start_right_after_shutdown_gets_a_new_shim() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = namespace("again");
+    let shim_pid = |address: &str| {
+        let client = ShimClient::connect(address).unwrap_or_else(|e| panic!("dial {address}: {e}"));
+        let connect: api::ConnectResponse = client
+            .call("Connect", &api::ConnectRequest { id: "c1".into(), ..Default::default() })
+            .expect("Connect");
+        (client, connect.shim_pid)
+    };
+    let first = String::from_utf8(start(dir.path(), &ns, None, &[])).unwrap();
+    let (client, first_pid) = shim_pid(&first);
+    client
+        .call::<Empty>("Shutdown", &api::ShutdownRequest { id: "c1".into(), ..Default::default() })
+        .expect("Shutdown");
+    let second = String::from_utf8(start(dir.path(), &ns, None, &[])).unwrap();
+    assert_eq!(second, first, "the address is derived from namespace and id");
+    let started = Started { address: second };
+    let (_, second_pid) = shim_pid(&started.address);
+    assert_ne!(second_pid, first_pid, "the second start reused the shim that was shutting down");
+    started.check_serves_and_shut_down();
+}
