@@ -43,7 +43,7 @@ use tether_runtime::{
 };
 
 use crate::{
-    cgroup::Cgroup,
+    cgroup::{self, Cgroup},
     config::{self, Settings},
     logger,
     error::{Error, Result},
@@ -407,6 +407,8 @@ impl Table {
     }
 
     fn create_reserved(&self, req: &CreateRequest) -> Result<u32> {
+        // The new container's init is moved into its cgroup.
+        cgroup::start_migration_grace_period();
         let settings = Settings::from_options(&self.namespace, req.options.as_ref())?;
         if let Some(level) = settings.log_level {
             logger::set_level(level.filter());
@@ -565,6 +567,8 @@ impl Table {
             }
             Ok((c.executor.clone(), p.stdio.clone(), p.spec.clone(), c.bundle.clone()))
         })?;
+        // The exec'd process joins the container's cgroup.
+        cgroup::start_migration_grace_period();
         let spec_file = bundle.join(format!("exec-{exec_id}.json"));
         let pid_file = bundle.join(format!("exec-{exec_id}.pid"));
         fs::write(&spec_file, &spec).map_err(|e| Error::io("writing the exec's process spec", e))?;
