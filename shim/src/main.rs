@@ -14,6 +14,7 @@ use signal_hook::{consts::SIGUSR1, iterator::Signals};
 use tether_protos::ttrpc;
 
 use tether_shim::{
+    cgroup,
     cli::{self, Action},
     debug::DebugService,
     events::Publisher,
@@ -100,6 +101,9 @@ fn serve(args: &cli::Args) -> Result<(), String> {
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
         return Err(format!("becoming a subreaper: {}", std::io::Error::last_os_error()));
     }
+    // containerd starts a shim to create a task in it: moving that task's init into its
+    // cgroup is milliseconds away, so its wait for the kernel can begin now.
+    cgroup::start_migration_grace_period();
     let reaper = Reaper::start().map_err(|e| format!("starting the reaper: {e}"))?;
     let events = Publisher::start(std::env::var("TTRPC_ADDRESS").ok(), &args.namespace);
     let oom = OomMonitor::start(events.clone()).map_err(|e| format!("starting the OOM monitor: {e}"))?;
