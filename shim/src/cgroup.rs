@@ -416,11 +416,11 @@ static UNDER_WAY: AtomicBool = AtomicBool::new(false);
 /// Writing `cgroup.procs` takes the kernel's global `cgroup_threadgroup_rwsem` for writing,
 /// and when no move happened in the last few milliseconds that first waits for a grace
 /// period (10–20 ms on the machines tether is measured on); moves that follow closely find it
-/// passed. So as a Create or Exec begins, the shim moves itself into the cgroup it is already
-/// in (a no-op; "0" names the writer), and the runtime's own move a few milliseconds later
-/// waits for the rest of that grace period only (native Create: median 21.6 → 14.3 ms). One
-/// such move at a time is enough; if the shim may not write its cgroup, only the head start
-/// is lost.
+/// passed. So when a move is near (the shim starts serving, a Create or an exec begins), the
+/// shim moves itself into the cgroup it is already in (a no-op; "0" names the writer), and the
+/// runtime's own move a few milliseconds later waits for the rest of that grace period only
+/// (native Create: median 21.6 → 14.3 ms). One such move at a time is enough; if the shim may
+/// not write its cgroup, only the head start is lost.
 pub fn start_migration_grace_period() {
     if UNDER_WAY.swap(true, Ordering::AcqRel) {
         return;
