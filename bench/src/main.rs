@@ -59,7 +59,7 @@ fn main() {
     }
 
     eprintln!("starting a private containerd (tether: {})", shim.display());
-    let env = Env::with_runtime("tether-bench", Runtime::tether());
+    let env = Env::at_info_level("tether-bench", Runtime::tether());
     let targets = Target::selected(&env, &opts.targets);
     let mut info = RunInfo {
         date: machine::now(),

@@ -67,16 +67,22 @@ impl Containerd {
     /// Starts a private containerd whose PATH holds the shim of `runtime` (for tether, a
     /// symlink to the built binary; other runtimes are taken from the host's PATH).
     pub fn start(runtime: &Runtime) -> Containerd {
-        Containerd::launch(runtime, false)
+        Containerd::launch(runtime, false, LogLevel::Debug)
+    }
+
+    /// [`Containerd::start`] at containerd's default log level (info), as nodes run it:
+    /// containerd then starts shims without `-debug`.
+    pub fn start_at_info(runtime: &Runtime) -> Containerd {
+        Containerd::launch(runtime, false, LogLevel::Info)
     }
 
     /// [`Containerd::start`] with the CRI plugin on (see `cri::config`): its gRPC API on the
     /// same socket, runtime handlers for tether's executors and containerd's Go shim.
     pub fn start_with_cri(runtime: &Runtime) -> Containerd {
-        Containerd::launch(runtime, true)
+        Containerd::launch(runtime, true, LogLevel::Debug)
     }
 
-    fn launch(runtime: &Runtime, with_cri: bool) -> Containerd {
+    fn launch(runtime: &Runtime, with_cri: bool, level: LogLevel) -> Containerd {
         // SAFETY: geteuid has no preconditions.
         assert!(
             unsafe { libc::geteuid() } == 0,
@@ -96,7 +102,7 @@ impl Containerd {
                 .expect("symlink the shim into bin/");
         }
         let cri = with_cri.then(|| CriPlugin::prepare(&path));
-        fs::write(path.join("config.toml"), config_toml(&path, cri.as_ref())).expect("write containerd config");
+        fs::write(path.join("config.toml"), config_toml(&path, cri.as_ref(), level)).expect("write containerd config");
         let mut c = Containerd {
             dir: Some(dir),
             path,
@@ -418,7 +424,20 @@ impl Drop for Containerd {
     }
 }
 
-fn config_toml(dir: &Path, cri: Option<&CriPlugin>) -> String {
+/// containerd's `[debug] level`, which it also passes on to shims (`-debug` at debug).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    /// What the tests use: containerd's and the shims' logs say what happened.
+    Debug,
+    /// containerd's default.
+    Info,
+}
+
+fn config_toml(dir: &Path, cri: Option<&CriPlugin>, level: LogLevel) -> String {
+    let level = match level {
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+    };
     let d = dir.display();
     let disabled = DISABLED_PLUGINS
         .iter()
@@ -441,7 +460,7 @@ disabled_plugins = [{disabled}]
   address = "{d}/c.sock.ttrpc"
 
 [debug]
-  level = "debug"
+  level = "{level}"
 {cri}"#
     )
 }

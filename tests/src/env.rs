@@ -68,7 +68,16 @@ impl Env {
     }
 
     pub fn with_runtime(test: &str, runtime: Runtime) -> Env {
-        let containerd = Containerd::start(&runtime);
+        Env::with_containerd(test, Containerd::start(&runtime), runtime)
+    }
+
+    /// [`Env::with_runtime`] with containerd at its default log level (info), so that shims
+    /// run as on a node, without `-debug`: what the benchmark measures.
+    pub fn at_info_level(test: &str, runtime: Runtime) -> Env {
+        Env::with_containerd(test, Containerd::start_at_info(&runtime), runtime)
+    }
+
+    fn with_containerd(test: &str, containerd: Containerd, runtime: Runtime) -> Env {
         let ns = unique_namespace(test);
         let ctr = containerd.ctr(&ns);
         let rootfs = rootfs::build(&containerd.dir().join("rootfs"));
