@@ -51,18 +51,26 @@ pub trait Named: MessageFull {
 }
 
 macro_rules! named {
-    ($package:literal: $($message:ty),+ $(,)?) => {
-        $(impl Named for $message {
+    ($($package:literal: $($message:ty),+;)+) => {
+        $($(impl Named for $message {
             const PACKAGE: &'static str = $package;
-        })+
+        })+)+
+
+        /// Each [`Named`] message's type URL, and its full name as reflection gives it.
+        #[cfg(test)]
+        const NAMED: &[fn() -> (String, String)] = &[$($(
+            || (to_any(&<$message>::new()).type_url, <$message>::descriptor().full_name().to_string())
+        ),+),+];
     };
 }
 
-named!("containerd.events": TaskCreate, TaskStart, TaskExit, TaskDelete, TaskOOM, TaskIO, TaskExecAdded,
-    TaskExecStarted, TaskPaused, TaskResumed, TaskCheckpointed);
-named!("containerd.runc.v1": ProcessDetails);
-named!("io.containerd.cgroups.v1": cgroups_v1::Metrics);
-named!("io.containerd.cgroups.v2": cgroups_v2::Metrics);
+named! {
+    "containerd.events": TaskCreate, TaskStart, TaskExit, TaskDelete, TaskOOM, TaskIO, TaskExecAdded,
+        TaskExecStarted, TaskPaused, TaskResumed, TaskCheckpointed;
+    "containerd.runc.v1": ProcessDetails;
+    "io.containerd.cgroups.v1": cgroups_v1::Metrics;
+    "io.containerd.cgroups.v2": cgroups_v2::Metrics;
+}
 
 /// Packs a message into an `Any` the way containerd's typeurl names protobuf messages.
 pub fn to_any<M: Named>(msg: &M) -> Any {
@@ -353,23 +361,11 @@ mod tests {
 
     #[test]
     fn type_urls_are_protobuf_full_names() {
-        fn check<M: Named>() {
-            assert_eq!(to_any(&M::new()).type_url, M::descriptor().full_name());
+        assert_eq!(NAMED.len(), 14);
+        for named in NAMED {
+            let (type_url, full_name) = named();
+            assert_eq!(type_url, full_name);
         }
-        check::<TaskCreate>();
-        check::<TaskStart>();
-        check::<TaskExit>();
-        check::<TaskDelete>();
-        check::<TaskOOM>();
-        check::<TaskIO>();
-        check::<TaskExecAdded>();
-        check::<TaskExecStarted>();
-        check::<TaskPaused>();
-        check::<TaskResumed>();
-        check::<TaskCheckpointed>();
-        check::<ProcessDetails>();
-        check::<cgroups_v1::Metrics>();
-        check::<cgroups_v2::Metrics>();
     }
 
     #[test]

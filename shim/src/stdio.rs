@@ -504,8 +504,7 @@ impl Relay {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
                 Some(libc::EINVAL) => self.splice = false,
-                // EIO: a pty master whose last slave closed, its end of file.
-                Some(libc::EINTR | libc::EIO) => return Err(Stop::Read(e)),
+                Some(libc::EINTR) => return Err(Stop::Read(e)),
                 _ => return Err(Stop::Write(e)),
             }
         }
