@@ -4,9 +4,11 @@
 //! among their users: what N shims really cost together), per container.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tether_tests::{env::parent_pid, Env};
+use tether_protos::api;
+use tether_shim::idle;
+use tether_tests::{env::parent_pid, shim::ShimClient, Env};
 
 use crate::alternate::{alternate, series, Collected};
 use crate::containers::{self, start_sleepers};
@@ -16,8 +18,8 @@ use crate::results::{Figure, Unit};
 use crate::targets::Target;
 
 /// How long containers sleep before their shims are measured: long enough for start-up
-/// garbage to be collected (Go) or trimmed, short enough not to drag the run.
-const SETTLE: Duration = Duration::from_secs(3);
+/// garbage to be collected (Go) and for tether's idle trim (after its default quiet time).
+const SETTLE: Duration = Duration::from_secs(idle::DEFAULT_AFTER.as_secs() + 3);
 
 /// One memory reading of a scenario, per container.
 struct Reading {
@@ -25,6 +27,9 @@ struct Reading {
     /// Shim processes found (N, 1 or 1), and helper processes counted with them.
     shims: usize,
     helpers: usize,
+    /// With one container: the first task call after the settle and the one right after it
+    /// (State, over a connection made before the settle, as containerd keeps one), in ms.
+    calls_ms: Option<[f64; 2]>,
 }
 
 /// The three scenarios, each for every target, `--memory-rounds` times.
@@ -42,8 +47,29 @@ pub fn figures(env: &Env, targets: &[Target], opts: &Options) -> Vec<Figure> {
         });
         out.push(figure(id, "rss", &title, &collected, |r| r.per_container.rss_kib));
         out.push(figure(id, "pss", &title, &collected, |r| r.per_container.pss_kib));
+        if count == 1 {
+            out.push(first_call_figure(&collected));
+        }
     }
     out
+}
+
+/// What the idle shim's memory costs when containerd calls it again: tether's trimmed shim
+/// faults its code back in.
+fn first_call_figure(collected: &[Collected<Reading>]) -> Figure {
+    let call = |r: &Reading, k: usize| r.calls_ms.map_or(f64::NAN, |c| c[k]);
+    let mut f = Figure::new(
+        "memory_idle_first_call",
+        "first call on the idle shim (State)",
+        Unit::Millis,
+        series(collected, |r| call(r, 0)),
+    );
+    for c in collected {
+        if let Some(r) = c.values.first() {
+            f.notes.push(format!("{}: the call right after it took {:.3} ms", c.name, call(r, 1)));
+        }
+    }
+    f
 }
 
 fn figure(
@@ -79,8 +105,16 @@ fn scenario(
     let ids: Vec<String> = (0..count).map(|k| format!("{prefix}-{k}")).collect();
     let group = grouped.then_some(prefix.as_str());
     start_sleepers(env, target, &ids, in_flight, group)?;
+    // Listing tasks calls every shim (State), so the shims are found before they settle.
+    let shims = shims_of(env, &ids);
+    let client = if count == 1 { Some(connect(env, &ids[0])) } else { None };
     std::thread::sleep(SETTLE);
-    let reading = measure(env, &ids, count);
+    let reading = shims.and_then(|shims| measure(&shims, count)).and_then(|mut r| {
+        if let Some(client) = client {
+            r.calls_ms = Some(two_calls(&client?, &ids[0])?);
+        }
+        Ok(r)
+    });
     containers::remove(env, &ids, in_flight);
     let reading = reading?;
     let expected = if grouped { 1 } else { count };
@@ -92,7 +126,7 @@ fn scenario(
 
 /// The shims serving `ids` are the parents of their init processes (a shim is its
 /// containers' subreaper).
-fn measure(env: &Env, ids: &[String], count: usize) -> Result<Reading, String> {
+fn shims_of(env: &Env, ids: &[String]) -> Result<BTreeSet<u32>, String> {
     let tasks = env.ctr.tasks();
     let mut shims = BTreeSet::new();
     for id in ids {
@@ -103,6 +137,11 @@ fn measure(env: &Env, ids: &[String], count: usize) -> Result<Reading, String> {
         }
         shims.insert(shim);
     }
+    Ok(shims)
+}
+
+/// The memory of `shims` and their helpers, per container of `count`.
+fn measure(shims: &BTreeSet<u32>, count: usize) -> Result<Reading, String> {
     let helpers: Vec<u32> = shims.iter().flat_map(|s| procfs::helpers(*s)).collect();
     let mut total = Memory::default();
     for pid in shims.iter().chain(&helpers) {
@@ -113,5 +152,26 @@ fn measure(env: &Env, ids: &[String], count: usize) -> Result<Reading, String> {
         per_container: Memory { rss_kib: total.rss_kib / n, pss_kib: total.pss_kib / n },
         shims: shims.len(),
         helpers: helpers.len(),
+        calls_ms: None,
     })
+}
+
+/// A connection to the shim of task `id`, found through the address file in its bundle.
+fn connect(env: &Env, id: &str) -> Result<ShimClient, String> {
+    let file = env.containerd.bundle(&env.ns, id).join("address");
+    let address = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    ShimClient::connect(address.trim()).map_err(|e| format!("connecting to {}: {e}", address.trim()))
+}
+
+/// Two State calls for `id` in a row, each timed in ms.
+fn two_calls(client: &ShimClient, id: &str) -> Result<[f64; 2], String> {
+    let mut took = [0.0; 2];
+    for t in &mut took {
+        let started = Instant::now();
+        client
+            .call::<api::StateResponse>("State", &api::StateRequest { id: id.into(), ..Default::default() })
+            .map_err(|e| format!("State of {id}: {e}"))?;
+        *t = started.elapsed().as_secs_f64() * 1000.0;
+    }
+    Ok(took)
 }

@@ -35,6 +35,9 @@ pub struct ConfigFile {
     pub native: NativeSection,
     /// The shim's log level from this container's creation on (`-debug` sets debug at start).
     pub log_level: Option<LogLevel>,
+    /// From this container's creation on, how long (ms) the shim waits without a call before
+    /// it unmaps the code it ran and frees unused heap; 0 never does (default 10000).
+    pub idle_trim_ms: Option<u64>,
 }
 
 /// How much the shim logs.
@@ -111,6 +114,9 @@ pub struct Settings {
     /// The log level the config file asked for.
     #[serde(default)]
     pub log_level: Option<LogLevel>,
+    /// The idle time before a trim the config file asked for, in ms (0: never).
+    #[serde(default)]
+    pub idle_trim_ms: Option<u64>,
 }
 
 impl Settings {
@@ -123,6 +129,7 @@ impl Settings {
             systemd_cgroup: false,
             criu: None,
             log_level: None,
+            idle_trim_ms: None,
         }
     }
 
@@ -167,6 +174,7 @@ impl Settings {
     fn apply_file(&mut self, file: &ConfigFile) {
         self.executor = file.executor;
         self.log_level = file.log_level;
+        self.idle_trim_ms = file.idle_trim_ms;
         match file.executor {
             ExecutorKind::Runc => {
                 if let Some(binary) = &file.runc.binary {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod debug;
 pub mod error;
 pub mod events;
+pub mod idle;
 pub mod journal;
 pub mod launch;
 pub mod logger;

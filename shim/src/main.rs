@@ -18,7 +18,7 @@ use tether_shim::{
     cli::{self, Action},
     debug::DebugService,
     events::Publisher,
-    launch, logger,
+    idle, launch, logger,
     oom::OomMonitor,
     process::Table,
     reaper::Reaper,
@@ -138,6 +138,7 @@ fn serve(args: &cli::Args) -> Result<(), String> {
         .register_service(service.methods())
         .register_service(debug.methods());
     server.start().map_err(|e| format!("starting the ttrpc server: {e}"))?;
+    idle::SHIM.start().map_err(|e| format!("starting the idle trimmer: {e}"))?;
     log::info!("serving {} for namespace {} (pid {})", args.socket, args.namespace, std::process::id());
     loop {
         thread::park();

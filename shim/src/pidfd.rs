@@ -7,7 +7,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
 };
 
 /// How the shim names one container process (an init or an exec).
@@ -50,6 +50,15 @@ impl Handle {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// The fd that polls readable once the process exits, where there is one (a pidfd);
+    /// without it only looking again tells.
+    pub fn exit_fd(&self) -> Option<RawFd> {
+        match self {
+            Handle::Fd(fd) => Some(fd.fd.as_raw_fd()),
+            Handle::Pid(_) | Handle::Exited => None,
+        }
     }
 
     /// Whether the process may still run (by pid, a live pid counts).

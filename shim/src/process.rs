@@ -16,10 +16,11 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
+    os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
-        mpsc::{self, RecvTimeoutError},
+        mpsc::{self, TryRecvError},
         Arc, Condvar, Mutex, MutexGuard,
     },
     thread,
@@ -48,6 +49,7 @@ use crate::{
     logger,
     error::{Error, Result},
     events::{timestamp, to_any, Publisher},
+    idle,
     journal::{Entry, ExitJournal},
     mount,
     oom::OomMonitor,
@@ -66,8 +68,8 @@ pub const SETTINGS_FILE: &str = "tether.json";
 pub const INIT_PID_FILE: &str = "init.pid";
 /// CRIU's work directory in the bundle when the request names none.
 const CRIU_WORK_DIR: &str = "criu-work";
-/// How often the exits thread looks for processes that are gone without an exit for the
-/// reaper (see [`Table::heal`]).
+/// How often the exits thread looks again at a process that is gone without an exit from the
+/// reaper so far (see [`Table::heal`]), or that only a pid names.
 const HEAL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where a process is in its life.
@@ -262,6 +264,46 @@ pub struct ExitInfo {
 
 type ExitMsg = (String, String, Exit);
 
+/// Exits on their way from the reaper to the exits thread, and a pipe that wakes the thread
+/// from its poll: for an exit, a process newly supervised, or the table going away.
+struct ExitQueue {
+    tx: Mutex<mpsc::Sender<ExitMsg>>,
+    wake: OwnedFd,
+}
+
+impl ExitQueue {
+    /// The queue, its receiving end and the read end of its pipe.
+    fn new() -> std::io::Result<(ExitQueue, mpsc::Receiver<ExitMsg>, OwnedFd)> {
+        let (tx, rx) = mpsc::channel();
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+        Ok((ExitQueue { tx: Mutex::new(tx), wake: write }, rx, read))
+    }
+
+    fn send(&self, msg: ExitMsg) {
+        let _ = self.tx.lock().unwrap().send(msg);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        // A full pipe already wakes the thread; nothing else can fail here.
+        let _ = nix::unistd::write(&self.wake, &[1]);
+    }
+}
+
+/// Sleeps until the pipe `wake` or a pidfd of `running` polls readable, or `recheck` passes;
+/// then empties the pipe.
+fn wait_for_exits(wake: &OwnedFd, running: &[Arc<Handle>], recheck: Option<Duration>) {
+    let mut fds: Vec<libc::pollfd> = std::iter::once(wake.as_raw_fd())
+        .chain(running.iter().filter_map(|h| h.exit_fd()))
+        .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+        .collect();
+    let timeout = recheck.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32);
+    // SAFETY: poll on valid pollfds (the handles own their fds and outlive the call).
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+    let mut buf = [0u8; 64];
+    while nix::unistd::read(wake, &mut buf).is_ok_and(|n| n > 0) {}
+}
+
 /// Every container this shim serves. See the module docs.
 pub struct Table {
     namespace: String,
@@ -274,16 +316,23 @@ pub struct Table {
     reaper: Arc<Reaper>,
     events: Arc<Publisher>,
     oom: Arc<OomMonitor>,
-    exits: Mutex<mpsc::Sender<ExitMsg>>,
+    exits: Arc<ExitQueue>,
     /// Forks for the native executor's containers (idle until the first one).
     native_helper: Arc<config::Helper>,
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        // The exits thread holds the table only weakly: woken, it finds it gone and ends.
+        self.exits.wake();
+    }
 }
 
 impl Table {
     /// A table publishing to `events`, learning of exits from `reaper` and of OOM kills
     /// from `oom`.
     pub fn new(namespace: &str, reaper: Arc<Reaper>, events: Arc<Publisher>, oom: Arc<OomMonitor>) -> Arc<Table> {
-        let (tx, rx) = mpsc::channel::<ExitMsg>();
+        let (exits, rx, wake) = ExitQueue::new().expect("creating the exits queue's pipe");
         let journal = Arc::new(ExitJournal::default());
         let settle = journal.clone();
         events.on_delivered(move |event| settle.settle(event));
@@ -296,28 +345,32 @@ impl Table {
             reaper,
             events,
             oom,
-            exits: Mutex::new(tx),
+            exits: Arc::new(exits),
             native_helper: config::native_helper(),
         });
         let weak = Arc::downgrade(&table);
         thread::Builder::new()
             .name("exits".into())
             .spawn(move || {
-                // One thread handles every exit, in reap order, so events keep their order;
-                // between exits, it looks for processes whose exit never came.
-                let mut next_heal = Instant::now() + HEAL_INTERVAL;
+                // One thread handles every exit, in reap order, so events keep their order.
+                // Between exits it sleeps in poll on the pidfds of the running processes, so
+                // that one whose exit the reaper never sees (it was not the shim's child) is
+                // noticed without the shim waking up on a timer while all is well.
                 loop {
-                    let received = rx.recv_timeout(next_heal.saturating_duration_since(Instant::now()));
                     let Some(table) = weak.upgrade() else { return };
-                    match received {
-                        Ok((id, exec_id, exit)) => table.handle_exit(&id, &exec_id, exit),
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => return,
+                    let (running, recheck) = table.exit_watch();
+                    drop(table);
+                    wait_for_exits(&wake, &running, recheck.then_some(HEAL_INTERVAL));
+                    drop(running);
+                    let Some(table) = weak.upgrade() else { return };
+                    loop {
+                        match rx.try_recv() {
+                            Ok((id, exec_id, exit)) => table.handle_exit(&id, &exec_id, exit),
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => return,
+                        }
                     }
-                    if Instant::now() >= next_heal {
-                        table.heal_all();
-                        next_heal = Instant::now() + HEAL_INTERVAL;
-                    }
+                    table.heal_all();
                 }
             })
             .expect("spawning the exits thread");
@@ -338,9 +391,10 @@ impl Table {
         self.with(id, |c| Ok(c.lifecycle.clone()))
     }
 
-    /// Supervises a process whose pid the runtime just reported; returns its handle.
+    /// Supervises a process whose pid the runtime just reported; returns its handle, which
+    /// the caller stores in the process and then passes to [`Table::supervised`].
     fn supervise(&self, id: &str, exec_id: &str, pid: i32, spawned: Instant) -> Arc<Handle> {
-        let tx = self.exits.lock().unwrap().clone();
+        let exits = self.exits.clone();
         let journal = self.journal.clone();
         let (id, exec_id) = (id.to_string(), exec_id.to_string());
         self.reaper.supervise(pid, spawned, move |exit| {
@@ -349,8 +403,42 @@ impl Table {
             let event_id = if exec_id.is_empty() { &id } else { &exec_id };
             let code = exit_code(exit.status) as u32;
             journal.record(&id, &Entry::new(event_id, exit.pid as u32, code, exit.at));
-            let _ = tx.send((id, exec_id, exit));
+            exits.send((id, exec_id, exit));
         })
+    }
+
+    /// Has the exits thread watch the handles stored since it last looked.
+    fn supervised(&self) {
+        self.exits.wake();
+    }
+
+    /// The processes believed to run that have a handle: (id, exec id, handle).
+    fn running(&self) -> Vec<(String, String, Arc<Handle>)> {
+        self.lock()
+            .iter()
+            .flat_map(|(id, c)| {
+                std::iter::once(&c.init).chain(c.execs.values()).filter_map(move |p| {
+                    let handle = p.handle.as_ref().filter(|_| p.exited.is_none())?;
+                    Some((id.clone(), p.exec_id.clone(), handle.clone()))
+                })
+            })
+            .collect()
+    }
+
+    /// What the exits thread waits on: the handles whose pidfd will poll readable when
+    /// their process exits, and whether some process must be looked at again on a timer (it
+    /// exited, but its exit has not come; or no fd can tell).
+    fn exit_watch(&self) -> (Vec<Arc<Handle>>, bool) {
+        let mut pollable = Vec::new();
+        let mut recheck = false;
+        for (_, _, handle) in self.running() {
+            if handle.exit_fd().is_some() && handle.is_running() {
+                pollable.push(handle);
+            } else {
+                recheck = true;
+            }
+        }
+        (pollable, recheck)
     }
 
     /// Gives a process that is gone without an exit for the reaper (it was not the shim's
@@ -370,17 +458,7 @@ impl Table {
 
     /// [`Table::heal`] for every process believed to run.
     fn heal_all(&self) {
-        let supervised: Vec<(String, String)> = self
-            .lock()
-            .iter()
-            .flat_map(|(id, c)| {
-                std::iter::once(&c.init)
-                    .chain(c.execs.values())
-                    .filter(|p| p.handle.is_some() && p.exited.is_none())
-                    .map(move |p| (id.clone(), p.exec_id.clone()))
-            })
-            .collect();
-        for (id, exec_id) in supervised {
+        for (id, exec_id, _) in self.running() {
             self.heal(&id, &exec_id);
         }
     }
@@ -412,6 +490,9 @@ impl Table {
         let settings = Settings::from_options(&self.namespace, req.options.as_ref())?;
         if let Some(level) = settings.log_level {
             logger::set_level(level.filter());
+        }
+        if let Some(ms) = settings.idle_trim_ms {
+            idle::SHIM.set_after(Duration::from_millis(ms));
         }
         let settings_json = serde_json::to_vec(&settings).expect("settings serialise");
         fs::write(req.bundle.join(SETTINGS_FILE), settings_json)
@@ -502,6 +583,7 @@ impl Table {
             c.init.handle = Some(handle);
             Ok(())
         });
+        self.supervised();
         self.events.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             &TaskCreate {
@@ -591,13 +673,15 @@ impl Table {
         let pid = result?;
         // An exit delivered at once is handled after this call: it holds the lifecycle lock.
         let handle = self.supervise(id, exec_id, pid, spawned);
-        self.with(id, |c| {
+        let started = self.with(id, |c| {
             let p = c.process_mut(exec_id)?;
             p.pid = pid;
             p.io = Some(Arc::new(io));
             p.handle = Some(handle);
             p.transition(Status::Running)
-        })?;
+        });
+        self.supervised();
+        started?;
         self.events.publish(
             topics::TASK_EXEC_STARTED_EVENT_TOPIC,
             &TaskExecStarted {

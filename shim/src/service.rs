@@ -18,6 +18,7 @@ use tether_protos::{
 use crate::{
     error::{Error, Result},
     events::timestamp,
+    idle,
     process::{CheckpointRequest, CreateRequest, Table},
     stdio::StdioSpec,
 };
@@ -52,8 +53,14 @@ impl TaskService {
     }
 }
 
-/// Logs a call at debug level with its duration and result, and maps the error.
+/// Runs a call with the shim marked busy (it does not trim while a call runs), logged.
 fn traced<T>(call: &str, id: &str, exec_id: &str, f: impl FnOnce() -> Result<T>) -> ttrpc::Result<T> {
+    let _busy = idle::SHIM.busy();
+    logged(call, id, exec_id, f)
+}
+
+/// Logs a call at debug level with its duration and result, and maps the error.
+fn logged<T>(call: &str, id: &str, exec_id: &str, f: impl FnOnce() -> Result<T>) -> ttrpc::Result<T> {
     let started = Instant::now();
     let result = f();
     let took = started.elapsed();
@@ -180,7 +187,8 @@ impl Task for TaskService {
     }
 
     fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> ttrpc::Result<api::WaitResponse> {
-        traced("Wait", &req.id, &req.exec_id, || {
+        // Not busy: containerd keeps a Wait open for every process, all its life.
+        logged("Wait", &req.id, &req.exec_id, || {
             let exit = self.table.wait(&req.id, &req.exec_id)?;
             Ok(api::WaitResponse {
                 exit_status: exit.code,

@@ -210,24 +210,33 @@ impl Env {
     }
 }
 
-/// What a process holds: open fds, threads, resident memory.
+/// What a process holds: open fds, threads, resident memory (all of it, and the part mapped
+/// from files: code and constants).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     pub fds: usize,
     pub threads: usize,
     pub rss_kib: u64,
+    pub rss_file_kib: u64,
 }
 
-/// The [`Usage`] of `pid` now (/proc/PID/fd, /proc/PID/task, VmRSS).
+/// The [`Usage`] of `pid` now (/proc/PID/fd, /proc/PID/task, VmRSS, RssFile).
 pub fn usage(pid: u32) -> Usage {
     let count = |d: String| std::fs::read_dir(d).map(|d| d.count()).unwrap_or(0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    Usage { fds: count(format!("/proc/{pid}/fd")), threads: count(format!("/proc/{pid}/task")), rss_kib }
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Usage {
+        fds: count(format!("/proc/{pid}/fd")),
+        threads: count(format!("/proc/{pid}/task")),
+        rss_kib: kib("VmRSS:"),
+        rss_file_kib: kib("RssFile:"),
+    }
 }
 
 /// The parent pid of `pid` (/proc/PID/status).
@@ -322,6 +331,8 @@ pub struct TetherConfig {
     pub native_root: Option<PathBuf>,
     /// `log_level`: the shim's log level.
     pub log_level: Option<String>,
+    /// `idle_trim_ms`: quiet time before the shim trims its memory (0: never).
+    pub idle_trim_ms: Option<u64>,
 }
 
 impl TetherConfig {
@@ -332,6 +343,9 @@ impl TetherConfig {
         }
         if let Some(l) = &self.log_level {
             s += &format!("log_level = {}\n", toml_str(l));
+        }
+        if let Some(ms) = self.idle_trim_ms {
+            s += &format!("idle_trim_ms = {ms}\n");
         }
         s += "\n[runc]\n";
         if let Some(b) = &self.binary {

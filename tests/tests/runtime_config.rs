@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use tether_tests::env::{skip, Env, Executor, TetherConfig};
+use tether_tests::env::{skip, usage, Env, Executor, TetherConfig};
 use tether_tests::runtime::{recording_runc, which};
 use tether_tests::{secs, wait_until};
 
@@ -351,4 +351,46 @@ fn log_level_from_the_config_file() {
         "c3's shim logs at debug level"
     );
     assert!(!logged("id=c2 exec="), "c2's shim logged below warn:\n{}", tether_tests::containerd::tail(&env.containerd.log(), 30));
+}
+
+#[test]
+fn an_idle_shim_trims_its_memory_and_goes_on_serving() {
+    let env = Env::new("idle_trim");
+    if !env.tether_only("an_idle_shim_trims_its_memory_and_goes_on_serving") {
+        return;
+    }
+    let ctr = &env.ctr;
+    let config = |ms: u64| TetherConfig { idle_trim_ms: Some(ms), ..Default::default() };
+    let trims = config(300).write(&env.work().join("trims.toml"));
+    let keeps = config(0).write(&env.work().join("keeps.toml"));
+    env.run("trims").detach().config_path(&trims).run(&["sleep", "1000"]).expect_ok();
+    env.run("keeps").detach().config_path(&keeps).run(&["sleep", "1000"]).expect_ok();
+    let (trimming, keeping) = (env.shim_pid_of("trims"), env.shim_pid_of("keeps"));
+    assert_ne!(trimming, keeping, "each container has a shim of its own");
+
+    // Both shims ran the same code; the one that trims gives back its mapped code once idle.
+    let trimmed = || {
+        let (t, k) = (usage(trimming).rss_file_kib, usage(keeping).rss_file_kib);
+        (t * 2 < k).then_some((t, k))
+    };
+    let (t, k) = wait_until(secs(10), trimmed)
+        .unwrap_or_else(|| panic!("no trim: {:?} against {:?}", usage(trimming), usage(keeping)));
+    eprintln!("file-backed RSS: {t} KiB trimmed, {k} KiB kept");
+
+    // The trimmed shim serves as before: an exec's output and status, then the init's exit.
+    let out = env.exec("trims", "e1", &["echo", "after the trim"]).expect_ok().stdout.clone();
+    assert_eq!(out.trim(), "after the trim");
+    // ...and trims again after that busy spell (the exec faulted code back in).
+    let trims_logged = || {
+        let needle = format!("pid={trimming} msg=\"idle: unmapped");
+        env.containerd.log().lines().filter(|l| l.contains(&needle)).count()
+    };
+    assert!(
+        wait_until(secs(10), || (trims_logged() >= 2).then_some(())).is_some(),
+        "{} trims logged, expected one before the exec and one after",
+        trims_logged()
+    );
+    ctr.kill("trims", "SIGKILL", false).expect_ok();
+    ctr.wait_status("trims", "STOPPED", secs(10));
+    assert_eq!(ctr.rm_task("trims"), 137, "the exit status of the killed init");
 }
