@@ -14,6 +14,7 @@ tether_tests::for_each_executor!(
     ctl_inspects_and_drives_a_shim_under_containerd,
     ctl_runs_a_bundle_without_containerd,
     ctl_attaches_a_terminal,
+    hooks_run_after_start_and_at_delete,
 );
 
 const LOOP_UNTIL_TERM: &str = "trap 'exit 7' TERM; while :; do sleep 0.1; done";
@@ -266,4 +267,33 @@ fn ctl_runs_a_bundle_without_containerd(executor: Executor) {
         wait_until(secs(10), || (!socket.exists()).then_some(())).is_some(),
         "the idle standalone shim exited after the delete"
     );
+}
+
+fn hooks_run_after_start_and_at_delete(executor: Executor) {
+    let Some(env) = Env::for_executor("hooks", executor) else { return };
+    if !env.tether_only("hooks_run_after_start_and_at_delete") {
+        return;
+    }
+    // Hooks are processes on the host that get the container's state on stdin. The native
+    // executor runs start and delete in the shim unless hooks must run: then in a worker,
+    // where the hook's exit is the worker's to collect.
+    let bundle = standalone_bundle(&env, "hk1", "echo ran");
+    let marker = |kind: &str| env.work().join(format!("{kind}.state"));
+    let hook = |kind: &str| serde_json::json!({ "path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", marker(kind).display())] });
+    let file = bundle.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+    config["hooks"] = serde_json::json!({ "poststart": [hook("poststart")], "poststop": [hook("poststop")] });
+    fs::write(&file, serde_json::to_vec(&config).unwrap()).unwrap();
+    let _cleanup = Standalone { namespace: &env.ns, bundles: vec![("hk1", bundle.clone())] };
+
+    let mut args: Vec<String> = vec!["run".into(), "--namespace".into(), env.ns.clone(), "--id".into(), "hk1".into()];
+    args.extend(config_args(&env));
+    args.push(bundle.display().to_string());
+    let out = ctl(&args, None);
+    out.expect_ok();
+    assert_eq!(out.stdout, "ran\n", "{out}");
+    for kind in ["poststart", "poststop"] {
+        let state = fs::read_to_string(marker(kind)).unwrap_or_else(|e| panic!("the {kind} hook did not run: {e}\n{out}"));
+        assert!(state.contains("\"hk1\""), "the {kind} hook got the container's state: {state}");
+    }
 }

@@ -1,11 +1,14 @@
 //! The native executor: youki's libcontainer, driven from the shim, with no OCI runtime
 //! binary in between.
 //!
-//! Calls that create processes (create, start with its poststart hooks, exec, delete with
-//! its poststop hooks, checkpoint) run in a worker forked by the [`helper::Helper`], for the
-//! fork-safety reasons given there. Calls that only read state, write cgroup files or send
-//! signals (state, ps, kill, pause, resume, update) run in the calling thread: they never
-//! clone, so the shim's threads are no danger to them.
+//! Calls that create processes (create, exec, checkpoint; start and delete of a container
+//! with poststart or poststop hooks) run in a worker forked by the [`helper::Helper`], for the
+//! fork-safety reasons given there, and because the shim's reaper would take the exit of a
+//! hook process that libcontainer waits for. Calls that only read state, write cgroup files,
+//! send signals or remove directories (state, ps, kill, pause, resume, update; start and
+//! delete without hooks) run in the calling thread: they never clone, so the shim's threads
+//! are no danger to them, and they spare the fork of a worker (and, for the delete of a
+//! container that ran a while, the start of a new helper).
 //!
 //! State lives where libcontainer keeps it, `<root>/<id>`, so that a fresh process (the
 //! shim's `delete` subcommand) can find and remove a container that a dead shim created.
@@ -29,7 +32,7 @@ use libcontainer::{
     error::LibcontainerError,
     signal::Signal,
 };
-use oci_spec::runtime::LinuxResources;
+use oci_spec::runtime::{Hooks, LinuxResources};
 
 use self::{
     helper::Helper,
@@ -87,7 +90,8 @@ impl NativeExecutor {
         &self.config
     }
 
-    fn run(&self, id: &str, op: Op, stdio: Stdio) -> Result<i32> {
+    /// Carries out `op`: in a worker if it `forks` (and this is the serving shim), else here.
+    fn run(&self, id: &str, op: Op, stdio: Stdio, forks: bool) -> Result<i32> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -98,8 +102,8 @@ impl NativeExecutor {
         let stdio = [stream(stdio.stdin)?, stream(stdio.stdout)?, stream(stdio.stderr)?];
         let _serial = self.serial.lock().unwrap();
         let reply = match &self.runner {
-            Runner::Helper(helper) => helper.call(&req, stdio),
-            Runner::Direct => worker::run(req, stdio),
+            Runner::Helper(helper) if forks => helper.call(&req, stdio),
+            _ => worker::run(req, stdio),
         };
         reply.map_err(|(failure, message)| failure_to_error(id, name, failure, message))
     }
@@ -118,6 +122,13 @@ impl NativeExecutor {
             return Err(Error::NotFound(id.to_string()));
         }
         Container::load(dir).and_then(|mut c| f(&mut c)).map_err(|e| lib_error(id, op, &e))
+    }
+
+    /// Whether `id`'s config has hooks that `kind` picks (libcontainer runs them as
+    /// processes). Where that cannot be read, it is taken to have them.
+    fn has_hooks(&self, id: &str, kind: fn(&Hooks) -> bool) -> bool {
+        self.with_container(id, "load", |c| Ok(c.spec()?.hooks.as_ref().is_some_and(kind)))
+            .unwrap_or(true)
     }
 
     /// Calls `f` with the manager of the container's cgroup.
@@ -213,17 +224,18 @@ impl Executor for NativeExecutor {
             console_socket: opts.console_socket,
             no_pivot_root: opts.no_pivot_root,
         };
-        self.run(&opts.id, op, opts.stdio)
+        self.run(&opts.id, op, opts.stdio, true)
     }
 
     fn start(&self, id: &str) -> Result<()> {
-        self.run(id, Op::Start, Stdio::default()).map(drop)
+        let hooks = self.has_hooks(id, |h| h.poststart().as_ref().is_some_and(|v| !v.is_empty()));
+        self.run(id, Op::Start, Stdio::default(), hooks).map(drop)
     }
 
     fn exec(&self, id: &str, opts: ExecOpts) -> Result<i32> {
         complete_process_spec(&opts.process_spec)?;
         let op = Op::Exec { process_spec: opts.process_spec, pid_file: opts.pid_file, console_socket: opts.console_socket };
-        self.run(id, op, opts.stdio)
+        self.run(id, op, opts.stdio, true)
     }
 
     fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
@@ -249,7 +261,8 @@ impl Executor for NativeExecutor {
     }
 
     fn delete(&self, id: &str, force: bool) -> Result<()> {
-        match self.run(id, Op::Delete { force }, Stdio::default()) {
+        let hooks = self.has_hooks(id, |h| h.poststop().as_ref().is_some_and(|v| !v.is_empty()));
+        match self.run(id, Op::Delete { force }, Stdio::default(), hooks) {
             Ok(_) | Err(Error::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -275,7 +288,7 @@ impl Executor for NativeExecutor {
 
     fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
         crate::require_criu(None, "checkpoint a container")?;
-        self.run(id, Op::Checkpoint(opts.clone()), Stdio::default()).map(drop)
+        self.run(id, Op::Checkpoint(opts.clone()), Stdio::default(), true).map(drop)
     }
 
     fn restore(&self, _opts: RestoreOpts) -> Result<i32> {
