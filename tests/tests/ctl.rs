@@ -275,8 +275,8 @@ fn hooks_run_after_start_and_at_delete(executor: Executor) {
         return;
     }
     // Hooks are processes on the host that get the container's state on stdin. The native
-    // executor runs start and delete in the shim unless hooks must run: then in a worker,
-    // where the hook's exit is the worker's to collect.
+    // executor deletes a container in the shim unless poststop hooks must run: then in a
+    // worker, where the hook's exit is the worker's to collect.
     let bundle = standalone_bundle(&env, "hk1", "echo ran");
     let marker = |kind: &str| env.work().join(format!("{kind}.state"));
     let hook = |kind: &str| serde_json::json!({ "path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", marker(kind).display())] });

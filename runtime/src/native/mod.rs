@@ -1,14 +1,16 @@
 //! The native executor: youki's libcontainer, driven from the shim, with no OCI runtime
 //! binary in between.
 //!
-//! Calls that create processes (create, exec, checkpoint; start and delete of a container
-//! with poststart or poststop hooks) run in a worker forked by the [`helper::Helper`], for the
-//! fork-safety reasons given there, and because the shim's reaper would take the exit of a
-//! hook process that libcontainer waits for. Calls that only read state, write cgroup files,
-//! send signals or remove directories (state, ps, kill, pause, resume, update; start and
-//! delete without hooks) run in the calling thread: they never clone, so the shim's threads
-//! are no danger to them, and they spare the fork of a worker (and, for the delete of a
-//! container that ran a while, the start of a new helper).
+//! Calls that create processes (create, exec, checkpoint, start with its poststart hooks,
+//! delete of a container with poststop hooks) run in a worker forked by the
+//! [`helper::Helper`], for the fork-safety reasons given there, and because the shim's reaper
+//! would take the exit of a hook process that libcontainer waits for. Start always does:
+//! libcontainer changes the working directory of the whole process while it connects to the
+//! container's notify socket. Calls that only read state, write cgroup files, send signals or
+//! remove directories (state, ps, kill, pause, resume, update; delete without hooks) run in
+//! the calling thread: they never clone, so the shim's threads are no danger to them, and they
+//! spare the fork of a worker (and, for the delete of a container that ran a while, the start
+//! of a new helper).
 //!
 //! State lives where libcontainer keeps it, `<root>/<id>`, so that a fresh process (the
 //! shim's `delete` subcommand) can find and remove a container that a dead shim created.
@@ -124,11 +126,11 @@ impl NativeExecutor {
         Container::load(dir).and_then(|mut c| f(&mut c)).map_err(|e| lib_error(id, op, &e))
     }
 
-    /// Whether `id`'s config has hooks that `kind` picks (libcontainer runs them as
-    /// processes). Where that cannot be read, it is taken to have them.
-    fn has_hooks(&self, id: &str, kind: fn(&Hooks) -> bool) -> bool {
-        self.with_container(id, "load", |c| Ok(c.spec()?.hooks.as_ref().is_some_and(kind)))
-            .unwrap_or(true)
+    /// Whether `id`'s config has poststop hooks (libcontainer runs them as processes at
+    /// delete). Where that cannot be read, it is taken to have them.
+    fn has_poststop_hooks(&self, id: &str) -> bool {
+        let has = |h: &Hooks| h.poststop().as_ref().is_some_and(|v| !v.is_empty());
+        self.with_container(id, "load", |c| Ok(c.spec()?.hooks.as_ref().is_some_and(has))).unwrap_or(true)
     }
 
     /// Calls `f` with the manager of the container's cgroup.
@@ -228,8 +230,7 @@ impl Executor for NativeExecutor {
     }
 
     fn start(&self, id: &str) -> Result<()> {
-        let hooks = self.has_hooks(id, |h| h.poststart().as_ref().is_some_and(|v| !v.is_empty()));
-        self.run(id, Op::Start, Stdio::default(), hooks).map(drop)
+        self.run(id, Op::Start, Stdio::default(), true).map(drop)
     }
 
     fn exec(&self, id: &str, opts: ExecOpts) -> Result<i32> {
@@ -261,7 +262,7 @@ impl Executor for NativeExecutor {
     }
 
     fn delete(&self, id: &str, force: bool) -> Result<()> {
-        let hooks = self.has_hooks(id, |h| h.poststop().as_ref().is_some_and(|v| !v.is_empty()));
+        let hooks = self.has_poststop_hooks(id);
         match self.run(id, Op::Delete { force }, Stdio::default(), hooks) {
             Ok(_) | Err(Error::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
