@@ -107,7 +107,7 @@ fn scenario(
     start_sleepers(env, target, &ids, in_flight, group)?;
     // Listing tasks calls every shim (State), so the shims are found before they settle.
     let shims = shims_of(env, &ids);
-    let client = if count == 1 { Some(connect(env, &ids[0])) } else { None };
+    let client = if count == 1 { Some(ShimClient::try_for_task(env, &ids[0])) } else { None };
     std::thread::sleep(SETTLE);
     let reading = shims.and_then(|shims| measure(&shims, count)).and_then(|mut r| {
         if let Some(client) = client {
@@ -154,13 +154,6 @@ fn measure(shims: &BTreeSet<u32>, count: usize) -> Result<Reading, String> {
         helpers: helpers.len(),
         calls_ms: None,
     })
-}
-
-/// A connection to the shim of task `id`, found through the address file in its bundle.
-fn connect(env: &Env, id: &str) -> Result<ShimClient, String> {
-    let file = env.containerd.bundle(&env.ns, id).join("address");
-    let address = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-    ShimClient::connect(address.trim()).map_err(|e| format!("connecting to {}: {e}", address.trim()))
 }
 
 /// Two State calls for `id` in a row, each timed in ms.

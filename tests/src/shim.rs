@@ -33,11 +33,14 @@ pub struct ShimClient {
 impl ShimClient {
     /// Connects to the shim serving task `id` (its address is in the bundle's `address` file).
     pub fn for_task(env: &Env, id: &str) -> ShimClient {
+        ShimClient::try_for_task(env, id).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`ShimClient::for_task`], with what went wrong as an error.
+    pub fn try_for_task(env: &Env, id: &str) -> Result<ShimClient, String> {
         let file = env.containerd.bundle(&env.ns, id).join("address");
-        let address = fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        ShimClient::connect(address.trim())
-            .unwrap_or_else(|e| panic!("connecting to shim {}: {e}", address.trim()))
+        let address = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        ShimClient::connect(address.trim()).map_err(|e| format!("connecting to shim {}: {e}", address.trim()))
     }
 
     /// Connects to the shim serving at `address` (`unix:///path`, what `start` prints).
