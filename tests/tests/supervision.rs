@@ -1,5 +1,6 @@
 //! Processes the shim cannot reap: a container whose init is another process's child. Its
 //! exit status never reaches the shim, yet the task must not seem to run forever.
+//! And the watch for them costs nothing while all is well: no timer wakes an idle shim.
 
 use std::fs;
 
@@ -52,4 +53,35 @@ fn an_init_the_shim_cannot_reap_still_exits() {
     ctr.kill("h2", "SIGKILL", false).expect_failure().expect_stderr("has already finished");
     ctr.wait_status("h2", "STOPPED", secs(10));
     assert_eq!(ctr.rm_task("h2"), UNKNOWN_EXIT as i32);
+}
+
+/// The voluntary context switches of `pid`'s thread named `name` (it slept that many times).
+fn sleeps_of_thread(pid: u32, name: &str) -> Option<u64> {
+    fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten().find_map(|task| {
+        let comm = fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim() != name {
+            return None;
+        }
+        let status = fs::read_to_string(task.path().join("status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?.trim().parse().ok()
+    })
+}
+
+#[test]
+fn a_shim_whose_containers_just_run_does_not_wake_on_a_timer() {
+    let env = Env::new("no_timer");
+    if !env.tether_only("a_shim_whose_containers_just_run_does_not_wake_on_a_timer") {
+        return;
+    }
+    env.run("c1").detach().run(&["sleep", "1000"]).expect_ok();
+    env.ctr.wait_status("c1", "RUNNING", secs(10));
+    let shim = env.shim_pid_of("c1");
+    // The exits thread waits on the init's pidfd: nothing wakes it while the init runs (it
+    // used to look for lost exits every 5 s, faulting its code back into an idle shim).
+    let before = sleeps_of_thread(shim, "exits").expect("the shim's exits thread");
+    std::thread::sleep(secs(7));
+    assert_eq!(sleeps_of_thread(shim, "exits"), Some(before), "the exits thread woke while nothing happened");
+    // ...and an exit still wakes it at once.
+    env.ctr.kill("c1", "SIGKILL", false).expect_ok();
+    env.ctr.wait_status("c1", "STOPPED", secs(10));
 }
