@@ -27,7 +27,7 @@ use tether_protos::{
 use tether_tests::{
     containerd,
     shim::{code_of, message_of, ShimClient},
-    Env,
+    Daemon, Env,
 };
 
 use crate::containers::{self, start_sleepers};
@@ -189,7 +189,7 @@ impl<'a> Launch<'a> {
             .arg("-address")
             .arg(env.containerd.address())
             .arg("-publish-binary")
-            .arg(containerd::containerd_binary())
+            .arg(Daemon::V1.containerd())
             .args(["-id", &self.id, "start"])
             .current_dir(&self.bundle)
             .env("TTRPC_ADDRESS", env.containerd.ttrpc_address())

@@ -28,7 +28,7 @@ mod timed;
 
 use std::path::{Path, PathBuf};
 
-use tether_tests::{runtime, Env, Runtime};
+use tether_tests::{runtime, Daemon, Env, Runtime};
 
 use crate::options::{Command, Options};
 use crate::report::RunInfo;
@@ -59,7 +59,7 @@ fn main() {
     }
 
     eprintln!("starting a private containerd (tether: {})", shim.display());
-    let env = Env::at_info_level("tether-bench", Runtime::tether());
+    let env = Env::at_info_level("tether-bench", Runtime::tether(), Daemon::V1);
     let targets = Target::selected(&env, &opts.targets);
     let mut info = RunInfo {
         date: machine::now(),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::cri::config::CriPlugin;
 use crate::ctr::Ctr;
+use crate::daemon::Daemon;
 use crate::process::{self, wait_until};
 use crate::runtime::{self, Runtime};
 
@@ -35,8 +36,9 @@ fn stderr_writable() -> bool {
     n >= 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) == 0
 }
 
-/// containerd's CRI plugin: off unless a test asks for it ([`Containerd::start_with_cri`]).
-const CRI_PLUGIN: &str = "io.containerd.grpc.v1.cri";
+/// containerd's CRI plugins: off unless a test asks for them ([`Containerd::start_with_cri`]).
+/// 1.x has one; 2.x splits it into the API, the runtime and the image service.
+const CRI_PLUGINS: &[&str] = &["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"];
 
 /// Plugins that are not needed (legacy snapshotters, tracing) or would touch the host
 /// (`opt` creates /opt/containerd). `io.containerd.runtime.v1.linux` must stay: containerd
@@ -48,6 +50,8 @@ const DISABLED_PLUGINS: &[&str] = &[
     "io.containerd.snapshotter.v1.devmapper",
     "io.containerd.snapshotter.v1.aufs",
     "io.containerd.tracing.processor.v1.otlp",
+    // NRI (2.x, on by default) would listen on /var/run/nri/nri.sock, the host's.
+    "io.containerd.nri.v1.nri",
 ];
 
 /// How long containerd may take to answer after being started.
@@ -58,38 +62,40 @@ pub struct Containerd {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     child: Option<Child>,
+    daemon: Daemon,
     runtime: Runtime,
     /// The CRI plugin's settings, when it is on.
     cri: Option<CriPlugin>,
 }
 
 impl Containerd {
-    /// Starts a private containerd whose PATH holds the shim of `runtime` (for tether, a
-    /// symlink to the built binary; other runtimes are taken from the host's PATH).
-    pub fn start(runtime: &Runtime) -> Containerd {
-        Containerd::launch(runtime, false, LogLevel::Debug)
+    /// Starts a private containerd of generation `daemon` whose PATH holds the shim of
+    /// `runtime` (for tether, a symlink to the built binary; containerd's Go shim is the
+    /// daemon's own; other runtimes are taken from the host's PATH).
+    pub fn start(runtime: &Runtime, daemon: Daemon) -> Containerd {
+        Containerd::launch(runtime, daemon, false, LogLevel::Debug)
     }
 
     /// [`Containerd::start`] at containerd's default log level (info), as nodes run it:
     /// containerd then starts shims without `-debug`.
-    pub fn start_at_info(runtime: &Runtime) -> Containerd {
-        Containerd::launch(runtime, false, LogLevel::Info)
+    pub fn start_at_info(runtime: &Runtime, daemon: Daemon) -> Containerd {
+        Containerd::launch(runtime, daemon, false, LogLevel::Info)
     }
 
     /// [`Containerd::start`] with the CRI plugin on (see `cri::config`): its gRPC API on the
     /// same socket, runtime handlers for tether's executors and containerd's Go shim.
-    pub fn start_with_cri(runtime: &Runtime) -> Containerd {
-        Containerd::launch(runtime, true, LogLevel::Debug)
+    pub fn start_with_cri(runtime: &Runtime, daemon: Daemon) -> Containerd {
+        Containerd::launch(runtime, daemon, true, LogLevel::Debug)
     }
 
-    fn launch(runtime: &Runtime, with_cri: bool, level: LogLevel) -> Containerd {
+    fn launch(runtime: &Runtime, daemon: Daemon, with_cri: bool, level: LogLevel) -> Containerd {
         // SAFETY: geteuid has no preconditions.
         assert!(
             unsafe { libc::geteuid() } == 0,
             "the integration tests start containerd and containers: run them as root"
         );
         let dir = tempfile::Builder::new()
-            .prefix("tether-test.")
+            .prefix(&format!("tether-test-{}.", daemon.name()))
             .tempdir()
             .expect("create temp dir");
         let path = dir.path().to_path_buf();
@@ -101,12 +107,18 @@ impl Containerd {
             std::os::unix::fs::symlink(&shim, path.join("bin").join(runtime::SHIM_BINARY))
                 .expect("symlink the shim into bin/");
         }
+        // containerd looks for shims on its PATH first: the host's Go shim is 1.x's.
+        if let Some(go) = daemon.go_shim() {
+            std::os::unix::fs::symlink(go, path.join("bin").join(runtime::Runtime::new(runtime::GO_RUNC).shim_binary_name()))
+                .expect("symlink the Go shim into bin/");
+        }
         let cri = with_cri.then(|| CriPlugin::prepare(&path));
-        fs::write(path.join("config.toml"), config_toml(&path, cri.as_ref(), level)).expect("write containerd config");
+        fs::write(path.join("config.toml"), config_toml(&path, daemon, cri.as_ref(), level)).expect("write containerd config");
         let mut c = Containerd {
             dir: Some(dir),
             path,
             child: None,
+            daemon,
             runtime: runtime.clone(),
             cri,
         };
@@ -146,9 +158,14 @@ impl Containerd {
             .join(id)
     }
 
-    /// A ctr for `namespace` (FIFOs in this temp dir).
+    /// A ctr of this containerd's generation for `namespace` (FIFOs in this temp dir).
     pub fn ctr(&self, namespace: &str) -> Ctr {
-        Ctr::new(&self.address(), namespace, &self.path.join("fifo"))
+        Ctr::new(&self.daemon.ctr(), &self.address(), namespace, &self.path.join("fifo"))
+    }
+
+    /// Which containerd generation this is.
+    pub fn daemon(&self) -> Daemon {
+        self.daemon
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -288,7 +305,7 @@ impl Containerd {
             ])
             .expect("PATH"),
         };
-        let mut cmd = Command::new(containerd_binary());
+        let mut cmd = Command::new(self.daemon.containerd());
         cmd.arg("--config")
             .arg(self.path.join("config.toml"))
             .current_dir(&self.path)
@@ -324,7 +341,7 @@ impl Containerd {
                 );
             }
             if address.exists() {
-                let mut cmd = Command::new(crate::ctr::ctr_binary());
+                let mut cmd = Command::new(self.daemon.ctr());
                 cmd.arg("--address").arg(&address).arg("version");
                 if process::run(cmd, None, Duration::from_secs(5)).ok() {
                     return;
@@ -433,7 +450,8 @@ pub enum LogLevel {
     Info,
 }
 
-fn config_toml(dir: &Path, cri: Option<&CriPlugin>, level: LogLevel) -> String {
+/// The config of the private containerd in `dir`: version 2 (1.x's format) or 3 (2.x's).
+fn config_toml(dir: &Path, daemon: Daemon, cri: Option<&CriPlugin>, level: LogLevel) -> String {
     let level = match level {
         LogLevel::Debug => "debug",
         LogLevel::Info => "info",
@@ -441,14 +459,15 @@ fn config_toml(dir: &Path, cri: Option<&CriPlugin>, level: LogLevel) -> String {
     let d = dir.display();
     let disabled = DISABLED_PLUGINS
         .iter()
-        .chain(cri.is_none().then_some(&CRI_PLUGIN))
+        .chain(CRI_PLUGINS.iter().filter(|_| cri.is_none()))
         .map(|p| format!("\"{p}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let cri = cri.map(CriPlugin::toml).unwrap_or_default();
+    let cri = cri.map(|c| c.toml(daemon)).unwrap_or_default();
+    let version = if daemon.is_v2() { 3 } else { 2 };
     format!(
         r#"# Private containerd for tether's tests: nothing outside {d}.
-version = 2
+version = {version}
 root = "{d}/root"
 state = "{d}/state"
 disabled_plugins = [{disabled}]
@@ -463,19 +482,6 @@ disabled_plugins = [{disabled}]
   level = "{level}"
 {cri}"#
     )
-}
-
-/// `$TETHER_TEST_CONTAINERD`, else /usr/bin/containerd, else containerd on PATH.
-pub fn containerd_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("TETHER_TEST_CONTAINERD").filter(|v| !v.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let usr = PathBuf::from("/usr/bin/containerd");
-    if runtime::is_executable(&usr) {
-        return usr;
-    }
-    runtime::which("containerd")
-        .unwrap_or_else(|| panic!("containerd not found: apt-get install containerd"))
 }
 
 /// Unmounts (lazily, deepest first) every mount point at or below `dir`; returns those that

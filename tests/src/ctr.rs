@@ -13,6 +13,8 @@ pub const CTR_TIMEOUT: Duration = Duration::from_secs(30);
 /// `ctr --address SOCK -n NAMESPACE ...`.
 #[derive(Clone, Debug)]
 pub struct Ctr {
+    /// The ctr of the containerd's own generation ([`crate::Daemon::ctr`]).
+    pub binary: PathBuf,
     pub address: PathBuf,
     pub namespace: String,
     /// Where ctr makes its FIFOs (never the default /run/containerd/fifo).
@@ -38,8 +40,9 @@ pub struct PsRow {
 }
 
 impl Ctr {
-    pub fn new(address: &Path, namespace: &str, fifo_dir: &Path) -> Ctr {
+    pub fn new(binary: &Path, address: &Path, namespace: &str, fifo_dir: &Path) -> Ctr {
         Ctr {
+            binary: binary.to_path_buf(),
             address: address.to_path_buf(),
             namespace: namespace.to_owned(),
             fifo_dir: fifo_dir.to_path_buf(),
@@ -69,7 +72,7 @@ impl Ctr {
 
     /// A `Command` for `ctr ARGS` (not started).
     pub fn command<S: AsRef<str>>(&self, args: &[S]) -> Command {
-        let mut cmd = Command::new(ctr_binary());
+        let mut cmd = Command::new(&self.binary);
         cmd.args(self.argv(args));
         cmd
     }
@@ -97,7 +100,7 @@ impl Ctr {
     /// Runs `ctr ARGS` on a pseudo-terminal of `cols`×`rows` (through util-linux `script`),
     /// as a user at a terminal would. Output has `\r\n` line ends; the status is ctr's.
     pub fn run_on_tty<S: AsRef<str>>(&self, args: &[S], cols: u16, rows: u16) -> Output {
-        let argv: Vec<String> = std::iter::once(ctr_binary().display().to_string()).chain(self.argv(args)).collect();
+        let argv: Vec<String> = std::iter::once(self.binary.display().to_string()).chain(self.argv(args)).collect();
         process::run_on_tty(&argv, cols, rows, self.timeout)
     }
 
@@ -451,15 +454,6 @@ pub fn exit_code_from_rm(id: &str, stderr: &str) -> i32 {
                 .ok()
         })
         .unwrap_or(0)
-}
-
-/// The ctr binary (`$TETHER_TEST_CTR` or `ctr` on PATH).
-pub fn ctr_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("TETHER_TEST_CTR").filter(|v| !v.is_empty()) {
-        return PathBuf::from(p);
-    }
-    crate::runtime::which("ctr")
-        .unwrap_or_else(|| panic!("ctr not found on PATH: apt-get install containerd"))
 }
 
 /// The non-empty lines of a `ls -q` listing, trimmed.

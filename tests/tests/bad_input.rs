@@ -14,7 +14,7 @@ use tether_tests::containerd::mounted_below;
 use tether_tests::env::Env;
 use tether_tests::shim::{code_of, exec_request, message_of, ShimClient};
 use tether_tests::secs;
-use tether_tests::Executor;
+use tether_tests::Case;
 
 tether_tests::for_each_executor!(
     bad_requests_get_clear_codes_and_the_shim_serves_on,
@@ -70,8 +70,8 @@ fn expect<T: std::fmt::Debug>(what: &str, result: Result<T, ttrpc::Error>, code:
     assert!(message.contains(needle), "{what}: message {message:?} lacks {needle:?}");
 }
 
-fn bad_requests_get_clear_codes_and_the_shim_serves_on(executor: Executor) {
-    let Some(env) = Env::for_executor("bad_input", executor) else { return };
+fn bad_requests_get_clear_codes_and_the_shim_serves_on(case: Case) {
+    let Some(env) = Env::for_case("bad_input", case) else { return };
     if !env.tether_only("bad_requests_get_clear_codes_and_the_shim_serves_on") {
         return;
     }
@@ -144,8 +144,8 @@ fn mode_of(path: &Path) -> u32 {
     fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o7777
 }
 
-fn shim_socket_and_state_are_root_only(executor: Executor) {
-    let Some(env) = Env::for_executor("root_only", executor) else { return };
+fn shim_socket_and_state_are_root_only(case: Case) {
+    let Some(env) = Env::for_case("root_only", case) else { return };
     if !env.tether_only("shim_socket_and_state_are_root_only") {
         return;
     }

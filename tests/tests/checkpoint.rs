@@ -12,7 +12,14 @@ use tether_protos::{api, runc_options::CheckpointOptions, ttrpc::Code};
 use tether_tests::env::{skip, Env, Executor, TetherConfig};
 use tether_tests::runtime::recording_runc;
 use tether_tests::shim::{code_of, message_of, ShimClient};
-use tether_tests::{secs, wait_until};
+use tether_tests::{Case, Daemon, secs, wait_until};
+
+tether_tests::for_each_daemon!(
+    checkpoint_options_reach_the_runtime_and_failures_are_clear,
+    missing_criu_is_a_failed_precondition,
+    checkpoint_and_restore_round_trip,
+    native_checkpoint_failures_are_clear_and_restore_is_unimplemented,
+);
 
 /// Counts up in `/count` of the container's rootfs, ten times a second.
 const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done";
@@ -40,9 +47,8 @@ fn last_checkpoint_call(record: &Path) -> String {
         .to_owned()
 }
 
-#[test]
-fn checkpoint_options_reach_the_runtime_and_failures_are_clear() {
-    let env = Env::new("checkpoint_flags");
+fn checkpoint_options_reach_the_runtime_and_failures_are_clear(daemon: Daemon) {
+    let env = Env::new("checkpoint_flags", daemon);
     if !env.tether_only("checkpoint_options_reach_the_runtime_and_failures_are_clear") {
         return;
     }
@@ -128,9 +134,8 @@ fn checkpoint_options_reach_the_runtime_and_failures_are_clear() {
     let _ = ctr.rm_task("c1");
 }
 
-#[test]
-fn missing_criu_is_a_failed_precondition() {
-    let env = Env::new("missing_criu");
+fn missing_criu_is_a_failed_precondition(daemon: Daemon) {
+    let env = Env::new("missing_criu", daemon);
     if !env.tether_only("missing_criu_is_a_failed_precondition") {
         return;
     }
@@ -189,9 +194,8 @@ impl Drop for RestoredTask<'_> {
     }
 }
 
-#[test]
-fn checkpoint_and_restore_round_trip() {
-    let env = Env::new("checkpoint_restore");
+fn checkpoint_and_restore_round_trip(daemon: Daemon) {
+    let env = Env::new("checkpoint_restore", daemon);
     if let Err(why) = criu_works() {
         skip("checkpoint_and_restore_round_trip", &format!("needs a working CRIU: {why}"));
         return;
@@ -225,9 +229,8 @@ fn checkpoint_and_restore_round_trip() {
     ctr.rm_task("c1");
 }
 
-#[test]
-fn native_checkpoint_failures_are_clear_and_restore_is_unimplemented() {
-    let Some(env) = Env::for_executor("native_checkpoint", Executor::Native) else { return };
+fn native_checkpoint_failures_are_clear_and_restore_is_unimplemented(daemon: Daemon) {
+    let Some(env) = Env::for_case("native_checkpoint", Case { daemon, executor: Executor::Native }) else { return };
     let ctr = &env.ctr;
     env.run("c1").detach().run(&["sh", "-c", COUNTER]).expect_ok();
     ctr.wait_status("c1", "RUNNING", secs(10));

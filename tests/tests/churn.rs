@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tether_tests::env::{usage, Env};
 use tether_tests::{secs, wait_until};
-use tether_tests::Executor;
+use tether_tests::Case;
 
 tether_tests::for_each_executor!(
     churn_of_containers_and_execs_leaves_nothing_behind,
@@ -56,8 +56,8 @@ fn in_parallel(n: usize, work: impl Fn(usize) + Sync) {
     });
 }
 
-fn churn_of_containers_and_execs_leaves_nothing_behind(executor: Executor) {
-    let Some(env) = Env::for_executor("churn", executor) else { return };
+fn churn_of_containers_and_execs_leaves_nothing_behind(case: Case) {
+    let Some(env) = Env::for_case("churn", case) else { return };
     if !env.tether_only("churn_of_containers_and_execs_leaves_nothing_behind") {
         return;
     }

@@ -14,7 +14,7 @@ use tether_protos::{
 use tether_tests::env::Env;
 use tether_tests::secs;
 use tether_tests::shim::{code_of, exec_request, ShimClient};
-use tether_tests::Executor;
+use tether_tests::Case;
 
 tether_tests::for_each_executor!(
     concurrent_calls_on_one_task_never_deadlock,
@@ -24,8 +24,8 @@ tether_tests::for_each_executor!(
 const DEADLINE: Duration = Duration::from_secs(120);
 const EXECS: usize = 30;
 
-fn concurrent_calls_on_one_task_never_deadlock(executor: Executor) {
-    let Some(env) = Env::for_executor("concurrency", executor) else { return };
+fn concurrent_calls_on_one_task_never_deadlock(case: Case) {
+    let Some(env) = Env::for_case("concurrency", case) else { return };
     let env = Arc::new(env);
     // The Go shim answers a Delete of a running task with Unknown, not FailedPrecondition.
     if !env.tether_only("concurrent_calls_on_one_task_never_deadlock") {

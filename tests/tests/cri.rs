@@ -9,7 +9,7 @@ use k8s_cri::v1::{ContainerState, LinuxContainerResources, PodSandboxState};
 use tether_tests::cgroup::{cgroup_dir, is_v2, read};
 use tether_tests::cri::{CriEnv, Pod, Stream, K8S_NAMESPACE};
 use tether_tests::env::{parent_pid, pid_alive};
-use tether_tests::{secs, wait_until, Executor};
+use tether_tests::{secs, wait_until, Case};
 
 tether_tests::for_each_executor!(
     pod_sandbox_lifecycle,
@@ -61,8 +61,8 @@ fn net_ns(pid: &str) -> String {
 
 /// RunPodSandbox starts the sandbox through the handler's shim, on the host's network;
 /// StopPodSandbox stops it; RemovePodSandbox removes it and the shim exits.
-fn pod_sandbox_lifecycle(executor: Executor) {
-    let Some(env) = CriEnv::for_executor("pod_sandbox_lifecycle", executor) else { return };
+fn pod_sandbox_lifecycle(case: Case) {
+    let Some(env) = CriEnv::for_case("pod_sandbox_lifecycle", case) else { return };
     let version = env.client.version().expect("Version");
     assert_eq!(version.runtime_name, "containerd", "{version:?}");
 
@@ -107,8 +107,8 @@ fn pod_sandbox_lifecycle(executor: Executor) {
 /// The sandbox and every container of a pod are children of one shim; another pod has its
 /// own; a pod's shim lives while the pod does (its containers gone or not) and exits once the
 /// pod is removed.
-fn one_shim_per_pod(executor: Executor) {
-    let Some(env) = CriEnv::for_executor("one_shim_per_pod", executor) else { return };
+fn one_shim_per_pod(case: Case) {
+    let Some(env) = CriEnv::for_case("one_shim_per_pod", case) else { return };
     let pod1 = env.run_pod("pod1");
     let c1 = running(&env, &pod1, "c1", LOOP);
     let c2 = running(&env, &pod1, "c2", LOOP);
@@ -151,8 +151,8 @@ fn one_shim_per_pod(executor: Executor) {
 /// CreateContainer / StartContainer / StopContainer / RemoveContainer. Stop sends SIGTERM
 /// first (a container that exits on it reports its own status), then SIGKILL once the grace
 /// period is over (a container that only notes the SIGTERM is killed: 137).
-fn container_lifecycle_and_stop_grace_period(executor: Executor) {
-    let Some(env) = CriEnv::for_executor("container_lifecycle", executor) else { return };
+fn container_lifecycle_and_stop_grace_period(case: Case) {
+    let Some(env) = CriEnv::for_case("container_lifecycle", case) else { return };
     let pod = env.run_pod("pod");
     let shim = shim_of(&env, &pod);
 
@@ -194,8 +194,8 @@ fn container_lifecycle_and_stop_grace_period(executor: Executor) {
 
 /// ExecSync: stdout, stderr and exit code come back; the exec runs inside the container; a
 /// timeout fails the call and kills the process, and the container runs on.
-fn exec_sync_output_exit_code_and_timeout(executor: Executor) {
-    let Some(env) = CriEnv::for_executor("exec_sync", executor) else { return };
+fn exec_sync_output_exit_code_and_timeout(case: Case) {
+    let Some(env) = CriEnv::for_case("exec_sync", case) else { return };
     let pod = env.run_pod("pod");
     let id = running(&env, &pod, "app", LOOP);
 
@@ -214,8 +214,8 @@ fn exec_sync_output_exit_code_and_timeout(executor: Executor) {
 }
 
 /// ContainerStats: the container's cpu and memory usage, from the shim's cgroup metrics.
-fn container_stats(executor: Executor) {
-    let Some(env) = CriEnv::for_executor("container_stats", executor) else { return };
+fn container_stats(case: Case) {
+    let Some(env) = CriEnv::for_case("container_stats", case) else { return };
     let pod = env.run_pod("pod");
     let id = running(&env, &pod, "app", LOOP);
     let stats = env.client.container_stats(&id).expect("ContainerStats");
@@ -229,8 +229,8 @@ fn container_stats(executor: Executor) {
 }
 
 /// UpdateContainerResources reaches the container's cgroup (below the pod's cgroup parent).
-fn update_container_resources(executor: Executor) {
-    let Some(env) = CriEnv::for_executor("update_resources", executor) else { return };
+fn update_container_resources(case: Case) {
+    let Some(env) = CriEnv::for_case("update_resources", case) else { return };
     let pod = env.run_pod("pod");
     let id = running(&env, &pod, "app", LOOP);
     let pid = env.container_pid(&id);
@@ -280,8 +280,8 @@ fn logged_lines(text: &str) -> Vec<u64> {
 
 /// containerd writes the container's output (the shim's stdio) to the CRI log file;
 /// ReopenContainerLog after a rotation makes it write a new file, losing nothing.
-fn reopen_container_log(executor: Executor) {
-    let Some(env) = CriEnv::for_executor("reopen_log", executor) else { return };
+fn reopen_container_log(case: Case) {
+    let Some(env) = CriEnv::for_case("reopen_log", case) else { return };
     let pod = env.run_pod("pod");
     let config = env.container_config("logger", 0, "i=0; while :; do echo line-$i; i=$((i+1)); sleep 0.05; done");
     let log = env.log_path(&pod, &config);
@@ -305,8 +305,8 @@ fn reopen_container_log(executor: Executor) {
 
 /// A container killed by its memory limit is reported OOMKilled (the shim's OOM event
 /// before its exit) with status 137.
-fn oom_killed_reason(executor: Executor) {
-    let Some(env) = CriEnv::for_executor("oom_killed", executor) else { return };
+fn oom_killed_reason(case: Case) {
+    let Some(env) = CriEnv::for_case("oom_killed", case) else { return };
     let pod = env.run_pod("pod");
     let mut config = env.container_config("hog", 0, "exec tail /dev/zero");
     let linux = config.linux.get_or_insert_with(Default::default);
@@ -319,8 +319,8 @@ fn oom_killed_reason(executor: Executor) {
 
 /// The kubelet restarts a container by creating the next attempt in the running pod: the
 /// first attempt exited (and its task was deleted), the pod's shim serves the new one.
-fn container_restart_in_running_pod(executor: Executor) {
-    let Some(env) = CriEnv::for_executor("container_restart", executor) else { return };
+fn container_restart_in_running_pod(case: Case) {
+    let Some(env) = CriEnv::for_case("container_restart", case) else { return };
     let pod = env.run_pod("pod");
     let (sandbox_pid, _) = env.sandbox_info(&pod.id);
     let shim = shim_of(&env, &pod);
@@ -357,8 +357,8 @@ fn container_restart_in_running_pod(executor: Executor) {
 
 /// Exec: the streaming server's WebSocket (v4.channel.k8s.io) carries the exec's stdout and
 /// stderr, then its exit status.
-fn exec_stream(executor: Executor) {
-    let Some(env) = CriEnv::for_executor("exec_stream", executor) else { return };
+fn exec_stream(case: Case) {
+    let Some(env) = CriEnv::for_case("exec_stream", case) else { return };
     let pod = env.run_pod("pod");
     let id = running(&env, &pod, "app", LOOP);
     let url = env.client.exec_url(&id, &["sh", "-c", "echo out-line; echo err-line >&2; exit 5"]).expect("Exec");
@@ -379,8 +379,8 @@ fn exec_stream(executor: Executor) {
 
 /// Attach: the container's live stdin and output over the streaming server; the stream
 /// ends, successfully, when the container exits.
-fn attach_stream(executor: Executor) {
-    let Some(env) = CriEnv::for_executor("attach_stream", executor) else { return };
+fn attach_stream(case: Case) {
+    let Some(env) = CriEnv::for_case("attach_stream", case) else { return };
     let pod = env.run_pod("pod");
     // Steps driven by files: containerd's attach cuts stderr off once stdout has ended (its
     // stdin copier removes both writers), so stderr is checked while the container runs.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tether_tests::env::{Env, Executor};
+use tether_tests::Case;
 use tether_tests::process::{run, run_on_tty, Output, Proc};
 use tether_tests::runtime::tether_ctl_binary;
 use tether_tests::{secs, wait_until};
@@ -26,8 +27,8 @@ fn ctl<S: AsRef<std::ffi::OsStr>>(args: &[S], input: Option<&[u8]>) -> Output {
     run(cmd, input, secs(60))
 }
 
-fn ctl_inspects_and_drives_a_shim_under_containerd(executor: Executor) {
-    let Some(env) = Env::for_executor("ctl_containerd", executor) else { return };
+fn ctl_inspects_and_drives_a_shim_under_containerd(case: Case) {
+    let Some(env) = Env::for_case("ctl_containerd", case) else { return };
     if !env.tether_only("ctl_inspects_and_drives_a_shim_under_containerd") {
         return;
     }
@@ -89,7 +90,7 @@ fn ctl_inspects_and_drives_a_shim_under_containerd(executor: Executor) {
     let out = ctl(&["--bundle", &b, "--json", "dump"], None);
     let dump: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(dump["containers"][0]["id"], "c1", "{dump}");
-    let expected_executor = if executor == Executor::Native { "libcontainer" } else { "runc" };
+    let expected_executor = if case.executor == Executor::Native { "libcontainer" } else { "runc" };
     assert_eq!(dump["containers"][0]["executor"], expected_executor, "{dump}");
 
     // SIGUSR1: the same dump in the shim's log (which containerd copies into its own).
@@ -164,8 +165,8 @@ fn config_args(env: &Env) -> Vec<String> {
     env.default_config.iter().flat_map(|p| ["--config".to_string(), p.display().to_string()]).collect()
 }
 
-fn ctl_attaches_a_terminal(executor: Executor) {
-    let Some(env) = Env::for_executor("ctl_tty", executor) else { return };
+fn ctl_attaches_a_terminal(case: Case) {
+    let Some(env) = Env::for_case("ctl_tty", case) else { return };
     if !env.tether_only("ctl_attaches_a_terminal") {
         return;
     }
@@ -193,8 +194,8 @@ fn ctl_attaches_a_terminal(executor: Executor) {
     assert_eq!(env.ctr.rm_task("c1"), 137);
 }
 
-fn ctl_runs_a_bundle_without_containerd(executor: Executor) {
-    let Some(env) = Env::for_executor("ctl_standalone", executor) else { return };
+fn ctl_runs_a_bundle_without_containerd(case: Case) {
+    let Some(env) = Env::for_case("ctl_standalone", case) else { return };
     if !env.tether_only("ctl_runs_a_bundle_without_containerd") {
         return;
     }
@@ -269,8 +270,8 @@ fn ctl_runs_a_bundle_without_containerd(executor: Executor) {
     );
 }
 
-fn hooks_run_after_start_and_at_delete(executor: Executor) {
-    let Some(env) = Env::for_executor("hooks", executor) else { return };
+fn hooks_run_after_start_and_at_delete(case: Case) {
+    let Some(env) = Env::for_case("hooks", case) else { return };
     if !env.tether_only("hooks_run_after_start_and_at_delete") {
         return;
     }

@@ -3,7 +3,7 @@
 
 use tether_tests::env::{pid_exists, Env};
 use tether_tests::{secs, wait_until};
-use tether_tests::Executor;
+use tether_tests::Case;
 
 tether_tests::for_each_executor!(
     detached_task_lifecycle,
@@ -17,8 +17,8 @@ tether_tests::for_each_executor!(
 
 const LOOP_UNTIL_TERM: &str = "trap 'exit 7' TERM; while :; do sleep 0.1; done";
 
-fn detached_task_lifecycle(executor: Executor) {
-    let Some(env) = Env::for_executor("detached_task_lifecycle", executor) else { return };
+fn detached_task_lifecycle(case: Case) {
+    let Some(env) = Env::for_case("detached_task_lifecycle", case) else { return };
     let ctr = &env.ctr;
 
     env.run("c1")
@@ -120,8 +120,8 @@ fn detached_task_lifecycle(executor: Executor) {
     assert!(!ctr.containers().contains(&"c1".to_owned()));
 }
 
-fn foreground_run_output_and_exit_status(executor: Executor) {
-    let Some(env) = Env::for_executor("foreground_run", executor) else { return };
+fn foreground_run_output_and_exit_status(case: Case) {
+    let Some(env) = Env::for_case("foreground_run", case) else { return };
     let out = env
         .run("f1")
         .rm()
@@ -161,8 +161,8 @@ fn foreground_run_output_and_exit_status(executor: Executor) {
     );
 }
 
-fn large_output_is_not_truncated(executor: Executor) {
-    let Some(env) = Env::for_executor("large_output", executor) else { return };
+fn large_output_is_not_truncated(case: Case) {
+    let Some(env) = Env::for_case("large_output", case) else { return };
     let expected: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
 
     // Init process: every byte written before the exit arrives before ctr sees the exit.
@@ -209,8 +209,8 @@ fn large_output_is_not_truncated(executor: Executor) {
     );
 }
 
-fn stdin_is_forwarded_and_closed(executor: Executor) {
-    let Some(env) = Env::for_executor("stdin", executor) else { return };
+fn stdin_is_forwarded_and_closed(case: Case) {
+    let Some(env) = Env::for_case("stdin", case) else { return };
     let script = "while read line; do echo \"got:$line\"; done; echo '<eof>'";
 
     // Init: data typed while it runs reaches it; closing ctr's stdin closes the task's.
@@ -261,8 +261,8 @@ fn stdin_is_forwarded_and_closed(executor: Executor) {
     assert!(out.stdout.ends_with("<eof>\n"), "exec saw EOF: {out}");
 }
 
-fn kill_all_signals_every_process(executor: Executor) {
-    let Some(env) = Env::for_executor("kill_all", executor) else { return };
+fn kill_all_signals_every_process(case: Case) {
+    let Some(env) = Env::for_case("kill_all", case) else { return };
     let ctr = &env.ctr;
     // An init that ignores SIGTERM, with two children.
     env.run("k1")
@@ -293,8 +293,8 @@ fn kill_all_signals_every_process(executor: Executor) {
     assert_eq!(ctr.rm_task("k1"), 137);
 }
 
-fn error_answers(executor: Executor) {
-    let Some(env) = Env::for_executor("error_answers", executor) else { return };
+fn error_answers(case: Case) {
+    let Some(env) = Env::for_case("error_answers", case) else { return };
     let ctr = &env.ctr;
 
     // Unknown container.
@@ -376,8 +376,8 @@ fn error_answers(executor: Executor) {
         .expect_stderr("not found");
 }
 
-fn events_are_published_in_order(executor: Executor) {
-    let Some(env) = Env::for_executor("events_order", executor) else { return };
+fn events_are_published_in_order(case: Case) {
+    let Some(env) = Env::for_case("events_order", case) else { return };
     let ctr = &env.ctr;
     let events = ctr.subscribe();
 

@@ -8,7 +8,7 @@ use tether_tests::cgroup::{cgroup_dir, is_v2, read};
 use tether_tests::env::{usage, Env};
 use tether_tests::shim::{code_of, message_of, ShimClient};
 use tether_tests::{secs, wait_until, Event};
-use tether_tests::Executor;
+use tether_tests::Case;
 
 tether_tests::for_each_executor!(
     metrics_and_update,
@@ -18,8 +18,8 @@ tether_tests::for_each_executor!(
 
 const LOOP: &str = "while :; do sleep 0.1; done";
 
-fn metrics_and_update(executor: Executor) {
-    let Some(env) = Env::for_executor("metrics_update", executor) else { return };
+fn metrics_and_update(case: Case) {
+    let Some(env) = Env::for_case("metrics_update", case) else { return };
     let ctr = &env.ctr;
     env.run("c1").detach().run(&["sh", "-c", LOOP]).expect_ok();
     let task = ctr.wait_status("c1", "RUNNING", secs(10));
@@ -111,8 +111,8 @@ fn position(events: &[Event], topic: &str) -> Option<usize> {
     events.iter().position(|e| e.topic == topic)
 }
 
-fn oom_kill_is_reported_before_the_exit(executor: Executor) {
-    let Some(env) = Env::for_executor("oom_kill", executor) else { return };
+fn oom_kill_is_reported_before_the_exit(case: Case) {
+    let Some(env) = Env::for_case("oom_kill", case) else { return };
     let ctr = &env.ctr;
     let events = ctr.subscribe();
 
@@ -148,8 +148,8 @@ fn oom_kill_is_reported_before_the_exit(executor: Executor) {
     assert_eq!(ctr.rm_task("parent"), 137);
 }
 
-fn deleted_containers_leave_no_watcher_behind(executor: Executor) {
-    let Some(env) = Env::for_executor("oom_watch_leak", executor) else { return };
+fn deleted_containers_leave_no_watcher_behind(case: Case) {
+    let Some(env) = Env::for_case("oom_watch_leak", case) else { return };
     if !env.tether_only("deleted_containers_leave_no_watcher_behind") {
         return;
     }

@@ -6,16 +6,26 @@ use std::path::{Path, PathBuf};
 
 use tether_tests::env::{skip, usage, Env, Executor, TetherConfig};
 use tether_tests::runtime::{recording_runc, which};
-use tether_tests::{secs, wait_until};
+use tether_tests::{Case, Daemon, secs, wait_until};
+
+tether_tests::for_each_daemon!(
+    runtime_binary_under_another_name,
+    runtime_root_is_honoured,
+    crun_binary,
+    tether_config_file_and_defaults,
+    tether_bad_config_is_a_clear_error,
+    native_executor_runs_containers_without_a_runtime_binary,
+    log_level_from_the_config_file,
+    an_idle_shim_trims_its_memory_and_goes_on_serving,
+);
 
 /// The words the runtime was called with (one invocation per line of `record`).
 fn subcommands(record: &Path) -> String {
     fs::read_to_string(record).unwrap_or_default()
 }
 
-#[test]
-fn runtime_binary_under_another_name() {
-    let env = Env::new("runtime_binary");
+fn runtime_binary_under_another_name(daemon: Daemon) {
+    let env = Env::new("runtime_binary", daemon);
     let ctr = &env.ctr;
 
     // By path, outside any PATH.
@@ -56,9 +66,8 @@ fn runtime_binary_under_another_name() {
     );
 }
 
-#[test]
-fn runtime_root_is_honoured() {
-    let env = Env::new("runtime_root");
+fn runtime_root_is_honoured(daemon: Daemon) {
+    let env = Env::new("runtime_root", daemon);
     let root = env.work().join("rt-root");
     env.run("c1")
         .detach()
@@ -110,9 +119,8 @@ fn list(root: &Path) -> Vec<String> {
     out
 }
 
-#[test]
-fn crun_binary() {
-    let env = Env::new("crun_binary");
+fn crun_binary(daemon: Daemon) {
+    let env = Env::new("crun_binary", daemon);
     if which("crun").is_none() {
         panic!("crun not found: apt-get install crun");
     }
@@ -139,9 +147,8 @@ fn crun_binary() {
     assert_eq!(env.ctr.rm_task("c1"), 137);
 }
 
-#[test]
-fn tether_config_file_and_defaults() {
-    let env = Env::new("tether_config");
+fn tether_config_file_and_defaults(daemon: Daemon) {
+    let env = Env::new("tether_config", daemon);
     if !env.tether_only("tether_config_file_and_defaults") {
         return;
     }
@@ -188,9 +195,8 @@ fn tether_config_file_and_defaults() {
     assert!(root.exists(), "[runc] root was used: {}", root.display());
 }
 
-#[test]
-fn tether_bad_config_is_a_clear_error() {
-    let env = Env::new("tether_bad_config");
+fn tether_bad_config_is_a_clear_error(daemon: Daemon) {
+    let env = Env::new("tether_bad_config", daemon);
     if !env.tether_only("tether_bad_config_is_a_clear_error") {
         return;
     }
@@ -255,9 +261,8 @@ fn children(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
-#[test]
-fn native_executor_runs_containers_without_a_runtime_binary() {
-    let Some(env) = Env::for_executor("native_executor", Executor::Native) else { return };
+fn native_executor_runs_containers_without_a_runtime_binary(daemon: Daemon) {
+    let Some(env) = Env::for_case("native_executor", Case { daemon, executor: Executor::Native }) else { return };
     let ctr = &env.ctr;
     // A runc that records every call, first on containerd's PATH and named as the runtime
     // binary: the native executor must never run it, nor the `delete` containerd runs after
@@ -328,9 +333,8 @@ fn native_executor_runs_containers_without_a_runtime_binary() {
     assert!(!record.exists(), "the runtime binary was run after the shim exited: {}", subcommands(&record));
 }
 
-#[test]
-fn log_level_from_the_config_file() {
-    let env = Env::new("log_level");
+fn log_level_from_the_config_file(daemon: Daemon) {
+    let env = Env::new("log_level", daemon);
     if !env.tether_only("log_level_from_the_config_file") {
         return;
     }
@@ -353,9 +357,8 @@ fn log_level_from_the_config_file() {
     assert!(!logged("id=c2 exec="), "c2's shim logged below warn:\n{}", tether_tests::containerd::tail(&env.containerd.log(), 30));
 }
 
-#[test]
-fn an_idle_shim_trims_its_memory_and_goes_on_serving() {
-    let env = Env::new("idle_trim");
+fn an_idle_shim_trims_its_memory_and_goes_on_serving(daemon: Daemon) {
+    let env = Env::new("idle_trim", daemon);
     if !env.tether_only("an_idle_shim_trims_its_memory_and_goes_on_serving") {
         return;
     }

@@ -15,7 +15,7 @@ use tether_tests::env::{pid_alive, pid_exists, Env};
 use tether_tests::runtime::tether_shim_binary;
 use tether_tests::shim::{exec_request, ShimClient};
 use tether_tests::{secs, wait_until};
-use tether_tests::Executor;
+use tether_tests::Case;
 
 tether_tests::for_each_executor!(
     grouped_containers_share_one_shim,
@@ -34,8 +34,8 @@ fn address_of(env: &Env, id: &str) -> String {
         .to_owned()
 }
 
-fn grouped_containers_share_one_shim(executor: Executor) {
-    let Some(env) = Env::for_executor("grouping", executor) else { return };
+fn grouped_containers_share_one_shim(case: Case) {
+    let Some(env) = Env::for_case("grouping", case) else { return };
     let ctr = &env.ctr;
     let group = "io.containerd.runc.v2.group";
     let sandbox = "io.kubernetes.cri.sandbox-id";
@@ -114,8 +114,8 @@ fn grouped_containers_share_one_shim(executor: Executor) {
     );
 }
 
-fn dead_shim_is_cleaned_up(executor: Executor) {
-    let Some(env) = Env::for_executor("dead_shim", executor) else { return };
+fn dead_shim_is_cleaned_up(case: Case) {
+    let Some(env) = Env::for_case("dead_shim", case) else { return };
     let ctr = &env.ctr;
     let events = ctr.subscribe();
     // From an image, so that containerd hands the shim an overlay to mount as the rootfs.
@@ -169,8 +169,8 @@ fn dead_shim_is_cleaned_up(executor: Executor) {
     env.run("k2").rm().run(&["echo", "after"]).expect_ok();
 }
 
-fn containerd_restart_keeps_tasks_and_exit_statuses(executor: Executor) {
-    let Some(mut env) = Env::for_executor("containerd_restart", executor) else { return };
+fn containerd_restart_keeps_tasks_and_exit_statuses(case: Case) {
+    let Some(mut env) = Env::for_case("containerd_restart", case) else { return };
     let ctr = env.ctr.clone();
     env.run("r1").detach().run(&["sleep", "1000"]).expect_ok();
     // r2 exits with 9 when the test creates /tmp/go in the (shared, host-visible) rootfs.
@@ -271,8 +271,8 @@ fn exit_when(file: &str, code: u32) -> String {
     format!("while [ ! -e {file} ]; do sleep 0.05; done; exit {code}")
 }
 
-fn exits_survive_a_long_containerd_outage(executor: Executor) {
-    let Some(mut env) = Env::for_executor("long_outage", executor) else { return };
+fn exits_survive_a_long_containerd_outage(case: Case) {
+    let Some(mut env) = Env::for_case("long_outage", case) else { return };
     if !env.tether_only("exits_survive_a_long_containerd_outage") {
         return;
     }
@@ -360,8 +360,8 @@ fn exits_survive_a_long_containerd_outage(executor: Executor) {
 
 /// containerd runs `<shim> delete` for each task of a shim that died; here the test runs it
 /// itself, while containerd is down, to see what the command alone reports and leaves behind.
-fn shim_delete_cleans_up_and_reports_the_journaled_exit(executor: Executor) {
-    let Some(mut env) = Env::for_executor("shim_delete", executor) else { return };
+fn shim_delete_cleans_up_and_reports_the_journaled_exit(case: Case) {
+    let Some(mut env) = Env::for_case("shim_delete", case) else { return };
     if !env.tether_only("shim_delete_cleans_up_and_reports_the_journaled_exit") {
         return;
     }
@@ -424,8 +424,8 @@ fn shim_delete_cleans_up_and_reports_the_journaled_exit(executor: Executor) {
     }
 }
 
-fn shim_logs_reach_containerd(executor: Executor) {
-    let Some(env) = Env::for_executor("shim_logs", executor) else { return };
+fn shim_logs_reach_containerd(case: Case) {
+    let Some(env) = Env::for_case("shim_logs", case) else { return };
     env.run("c1").detach().run(&["sleep", "1000"]).expect_ok();
     env.ctr.wait_status("c1", "RUNNING", secs(10));
     let shim = env.shim_pid_of("c1");

@@ -12,7 +12,7 @@ use tether_protos::{api, protobuf::well_known_types::empty::Empty};
 use tether_tests::env::Env;
 use tether_tests::shim::{exec_request, ShimClient};
 use tether_tests::{secs, wait_until};
-use tether_tests::Executor;
+use tether_tests::Case;
 
 tether_tests::for_each_executor!(
     tty_run_and_resize,
@@ -33,8 +33,8 @@ fn tty_probe(want: &str) -> String {
     )
 }
 
-fn tty_run_and_resize(executor: Executor) {
-    let Some(env) = Env::for_executor("tty_run", executor) else { return };
+fn tty_run_and_resize(case: Case) {
+    let Some(env) = Env::for_case("tty_run", case) else { return };
     let out = env
         .run("t1")
         .rm()
@@ -52,8 +52,8 @@ fn tty_run_and_resize(executor: Executor) {
     );
 }
 
-fn tty_exec_and_resize(executor: Executor) {
-    let Some(env) = Env::for_executor("tty_exec", executor) else { return };
+fn tty_exec_and_resize(case: Case) {
+    let Some(env) = Env::for_case("tty_exec", case) else { return };
     env.run("c1").detach().run(&["sleep", "1000"]).expect_ok();
     env.ctr.wait_status("c1", "RUNNING", secs(10));
     let args = env.ctr.exec_args(
@@ -93,8 +93,8 @@ fn wait_file(path: &Path, timeout: Duration, pred: impl Fn(&str) -> bool) -> Str
     .unwrap_or_else(|| panic!("{} never matched; contents: {last:?}", path.display()))
 }
 
-fn log_uri_file(executor: Executor) {
-    let Some(env) = Env::for_executor("log_uri_file", executor) else { return };
+fn log_uri_file(case: Case) {
+    let Some(env) = Env::for_case("log_uri_file", case) else { return };
     let log = env.work().join("c1.log");
     let out = env
         .run("c1")
@@ -124,8 +124,8 @@ fn log_uri_file(executor: Executor) {
     assert_eq!(env.ctr.rm_task("c2"), 0);
 }
 
-fn log_uri_binary(executor: Executor) {
-    let Some(env) = Env::for_executor("log_uri_binary", executor) else { return };
+fn log_uri_binary(case: Case) {
+    let Some(env) = Env::for_case("log_uri_binary", case) else { return };
     let dir = env.work().join("binlog");
     fs::create_dir_all(&dir).unwrap();
     // The binary logging protocol: fd 3 = the task's stdout, fd 4 = stderr, fd 5 = a pipe the
@@ -164,8 +164,8 @@ fn log_uri_binary(executor: Executor) {
     wait_file(&dir.join("stderr"), secs(5), |t| t == "err2\n");
 }
 
-fn detached_output_waits_for_a_reader(executor: Executor) {
-    let Some(env) = Env::for_executor("detached_output", executor) else { return };
+fn detached_output_waits_for_a_reader(case: Case) {
+    let Some(env) = Env::for_case("detached_output", case) else { return };
     let ctr = &env.ctr;
     // The task writes only once the test creates /tmp/go in the (host-visible) rootfs, after
     // `ctr run -d` has left: nobody reads the stdout FIFO then. The writes must neither fail
@@ -220,8 +220,8 @@ fn detached_output_waits_for_a_reader(executor: Executor) {
 
 /// A client may open its end of an output FIFO only after the process has exited (containerd's
 /// fifo package opens it in the background): what the process wrote must still be there.
-fn output_of_an_exited_process_waits_for_a_late_reader(executor: Executor) {
-    let Some(env) = Env::for_executor("late_reader", executor) else { return };
+fn output_of_an_exited_process_waits_for_a_late_reader(case: Case) {
+    let Some(env) = Env::for_case("late_reader", case) else { return };
     if !env.tether_only("output_of_an_exited_process_waits_for_a_late_reader") {
         return;
     }

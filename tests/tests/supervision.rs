@@ -6,14 +6,18 @@ use std::fs;
 
 use tether_tests::env::{parent_pid, pid_alive, Env};
 use tether_tests::runtime::adopting_runc;
-use tether_tests::{secs, wait_until};
+use tether_tests::{Daemon, secs, wait_until};
+
+tether_tests::for_each_daemon!(
+    an_init_the_shim_cannot_reap_still_exits,
+    a_shim_whose_containers_just_run_does_not_wake_on_a_timer,
+);
 
 /// The exit code tether reports for a process whose exit status it could not see.
 const UNKNOWN_EXIT: u64 = 255;
 
-#[test]
-fn an_init_the_shim_cannot_reap_still_exits() {
-    let env = Env::new("self_heal");
+fn an_init_the_shim_cannot_reap_still_exits(daemon: Daemon) {
+    let env = Env::new("self_heal", daemon);
     if !env.tether_only("an_init_the_shim_cannot_reap_still_exits") {
         return;
     }
@@ -67,9 +71,8 @@ fn sleeps_of_thread(pid: u32, name: &str) -> Option<u64> {
     })
 }
 
-#[test]
-fn a_shim_whose_containers_just_run_does_not_wake_on_a_timer() {
-    let env = Env::new("no_timer");
+fn a_shim_whose_containers_just_run_does_not_wake_on_a_timer(daemon: Daemon) {
+    let env = Env::new("no_timer", daemon);
     if !env.tether_only("a_shim_whose_containers_just_run_does_not_wake_on_a_timer") {
         return;
     }

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use tether_tests::{Env, Output, Runtime, TetherConfig};
+use tether_tests::{Daemon, Env, Output, Runtime, TetherConfig};
 
 fn show(title: &str, shown: &str, out: &Output) {
     println!("\n==> {title}\n$ {shown}");
@@ -40,7 +40,7 @@ fn main() {
         "==> starting a private containerd (runtime under test: {})",
         runtime.name
     );
-    let env = Env::with_runtime("tether-demo", runtime.clone());
+    let env = Env::with_runtime("tether-demo", runtime.clone(), Daemon::V1);
     let result = demo(&env, &runtime);
     if let Err(why) = &result {
         eprintln!(

@@ -14,6 +14,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use crate::containerd::remove_empty_cgroups;
+use crate::daemon::Daemon;
 use crate::env::{Executor, TetherConfig};
 
 /// The runtime handler that runs pods on tether's runc executor.
@@ -93,11 +94,35 @@ impl CriPlugin {
         }
     }
 
-    /// The `[plugins."io.containerd.grpc.v1.cri"]` section.
-    pub fn toml(&self) -> String {
+    /// The CRI plugins' sections of `daemon`'s config: 1.x's one plugin (config version 2),
+    /// or 2.x's runtime, images and API plugins (version 3).
+    pub fn toml(&self, daemon: Daemon) -> String {
         let d = self.dir.display();
-        let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
-        let runtimes = format!("{cri}.containerd.runtimes");
+        let port = self.stream_port;
+        let api = r#"plugins."io.containerd.grpc.v1.cri""#;
+        // 2.x: the runtime settings are a plugin of their own, images and streams others.
+        let (runtime, preamble, containerd_keys, epilogue) = if daemon.is_v2() {
+            let images = r#"plugins."io.containerd.cri.v1.images""#;
+            (
+                r#"plugins."io.containerd.cri.v1.runtime""#.to_string(),
+                format!("  enable_cdi = false\n  cdi_spec_dirs = [\"{d}/cdi\"]\n"),
+                String::new(),
+                format!(
+                    "[{images}]\n  snapshotter = \"overlayfs\"\n  [{images}.pinned_images]\n    sandbox = \"{SANDBOX_IMAGE}\"\n\
+                     [{api}]\n  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"{port}\"\n"
+                ),
+            )
+        } else {
+            (
+                api.to_string(),
+                format!(
+                    "  sandbox_image = \"{SANDBOX_IMAGE}\"\n  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"{port}\"\n"
+                ),
+                "    snapshotter = \"overlayfs\"\n".to_string(),
+                String::new(),
+            )
+        };
+        let runtimes = format!("{runtime}.containerd.runtimes");
         let tether = |name: &str, executor: Executor| {
             format!(
                 r#"
@@ -111,28 +136,23 @@ impl CriPlugin {
         };
         format!(
             r#"
-[{cri}]
-  sandbox_image = "{SANDBOX_IMAGE}"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "{port}"
-  # root cannot lower oom_score_adj here (no CAP_SYS_RESOURCE); the plugin would try.
+[{runtime}]
+{preamble}  # root cannot lower oom_score_adj here (no CAP_SYS_RESOURCE); the plugin would try.
   restrict_oom_score_adj = true
   # Loading an AppArmor profile would change the host.
   disable_apparmor = true
   enable_selinux = false
-  [{cri}.containerd]
+  [{runtime}.containerd]
     default_runtime_name = "{GO_RUNC_HANDLER}"
-    snapshotter = "overlayfs"
-{tether_runc}{tether_native}
+{containerd_keys}{tether_runc}{tether_native}
     [{runtimes}.{GO_RUNC_HANDLER}]
       runtime_type = "io.containerd.runc.v2"
       [{runtimes}.{GO_RUNC_HANDLER}.options]
         Root = "{d}/runc-root"
-  [{cri}.cni]
+  [{runtime}.cni]
     bin_dir = "{d}/cni/bin"
     conf_dir = "{d}/cni/conf"
-"#,
-            port = self.stream_port,
+{epilogue}"#,
             tether_runc = tether(TETHER_HANDLER, Executor::Runc),
             tether_native = tether(TETHER_NATIVE_HANDLER, Executor::Native),
         )

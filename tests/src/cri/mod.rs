@@ -2,7 +2,7 @@
 //! harness, and a CRI client, so that a test drives tether exactly as the kubelet does, one
 //! runtime handler per executor.
 //!
-//! [`CriEnv::for_executor`] starts the containerd (`Containerd::start_with_cri`), builds an
+//! [`CriEnv::for_case`] starts the containerd (`Containerd::start_with_cri`), builds an
 //! OCI archive with a pause image (the sandbox image: sleeps until SIGTERM) and a busybox
 //! image from busybox-static, imports it into the `k8s.io` namespace and waits until the CRI
 //! plugin lists both. Pods use the host's network (no CNI) and a cgroup parent of this
@@ -22,6 +22,7 @@ use crate::containerd::Containerd;
 use crate::env::{skip, Executor, CONTAINER_PATH};
 use crate::process::wait_until;
 use crate::runtime::Runtime;
+use crate::Case;
 use crate::{oci_image, rootfs};
 
 pub use client::CriClient;
@@ -57,16 +58,17 @@ pub struct CriEnv {
 }
 
 impl CriEnv {
-    /// A containerd with the CRI plugin, images imported, whose pods run on tether's
-    /// `executor` (or on containerd's Go shim when that is the runtime under test). `None`,
+    /// A containerd of `case.daemon` with the CRI plugin, images imported, whose pods run on
+    /// tether's `case.executor` (or on containerd's Go shim when that is the runtime under test). `None`,
     /// after saying why, for a tether executor when the runtime under test is not tether.
-    pub fn for_executor(test: &str, executor: Executor) -> Option<CriEnv> {
+    pub fn for_case(test: &str, case: Case) -> Option<CriEnv> {
+        let Case { daemon, executor } = case;
         let runtime = Runtime::from_env();
         if executor != Executor::Runc && !runtime.is_tether() {
             skip(test, &format!("the {} executor is tether's (runtime is {})", executor.name(), runtime.name));
             return None;
         }
-        let containerd = Containerd::start_with_cri(&runtime);
+        let containerd = Containerd::start_with_cri(&runtime, daemon);
         let work = containerd.dir().join("images");
         let archive = work.join("images.tar");
         let images = [
