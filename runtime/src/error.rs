@@ -8,6 +8,9 @@ pub enum Error {
     /// The runtime does not know the container (never created, or already deleted).
     #[error("container {0} does not exist in the runtime")]
     NotFound(String),
+    /// The container exists but has no process left to act on (its init has exited).
+    #[error("container {0} is not running")]
+    NotRunning(String),
     /// The runtime binary could not be started at all.
     #[error("cannot run OCI runtime {binary:?}: {source}")]
     Spawn {

@@ -158,12 +158,12 @@ impl RuncExecutor {
             .join(format!(".tether-{}-{op}-{seq}.{ext}", std::process::id()))
     }
 
-    /// Maps the runtime's "no such container" to [`Error::NotFound`].
-    fn not_found_as(&self, id: &str, err: Error) -> Error {
+    /// Maps the runtime's "no such container" to [`Error::NotFound`], and its "container not
+    /// running" (a signal for a container whose init has exited) to [`Error::NotRunning`].
+    fn absent_as(&self, id: &str, err: Error) -> Error {
         match err {
-            Error::Runtime { ref message, .. } if is_not_exist(message) => {
-                Error::NotFound(id.to_string())
-            }
+            Error::Runtime { ref message, .. } if is_not_exist(message) => Error::NotFound(id.to_string()),
+            Error::Runtime { ref message, .. } if is_not_running(message) => Error::NotRunning(id.to_string()),
             other => other,
         }
     }
@@ -256,6 +256,12 @@ fn is_not_exist(message: &str) -> bool {
     message.contains("does not exist") || message.contains("not exist") || message.contains("not found")
 }
 
+/// runc's words for a container whose processes are gone (`container not running`, or the
+/// kernel's ESRCH as Go prints it).
+fn is_not_running(message: &str) -> bool {
+    message.contains("not running") || message.contains("process already finished") || message.contains("no such process")
+}
+
 /// The runtime's failure, from its JSON log (`{"level":"error","msg":...}`).
 fn error_message(log: &str) -> Option<String> {
     #[derive(Deserialize)]
@@ -296,7 +302,7 @@ impl Executor for RuncExecutor {
     fn start(&self, id: &str) -> Result<()> {
         self.run("start", vec![os("start"), os(id)], None)
             .map(drop)
-            .map_err(|e| self.not_found_as(id, e))
+            .map_err(|e| self.absent_as(id, e))
     }
 
     fn exec(&self, id: &str, opts: ExecOpts) -> Result<i32> {
@@ -314,7 +320,7 @@ impl Executor for RuncExecutor {
         }
         args.push(os(id));
         self.run("exec", args, Some(opts.stdio))
-            .map_err(|e| self.not_found_as(id, e))?;
+            .map_err(|e| self.absent_as(id, e))?;
         read_pid(&opts.pid_file)
     }
 
@@ -326,19 +332,19 @@ impl Executor for RuncExecutor {
         args.extend([os(id), os(signal.to_string())]);
         self.run("kill", args, None)
             .map(drop)
-            .map_err(|e| self.not_found_as(id, e))
+            .map_err(|e| self.absent_as(id, e))
     }
 
     fn pause(&self, id: &str) -> Result<()> {
         self.run("pause", vec![os("pause"), os(id)], None)
             .map(drop)
-            .map_err(|e| self.not_found_as(id, e))
+            .map_err(|e| self.absent_as(id, e))
     }
 
     fn resume(&self, id: &str) -> Result<()> {
         self.run("resume", vec![os("resume"), os(id)], None)
             .map(drop)
-            .map_err(|e| self.not_found_as(id, e))
+            .map_err(|e| self.absent_as(id, e))
     }
 
     fn delete(&self, id: &str, force: bool) -> Result<()> {
@@ -347,7 +353,7 @@ impl Executor for RuncExecutor {
             args.push(os("--force"));
         }
         args.push(os(id));
-        match self.run("delete", args, None).map_err(|e| self.not_found_as(id, e)) {
+        match self.run("delete", args, None).map_err(|e| self.absent_as(id, e)) {
             Ok(_) | Err(Error::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -362,7 +368,7 @@ impl Executor for RuncExecutor {
         }
         let out = self
             .run("state", vec![os("state"), os(id)], None)
-            .map_err(|e| self.not_found_as(id, e))?;
+            .map_err(|e| self.absent_as(id, e))?;
         let s: State = serde_json::from_slice(&out).map_err(|e| Error::Output {
             binary: self.binary_name(),
             op: "state",
@@ -377,7 +383,7 @@ impl Executor for RuncExecutor {
     fn ps(&self, id: &str) -> Result<Vec<i32>> {
         let out = self
             .run("ps", vec![os("ps"), os("--format"), os("json"), os(id)], None)
-            .map_err(|e| self.not_found_as(id, e))?;
+            .map_err(|e| self.absent_as(id, e))?;
         let pids: Option<Vec<i32>> = serde_json::from_slice(&out).map_err(|e| Error::Output {
             binary: self.binary_name(),
             op: "ps",
@@ -391,7 +397,7 @@ impl Executor for RuncExecutor {
         fs::write(&file, resources).map_err(|e| Error::io(format!("writing {}", file.display()), e))?;
         let result = self.run("update", vec![os("update"), os("--resources"), file.clone().into(), os(id)], None);
         let _ = fs::remove_file(&file);
-        result.map(drop).map_err(|e| self.not_found_as(id, e))
+        result.map(drop).map_err(|e| self.absent_as(id, e))
     }
 
     fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
@@ -402,7 +408,7 @@ impl Executor for RuncExecutor {
             args.push(os("--leave-running"));
         }
         args.push(os(id));
-        self.run("checkpoint", args, None).map(drop).map_err(|e| self.not_found_as(id, e))
+        self.run("checkpoint", args, None).map(drop).map_err(|e| self.absent_as(id, e))
     }
 
     fn restore(&self, opts: RestoreOpts) -> Result<i32> {
@@ -443,6 +449,15 @@ mod tests {
         assert!(is_exec_failure(r#"unable to start container process: exec: "/x": stat /x: no such file or directory"#));
         assert!(is_exec_failure(r#"exec: "nope": executable file not found in $PATH"#));
         assert!(!is_exec_failure("unable to apply cgroup configuration: no such file or directory"));
+    }
+
+    #[test]
+    fn a_container_without_processes_is_told_from_a_missing_one() {
+        // runc 1.1's words for `kill` of a stopped container, and for an unknown one.
+        assert!(is_not_running("container not running"));
+        assert!(!is_not_exist("container not running"));
+        assert!(is_not_exist("container does not exist"));
+        assert!(!is_not_running("container does not exist"));
     }
 
     #[test]

@@ -50,7 +50,9 @@ impl Error {
     /// The ttrpc status code containerd should see for this error.
     pub fn code(&self) -> Code {
         match self {
-            Error::NotFound(_) | Error::Runtime(tether_runtime::Error::NotFound(_)) => Code::NOT_FOUND,
+            // containerd takes NotFound from Kill as "the process has already finished".
+            Error::NotFound(_)
+            | Error::Runtime(tether_runtime::Error::NotFound(_) | tether_runtime::Error::NotRunning(_)) => Code::NOT_FOUND,
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::InvalidArgument(_)
@@ -100,5 +102,6 @@ mod tests {
             code_of(Error::Runtime(tether_runtime::Error::NotFound("c".into()))),
             Code::NOT_FOUND
         );
+        assert_eq!(code_of(Error::Runtime(tether_runtime::Error::NotRunning("c".into()))), Code::NOT_FOUND);
     }
 }

@@ -209,6 +209,9 @@ struct Container {
     cgroup: Option<Cgroup>,
     /// Restored from a checkpoint at Create: its processes already run, Start only says so.
     restored: bool,
+    /// Its init is PID 1 of a namespace of its own, so the kernel kills every other process
+    /// of the container when the init exits. Otherwise the shim does (see `handle_exit`).
+    owns_pid_namespace: bool,
     lifecycle: Arc<Mutex<()>>,
 }
 
@@ -471,7 +474,7 @@ impl Table {
     /// Creates a container: mounts its rootfs, prepares stdio, has the executor create it.
     pub fn create(&self, req: CreateRequest) -> Result<u32> {
         validate_id(&req.id)?;
-        check_bundle(&req.bundle, req.rootfs.is_empty())?;
+        let owns_pid_namespace = check_bundle(&req.bundle, req.rootfs.is_empty())?;
         {
             let map = self.lock();
             let mut creating = self.creating.lock().unwrap();
@@ -479,12 +482,12 @@ impl Table {
                 return Err(Error::AlreadyExists(format!("container {}", req.id)));
             }
         }
-        let result = self.create_reserved(&req);
+        let result = self.create_reserved(&req, owns_pid_namespace);
         self.creating.lock().unwrap().remove(&req.id);
         result
     }
 
-    fn create_reserved(&self, req: &CreateRequest) -> Result<u32> {
+    fn create_reserved(&self, req: &CreateRequest, owns_pid_namespace: bool) -> Result<u32> {
         // The new container's init is moved into its cgroup.
         cgroup::start_migration_grace_period();
         let settings = Settings::from_options(&self.namespace, req.options.as_ref())?;
@@ -574,6 +577,7 @@ impl Table {
                 rootfs,
                 cgroup,
                 restored: req.checkpoint.is_some(),
+                owns_pid_namespace,
                 lifecycle: Arc::default(),
             },
         );
@@ -721,16 +725,18 @@ impl Table {
     }
 
     /// Sends a signal to the init (with `all`, to every process of the container) or an exec.
+    /// With `all`, whatever is left in the container's cgroup is signalled even after its init
+    /// has exited.
     pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let finished = || Error::NotFound(format!("process {exec_id:?} of {id} has already finished"));
-        if self.heal(id, exec_id) {
-            return Err(finished());
-        }
+        let healed = self.heal(id, exec_id);
         let (executor, status, handle) = self.with(id, |c| {
             let p = c.process(exec_id)?;
             Ok((c.executor.clone(), p.status, p.handle.clone()))
         })?;
         match (status, handle) {
+            _ if all && exec_id.is_empty() => Ok(executor.kill(id, signal, true)?),
+            _ if healed => Err(finished()),
             (Status::Stopped, _) => Err(finished()),
             (Status::Created, _) if !exec_id.is_empty() => {
                 Err(Error::FailedPrecondition(format!("exec {exec_id} has not been started")))
@@ -1031,6 +1037,7 @@ impl Table {
         };
         let _serial = lifecycle.lock().unwrap();
         if exec_id.is_empty() {
+            self.kill_orphans(id);
             let deferred = self
                 .with(id, |c| {
                     if c.live_execs() {
@@ -1052,6 +1059,21 @@ impl Table {
             .flatten();
         if let Some(init_exit) = init_exit {
             self.finish(id, "", init_exit);
+        }
+    }
+
+    /// When the init of a container without a PID namespace of its own has exited, kills
+    /// what is left in its cgroup, as the kernel would have done in its own namespace (and as
+    /// containerd's Go shim does). A worker left behind would hold the container's output
+    /// open, and containerd 2.x waits for that output to close before it deletes the task:
+    /// the pod could never stop.
+    fn kill_orphans(&self, id: &str) {
+        let Ok(Some(executor)) = self.with(id, |c| Ok((!c.owns_pid_namespace).then(|| c.executor.clone()))) else {
+            return;
+        };
+        match executor.kill(id, libc::SIGKILL as u32, true) {
+            Ok(()) | Err(tether_runtime::Error::NotFound(_) | tether_runtime::Error::NotRunning(_)) => {}
+            Err(e) => log::warn!("{id}: cannot kill the processes left after its init exited: {e}"),
         }
     }
 
@@ -1103,8 +1125,8 @@ fn criu_failure(err: tether_runtime::Error, work: &Path, bundle: &Path, action: 
 
 /// Refuses a bundle the runtime could only fail on: no readable `config.json`, one that is
 /// not a JSON object, or (with no rootfs mounts in the request) a root directory that is
-/// missing.
-fn check_bundle(bundle: &Path, needs_root_dir: bool) -> Result<()> {
+/// missing. Otherwise returns whether the container owns its PID namespace.
+fn check_bundle(bundle: &Path, needs_root_dir: bool) -> Result<bool> {
     let config = bundle.join("config.json");
     let text = fs::read(&config)
         .map_err(|e| Error::InvalidArgument(format!("bundle {}: cannot read config.json: {e}", bundle.display())))?;
@@ -1119,7 +1141,18 @@ fn check_bundle(bundle: &Path, needs_root_dir: bool) -> Result<()> {
             return Err(Error::InvalidArgument(format!("the container's rootfs {} does not exist", root.display())));
         }
     }
-    Ok(())
+    Ok(owns_pid_namespace(&spec))
+}
+
+/// Whether the spec gives the container a PID namespace of its own: a `pid` namespace entry
+/// without a path. Without one it joins the host's, and with a path another container's
+/// (a Kubernetes pod with shareProcessNamespace, or hostPID).
+fn owns_pid_namespace(spec: &serde_json::Value) -> bool {
+    spec["linux"]["namespaces"].as_array().is_some_and(|namespaces| {
+        namespaces
+            .iter()
+            .any(|ns| ns["type"] == "pid" && ns["path"].as_str().is_none_or(str::is_empty))
+    })
 }
 
 /// Ids name directories and runtime state: reject what could escape or confuse a path.

@@ -177,16 +177,27 @@ impl Env {
 
     /// A call refused because of the task's state. The Go shim answers these with gRPC
     /// Unknown and a message (`go_message`, e.g. "cannot exec in a stopped state"); tether
-    /// must answer FailedPrecondition, which ctr 1.x prints as "failed precondition" (ctr 2.x
-    /// prints the message alone: there the code is checked over ttrpc, in bad_input.rs).
+    /// must answer FailedPrecondition (see [`Env::expect_code`]).
     #[track_caller]
     pub fn expect_wrong_state(&self, out: &Output, go_message: &str) {
         out.expect_failure();
         if self.runtime.is_go_runc() {
             out.expect_stderr(go_message);
-        } else if self.runtime.is_tether() && !self.containerd.daemon().is_v2() {
-            out.expect_stderr("failed precondition");
+        } else if self.runtime.is_tether() {
+            self.expect_code(out, "failed precondition");
         }
+    }
+
+    /// A ctr call that failed with the gRPC code `word` ("failed precondition", ...): ctr 1.x
+    /// prints the code, ctr 2.x only the message (the codes are checked over ttrpc too, in
+    /// bad_input.rs).
+    #[track_caller]
+    pub fn expect_code<'o>(&self, out: &'o Output, word: &str) -> &'o Output {
+        out.expect_failure();
+        if !self.containerd.daemon().is_v2() {
+            out.expect_stderr(word);
+        }
+        out
     }
 
     /// Whether the runtime under test is tether; otherwise prints why `test` skips.
@@ -251,6 +262,16 @@ pub fn parent_pid(pid: u32) -> Option<u32> {
         .lines()
         .find_map(|l| l.strip_prefix("PPid:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The pids whose parent is `pid` (/proc/*/status).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| parent_pid(*child) == Some(pid))
+        .collect()
 }
 
 /// True while `pid` exists and is not a zombie.

@@ -144,9 +144,7 @@ fn missing_criu_is_a_failed_precondition(daemon: Daemon) {
         .write(&env.work().join("no-criu.toml"));
     env.run("c1").detach().config_path(&config).run(&["sh", "-c", COUNTER]).expect_ok();
     ctr.wait_status("c1", "RUNNING", secs(10));
-    ctr.run(&["task", "checkpoint", "c1"])
-        .expect_failure()
-        .expect_stderr("failed precondition")
+    env.expect_code(&ctr.run(&["task", "checkpoint", "c1"]), "failed precondition")
         .expect_stderr("criu is not installed")
         .expect_stderr("/nonexistent/criu");
     assert_eq!(ctr.status("c1").as_deref(), Some("RUNNING"));

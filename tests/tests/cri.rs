@@ -5,10 +5,10 @@
 use std::fs;
 use std::path::Path;
 
-use k8s_cri::v1::{ContainerState, LinuxContainerResources, PodSandboxState};
+use k8s_cri::v1::{ContainerState, LinuxContainerResources, NamespaceMode, PodSandboxState};
 use tether_tests::cgroup::{cgroup_dir, is_v2, read};
-use tether_tests::cri::{CriEnv, Pod, Stream, K8S_NAMESPACE};
-use tether_tests::env::{parent_pid, pid_alive};
+use tether_tests::cri::{with_pid_namespace, CriEnv, Pod, Stream, K8S_NAMESPACE};
+use tether_tests::env::{children_of, parent_pid, pid_alive};
 use tether_tests::{secs, wait_until, Case};
 
 tether_tests::for_each_executor!(
@@ -23,6 +23,8 @@ tether_tests::for_each_executor!(
     container_restart_in_running_pod,
     exec_stream,
     attach_stream,
+    stop_with_a_worker_in_the_pods_pid_namespace,
+    stop_with_a_worker_in_the_hosts_pid_namespace,
 );
 
 /// A container that runs until stopped.
@@ -71,7 +73,7 @@ fn pod_sandbox_lifecycle(case: Case) {
     let sandbox = status.status.clone().expect("a sandbox status");
     assert_eq!(sandbox.state, PodSandboxState::SandboxReady as i32, "{sandbox:?}");
     let (pid, info) = env.sandbox_info(&pod.id);
-    assert_eq!(info["runtimeHandler"], env.handler, "{info:#}");
+    assert_eq!(sandbox.runtime_handler, env.handler, "{sandbox:?}");
     assert_eq!(info["runtimeType"], env.runtime.name, "{info:#}");
     // Host network: the sandbox shares the test's network namespace.
     assert_eq!(net_ns(&pid.to_string()), net_ns("self"), "the sandbox is on the host network");
@@ -407,4 +409,48 @@ fn attach_stream(case: Case) {
     assert_eq!(out.exit_code(), Some(0), "{out:?}");
     let status = env.wait_container_state(&id, EXITED, secs(30));
     assert_eq!(status.exit_code, 0, "{status:?}");
+}
+
+/// A master/worker server in a PID namespace its container does not own: the pod's
+/// (shareProcessNamespace) or the host's (hostPID).
+fn stop_with_a_worker_in_the_pods_pid_namespace(case: Case) {
+    stop_with_a_worker(case, "shared_pid", NamespaceMode::Pod);
+}
+
+fn stop_with_a_worker_in_the_hosts_pid_namespace(case: Case) {
+    stop_with_a_worker(case, "host_pid", NamespaceMode::Node);
+}
+
+/// The container's init starts a long-lived worker that shares its output, then exits on
+/// SIGTERM. No PID namespace of its own ends the worker with it: the shim kills what is left
+/// in the container's cgroup before it reports the exit (as containerd's Go shim does). So
+/// StopContainer returns within the grace period (containerd 2.x waits for the output to
+/// close), the exit status is the init's, and the pod stops and goes away with nothing left.
+fn stop_with_a_worker(case: Case, test: &str, pid_namespace: NamespaceMode) {
+    let Some(env) = CriEnv::for_case(test, case) else { return };
+    let pod = env.run_pod_with_pid("pod", pid_namespace);
+    let script = format!("sleep 100000 & trap 'exit 0' TERM; echo ready; {LOOP}");
+    let config = with_pid_namespace(env.container_config("server", 0, &script), pid_namespace);
+    let log = env.log_path(&pod, &config);
+    let id = env.start_container(&pod, config);
+    env.wait_running(&id, secs(30));
+    logged(&log, "ready");
+    let init = env.container_pid(&id);
+    let is_worker = |pid: &u32| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\x00100000"));
+    let worker = children_of(init).into_iter().find(is_worker).unwrap_or_else(|| panic!("no worker under the init {init}"));
+
+    let grace = 10;
+    let started = std::time::Instant::now();
+    env.client.stop_container(&id, grace).expect("StopContainer");
+    let took = started.elapsed();
+    assert!(took < secs(grace as u64 / 2), "StopContainer took {took:?} for an init that exits on SIGTERM");
+    let status = env.wait_container_state(&id, EXITED, secs(10));
+    assert_eq!(status.exit_code, 0, "the init's own exit status: {status:?}");
+    assert!(!pid_alive(worker), "the worker {worker} was killed with the init");
+
+    env.client.stop_pod_sandbox(&pod.id).expect("StopPodSandbox");
+    env.client.remove_pod_sandbox(&pod.id).expect("RemovePodSandbox");
+    let left = env.leftovers();
+    assert!(left.is_empty(), "the removed pod left behind:\n  {}", left.join("\n  "));
+    assert!(!pid_alive(init), "the init {init} is gone");
 }

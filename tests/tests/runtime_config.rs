@@ -130,8 +130,9 @@ fn crun_binary(daemon: Daemon) {
         .runtime_binary("crun")
         .run(&["sleep", "1000"]);
     if !out.ok() {
-        // crun 1.8 (Debian 12) refuses cgroup v1 "hybrid" hosts. Only that may skip the test.
-        if out.stderr.contains("cgroups in hybrid mode not supported") {
+        // crun 1.8 (Debian 12) refuses cgroup v1 "hybrid" hosts, and the runtime-spec version
+        // (1.2) of containerd 2.x's specs. Only these may skip the test.
+        if out.stderr.contains("cgroups in hybrid mode not supported") || out.stderr.contains("unknown version specified") {
             skip(
                 "crun_binary",
                 &format!("crun refuses this host: {}", out.stderr.trim()),

@@ -12,7 +12,7 @@ use tether_protos::{
 };
 use tether_tests::containerd::mounted_below;
 use tether_tests::env::{pid_alive, pid_exists, Env};
-use tether_tests::runtime::tether_shim_binary;
+use tether_tests::runtime::{tether_ctl_binary, tether_shim_binary};
 use tether_tests::shim::{exec_request, ShimClient};
 use tether_tests::{secs, wait_until};
 use tether_tests::Case;
@@ -211,16 +211,22 @@ fn containerd_restart_keeps_tasks_and_exit_statuses(case: Case) {
     env.containerd.restart();
     // containerd reconnects to the shims it finds in its state dir.
     assert_eq!(ctr.wait_status("r1", "RUNNING", secs(15)).pid, r1.pid);
-    assert_eq!(ctr.wait_status("r2", "STOPPED", secs(15)).pid, r2.pid);
+    // containerd 1.x lists r2 as stopped, with its exit status; 2.x deletes a task whose
+    // shim reports no process left (it takes it for a shim leaked by a crash), and learns the
+    // exit from the /tasks/exit event alone.
+    let lists_exited = !env.containerd.daemon().is_v2();
+    if lists_exited {
+        assert_eq!(ctr.wait_status("r2", "STOPPED", secs(15)).pid, r2.pid);
+    } else {
+        ctr.wait_gone("r2", secs(15));
+    }
     ctr.wait_status("r3", "PAUSED", secs(15));
     // The exit event the shim could not publish during the downtime arrives afterwards
-    // (containerd logs each event a shim forwards).
+    // (containerd 1.x logs each event a shim forwards; 2.x does not).
     let forwarded = format!("ns={} topic=/tasks/exit", env.ns);
     assert!(
-        wait_until(secs(20), || env.containerd.log()[log_before..]
-            .contains(&forwarded)
-            .then_some(()))
-        .is_some(),
+        !lists_exited
+            || wait_until(secs(20), || env.containerd.log()[log_before..].contains(&forwarded).then_some(())).is_some(),
         "r2's /tasks/exit was forwarded after the restart (looked for {forwarded:?} in the log)"
     );
     let out = env.exec("r1", "after-restart", &["echo", "exec-ok"]);
@@ -228,11 +234,9 @@ fn containerd_restart_keeps_tasks_and_exit_statuses(case: Case) {
     assert_eq!(out.stdout, "exec-ok\n");
     ctr.run(&["task", "resume", "r3"]).expect_ok();
     ctr.wait_status("r3", "RUNNING", secs(10));
-    assert_eq!(
-        ctr.rm_task("r2"),
-        9,
-        "the exit status from the downtime is kept"
-    );
+    if lists_exited {
+        assert_eq!(ctr.rm_task("r2"), 9, "the exit status from the downtime is kept");
+    }
 
     ctr.kill("r1", "SIGKILL", false).expect_ok();
     ctr.wait_status("r1", "STOPPED", secs(10));
@@ -266,6 +270,17 @@ fn journal(bundle: &Path) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// How many events the shim serving the task of `bundle` has not delivered yet (its debug
+/// dump, through tether-ctl: JSON leaves an empty list out).
+fn pending_events(bundle: &Path) -> usize {
+    let mut cmd = std::process::Command::new(tether_ctl_binary());
+    cmd.arg("--bundle").arg(bundle).args(["--json", "dump"]);
+    let out = tether_tests::process::run(cmd, None, secs(30));
+    let dump: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(dump["containers"].is_array(), "not a dump: {dump}");
+    dump["pendingEvents"].as_array().map_or(0, Vec::len)
+}
+
 /// A shell loop that exits with `code` once `file` exists.
 fn exit_when(file: &str, code: u32) -> String {
     format!("while [ ! -e {file} ]; do sleep 0.05; done; exit {code}")
@@ -294,6 +309,7 @@ fn exits_survive_a_long_containerd_outage(case: Case) {
     }
     let pids: Vec<u32> = tasks.iter().map(|(id, _)| ctr.wait_status(id, "RUNNING", secs(10)).pid).collect();
     let shim = ShimClient::for_task(&env, "keeper");
+    let shim_pid = env.shim_pid_of("keeper");
 
     env.containerd.kill9();
     let down = Instant::now();
@@ -322,13 +338,22 @@ fn exits_survive_a_long_containerd_outage(case: Case) {
         assert_eq!((state.status.enum_value(), state.exit_status), (Ok(api::Status::STOPPED), *code));
         assert_eq!(shim.wait(id).unwrap(), *code);
     }
+    let keeper = env.containerd.bundle(&env.ns, "keeper");
+    assert!(pending_events(&keeper) > OVERFLOW, "the shim holds what containerd could not take");
     std::thread::sleep(OUTAGE.saturating_sub(down.elapsed()));
 
     let log_before = env.containerd.log().len();
     env.containerd.restart();
     let outage = down.elapsed();
+    // As in containerd_restart_keeps_tasks_and_exit_statuses: 1.x lists the exited tasks,
+    // 2.x deletes them (the exits still reach it as events, checked below).
+    let lists_exited = !env.containerd.daemon().is_v2();
     for (id, _) in &tasks {
-        ctr.wait_status(id, "STOPPED", secs(15));
+        if lists_exited {
+            ctr.wait_status(id, "STOPPED", secs(15));
+        } else {
+            ctr.wait_gone(id, secs(15));
+        }
     }
     // An exit leaves the journal only once containerd has accepted its /tasks/exit event.
     for (id, _) in &tasks {
@@ -339,6 +364,13 @@ fn exits_survive_a_long_containerd_outage(case: Case) {
             journal(&bundle)
         );
     }
+    // Every event the shim queued (in memory and spilled) has been accepted by containerd:
+    // its queue, as its debug dump shows it, is empty.
+    assert!(
+        wait_until(secs(60), || (pending_events(&keeper) == 0).then_some(())).is_some(),
+        "the shim still holds {} undelivered events",
+        pending_events(&keeper)
+    );
     let drained = down.elapsed() - outage;
     let forwarded = |topic: &str| {
         let needle = format!("ns={} topic={topic} ", env.ns);
@@ -349,13 +381,19 @@ fn exits_survive_a_long_containerd_outage(case: Case) {
         "outage {outage:?}: after the restart containerd got {exits} exit and {added} exec-added events, \
          the last exit {drained:?} after the restart"
     );
-    assert!(exits >= tasks.len(), "every exit event was forwarded after the restart ({exits})");
-    assert!(added >= OVERFLOW, "no event was dropped ({added} of {OVERFLOW} exec-added)");
+    // containerd 2.x does not log the events it is forwarded.
+    if lists_exited {
+        assert!(exits >= tasks.len(), "every exit event was forwarded after the restart ({exits})");
+        assert!(added >= OVERFLOW, "no event was dropped ({added} of {OVERFLOW} exec-added)");
+    }
     // State through containerd, Wait straight to the shim, Delete's answer: each code as it was.
-    for (id, code) in &tasks {
+    for (id, code) in tasks.iter().filter(|_| lists_exited) {
         assert_eq!(shim.wait(id).unwrap(), *code);
         assert_eq!(ctr.rm_task(id), *code as i32, "{id}");
     }
+    // containerd (2.x after each of those deletes) calls Shutdown: a shim with a task left
+    // serves on.
+    assert!(pid_alive(shim_pid), "the shim still serves its keeper");
 }
 
 /// containerd runs `<shim> delete` for each task of a shim that died; here the test runs it

@@ -193,6 +193,7 @@ fn runtime(op: &'static str, message: String) -> Error {
 fn failure_to_error(id: &str, op: &'static str, failure: Failure, message: String) -> Error {
     match failure {
         Failure::NotFound => Error::NotFound(id.to_string()),
+        Failure::NotRunning => Error::NotRunning(id.to_string()),
         Failure::BadProcess => Error::BadProcess { binary: NAME.into(), op, message },
         Failure::BadSpec => Error::BadSpec { binary: NAME.into(), op, message },
         Failure::Runtime => runtime(op, message),

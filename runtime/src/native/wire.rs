@@ -70,6 +70,8 @@ impl Op {
 pub enum Failure {
     /// The container has no state in the root.
     NotFound,
+    /// The container's init has exited: nothing to signal.
+    NotRunning,
     /// The container's program cannot be run (missing, not executable).
     BadProcess,
     /// The bundle's spec is invalid.

@@ -118,6 +118,7 @@ const EXEC_FAILED: &str = "exec process failed with error";
 pub fn classify(op: &str, err: &LibcontainerError) -> (Failure, String) {
     let failure = match err {
         LibcontainerError::NoDirectory => Failure::NotFound,
+        LibcontainerError::IncorrectStatus(ContainerStatus::Stopped) if op == "kill" => Failure::NotRunning,
         LibcontainerError::InvalidID(_)
         | LibcontainerError::MissingSpec(_)
         | LibcontainerError::InvalidSpec(_)

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 
-use crate::containerd::Containerd;
+use crate::containerd::{cgroup_mount_points, mounted_below, Containerd};
 use crate::env::{skip, Executor, CONTAINER_PATH};
 use crate::process::wait_until;
 use crate::runtime::Runtime;
@@ -119,7 +119,15 @@ impl CriEnv {
 
     /// RunPodSandbox of pod `name` with this test's handler.
     pub fn run_pod(&self, name: &str) -> Pod {
-        let config = self.pod_config(name);
+        self.run_pod_with_pid(name, cri::NamespaceMode::Container)
+    }
+
+    /// RunPodSandbox of pod `name` whose PID namespace is `pid`: `Container` (one per
+    /// container, the kubelet's default), `Pod` (shareProcessNamespace) or `Node` (hostPID).
+    /// Its containers must ask for the same ([`with_pid_namespace`]).
+    pub fn run_pod_with_pid(&self, name: &str, pid: cri::NamespaceMode) -> Pod {
+        let mut config = self.pod_config(name);
+        set_pid(config.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut()), pid);
         let id = self
             .client
             .run_pod_sandbox(config.clone(), self.handler)
@@ -216,14 +224,54 @@ impl CriEnv {
             let _ = self.client.remove_pod_sandbox(&pod.id);
         }
     }
+
+    /// What the pods left behind once they are removed: shims still serving this containerd,
+    /// mounts below its dir, cgroups below its pods' cgroup parent, runtime state of tether's
+    /// handlers. Waits up to 10 s for it to go (shims exit after their last task).
+    pub fn leftovers(&self) -> Vec<String> {
+        let now = || {
+            let plugin = self.plugin();
+            let mut left: Vec<String> =
+                self.containerd.shim_processes().into_iter().map(|(pid, argv)| format!("shim {pid}: {}", argv.join(" "))).collect();
+            left.extend(mounted_below(self.containerd.dir()).into_iter().map(|m| format!("mount {}", m.display())));
+            for hierarchy in cgroup_mount_points() {
+                let parent = hierarchy.join(plugin.cgroup_parent().trim_start_matches('/'));
+                let children = std::fs::read_dir(&parent).into_iter().flatten().flatten();
+                left.extend(children.filter(|c| c.path().is_dir()).map(|c| format!("cgroup {}", c.path().display())));
+            }
+            for executor in [Executor::Runc, Executor::Native] {
+                let entries = std::fs::read_dir(plugin.runtime_root(executor)).into_iter().flatten().flatten();
+                left.extend(entries.map(|e| format!("runtime state {}", e.path().display())));
+            }
+            left
+        };
+        wait_until(Duration::from_secs(10), || Some(now()).filter(Vec::is_empty)).unwrap_or_else(now)
+    }
 }
 
 impl Drop for CriEnv {
+    /// Removes every pod, then fails the test (unless it failed already) if anything of them
+    /// is left.
     fn drop(&mut self) {
-        if self.containerd.is_running() {
-            self.remove_pods();
+        if !self.containerd.is_running() {
+            return;
+        }
+        self.remove_pods();
+        if !std::thread::panicking() {
+            let left = self.leftovers();
+            assert!(left.is_empty(), "the removed pods left behind:\n  {}", left.join("\n  "));
         }
     }
+}
+
+/// `config` with the PID namespace `pid` (see [`CriEnv::run_pod_with_pid`]).
+pub fn with_pid_namespace(mut config: cri::ContainerConfig, pid: cri::NamespaceMode) -> cri::ContainerConfig {
+    set_pid(config.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut()), pid);
+    config
+}
+
+fn set_pid(options: Option<&mut cri::NamespaceOption>, pid: cri::NamespaceMode) {
+    options.expect("the harness' configs name their namespaces").pid = pid as i32;
 }
 
 /// Host network, a pid namespace per container (the kubelet's default), the pod's IPC.
