@@ -43,4 +43,7 @@ pub mod type_urls {
     pub const RUNC_OPTIONS: &str = "containerd.runc.v1.Options";
     /// The OCI runtime spec's Process, carried by Exec requests as JSON.
     pub const OCI_PROCESS: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+    /// The OCI runtime spec's Features document (what `runc features` prints), as JSON: the
+    /// `features` of a shim's RuntimeInfo (`-info`).
+    pub const OCI_FEATURES: &str = "types.containerd.io/opencontainers/runtime-spec/1/features/Features";
 }

@@ -224,6 +224,24 @@ fn read_pid(path: &Path) -> Result<i32> {
         .map_err(|_| Error::io(format!("pid file {} holds {text:?}", path.display()), std::io::ErrorKind::InvalidData.into()))
 }
 
+/// The runtime's Features document (the OCI runtime spec's features.md): the JSON that
+/// `<binary> features` prints, parsed. It waits for the binary itself, so it is for a process
+/// without the shim's reaper (`-info`). A runtime without the subcommand (youki before 0.3)
+/// fails it with [`Error::Runtime`].
+pub fn features(binary: &Path) -> Result<serde_json::Value> {
+    let name = binary.display().to_string();
+    let out = Command::new(binary)
+        .arg("features")
+        .stdin(ProcStdio::null())
+        .output()
+        .map_err(|source| Error::Spawn { binary: binary.to_path_buf(), source })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::Runtime { binary: name, op: "features", message: format!("{}: {}", out.status, stderr.trim()) });
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| Error::Output { binary: name, op: "features", message: e.to_string() })
+}
+
 /// The exit code of a raw wait status; a death by signal counts as 128 + signal.
 pub fn exit_code(status: i32) -> i32 {
     if libc::WIFEXITED(status) {
@@ -426,7 +444,34 @@ impl Executor for RuncExecutor {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
+
+    /// An executable shell script `name` in `dir` running `body`, standing in for a runtime.
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let path = dir.join(name);
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn features_are_the_binarys_json() {
+        let dir = std::env::temp_dir().join(format!("tether-features-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let ok = script(&dir, "ok", r#"[ "$1" = features ] && echo '{"ociVersionMin":"1.0.0","hooks":["prestart"]}'"#);
+        let json = features(&ok).unwrap();
+        assert_eq!(json["hooks"][0], "prestart", "{json}");
+        let refusing = script(&dir, "refusing", "echo 'unknown command features' >&2; exit 1");
+        let err = features(&refusing).unwrap_err();
+        assert!(matches!(err, Error::Runtime { .. }) && err.to_string().contains("unknown command features"), "{err}");
+        let garbled = script(&dir, "garbled", "echo not json");
+        assert!(matches!(features(&garbled), Err(Error::Output { .. })));
+        let missing = features(&dir.join("no-such-runtime")).unwrap_err();
+        assert!(matches!(missing, Error::Spawn { .. }), "{missing}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn error_message_prefers_error_lines() {

@@ -1,6 +1,7 @@
 //! The command line containerd uses to launch a shim:
 //! `containerd-shim-tether-v2 -namespace NS -address SOCK -publish-binary PATH -id ID
-//! [-bundle DIR] [-debug] start|delete`, plus `serve`, which `start` runs in the background.
+//! [-bundle DIR] [-debug] start|delete`, plus `serve`, which `start` runs in the background,
+//! and containerd 2.x's `-info` (introspection, which needs no other flag).
 //! Flags follow Go's `flag` package: one or two dashes, `-name value` or `-name=value`.
 
 use std::path::PathBuf;
@@ -16,6 +17,8 @@ pub enum Action {
     Serve,
     /// Print the version.
     Version,
+    /// Print the RuntimeInfo for the runtime options on stdin (containerd 2.x's `-info`).
+    Info,
 }
 
 /// Parsed flags.
@@ -67,6 +70,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         match name {
             "debug" => out.debug = inline.as_deref().is_none_or(|v| v != "false"),
             "v" | "version" => action = Some(Action::Version),
+            "info" => action = Some(Action::Info),
             "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket" => {
                 let value = match inline {
                     Some(v) => v,
@@ -85,7 +89,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         }
     }
     out.action = action.unwrap_or(Action::Serve);
-    if out.action != Action::Version && (out.namespace.is_empty() || out.id.is_empty()) {
+    let needs_task = !matches!(out.action, Action::Version | Action::Info);
+    if needs_task && (out.namespace.is_empty() || out.id.is_empty()) {
         return Err("-namespace and -id are required".into());
     }
     Ok(out)
@@ -124,5 +129,11 @@ mod tests {
         assert!(parse(v("-namespace x -id")).is_err());
         assert!(parse(v("-bogus 1 -namespace x -id y")).is_err());
         assert_eq!(parse(v("-v")).unwrap().action, Action::Version);
+    }
+
+    #[test]
+    fn info_needs_no_task() {
+        assert_eq!(parse(v("-info")).unwrap().action, Action::Info);
+        assert_eq!(parse(v("-namespace k8s.io -debug -info")).unwrap().action, Action::Info);
     }
 }

@@ -1,5 +1,6 @@
 //! tether's configuration: a TOML file named by the runtime options containerd sends with
-//! Create, or containerd's runc options, resolved into the settings of one container.
+//! Create, or containerd's runc options, resolved into the settings of one container. Without
+//! either, the node's default file (`/etc/tether/config.toml`, or `$TETHER_CONFIG`) applies.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,6 +19,23 @@ use crate::error::{Error, Result};
 
 /// Where runtime state lives when the config does not say (`<this>/<namespace>`).
 pub const DEFAULT_ROOT: &str = "/run/tether";
+
+/// The node's default config file, read when a Create carries no runtime options.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/tether/config.toml";
+
+/// The environment variable that names another default config file (empty: none at all).
+/// The shim inherits containerd's environment, so it is set where containerd runs.
+pub const CONFIG_ENV: &str = "TETHER_CONFIG";
+
+/// The default config file this process would read: `$TETHER_CONFIG` when it is set (`None`
+/// when it is set but empty), else [`DEFAULT_CONFIG_FILE`].
+pub fn default_config_path() -> Option<PathBuf> {
+    match std::env::var_os(CONFIG_ENV) {
+        Some(v) if v.is_empty() => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)),
+    }
+}
 
 /// The TOML file's contents. Unknown keys are an error, so that a typo is not silently ignored.
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -134,10 +152,21 @@ impl Settings {
     }
 
     /// Resolves the runtime options of a Create request (absent, containerd's runtimeoptions
-    /// naming a config file, or containerd's runc options).
+    /// naming a config file, or containerd's runc options). Without options, or with
+    /// runtimeoptions that name no config, the node's default file applies
+    /// ([`default_config_path`]) when it exists.
     pub fn from_options(namespace: &str, options: Option<&Any>) -> Result<Self> {
+        Settings::resolve(namespace, options, default_config_path().as_deref())
+    }
+
+    /// [`Settings::from_options`] with the default file given: options that name a config
+    /// (a path or its body) or runc options win over `default_file`; a missing `default_file`
+    /// leaves the built-in defaults, one that cannot be read or parsed is a Config error
+    /// naming it.
+    pub fn resolve(namespace: &str, options: Option<&Any>, default_file: Option<&Path>) -> Result<Self> {
         let mut settings = Settings::defaults(namespace);
         let Some(any) = options.filter(|a| !a.type_url.is_empty()) else {
+            settings.apply_default_file(default_file)?;
             return Ok(settings);
         };
         let url = any.type_url.as_str();
@@ -152,6 +181,8 @@ impl Settings {
                     message: e.to_string(),
                 })?;
                 settings.apply_file(&parse_config(&opts.config_path, &text)?);
+            } else {
+                settings.apply_default_file(default_file)?;
             }
         } else if url.ends_with("containerd.runc.v1.Options") {
             let opts = runc_options::Options::parse_from_bytes(&any.value)
@@ -169,6 +200,17 @@ impl Settings {
             )));
         }
         Ok(settings)
+    }
+
+    fn apply_default_file(&mut self, path: Option<&Path>) -> Result<()> {
+        let Some(path) = path else { return Ok(()) };
+        let name = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => self.apply_file(&parse_config(&name, &text)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Config { path: name, message: e.to_string() }),
+        }
+        Ok(())
     }
 
     fn apply_file(&mut self, file: &ConfigFile) {
@@ -215,6 +257,24 @@ impl Settings {
         }
     }
 
+    /// The executor's Features document (the OCI runtime spec's features.md) as JSON: what
+    /// `<binary> features` prints for the runc executor, libcontainer's for the native one.
+    /// `None` when the runtime binary has no `features` subcommand, as containerd's runc shim
+    /// then reports none either. Runs the binary and waits for it: not for the serving shim.
+    pub fn features(&self) -> Result<Option<Vec<u8>>> {
+        match self.executor {
+            ExecutorKind::Runc => match tether_runtime::runc::features(&self.binary) {
+                Ok(json) => Ok(Some(json.to_string().into_bytes())),
+                Err(e @ tether_runtime::Error::Runtime { .. }) => {
+                    log::warn!("{e}: no features to report");
+                    Ok(None)
+                }
+                Err(e) => Err(e.into()),
+            },
+            ExecutorKind::Native => native::features().map(Some),
+        }
+    }
+
     /// The runc-CLI executor's configuration.
     pub fn runc(&self) -> RuncConfig {
         RuncConfig {
@@ -258,6 +318,11 @@ mod native {
     pub fn standalone(settings: &Settings) -> Result<Arc<dyn Executor>> {
         Ok(Arc::new(NativeExecutor::single_threaded(config(settings))))
     }
+
+    pub fn features() -> Result<Vec<u8>> {
+        let features = tether_runtime::native::features::features();
+        Ok(serde_json::to_vec(&features).expect("a document of strings, lists and flags always serializes"))
+    }
 }
 
 /// A build without the cargo feature `native`: `executor = "native"` is refused.
@@ -290,6 +355,10 @@ mod native {
     pub fn standalone(_: &Settings) -> Result<Arc<dyn Executor>> {
         Err(unavailable())
     }
+
+    pub fn features() -> Result<Vec<u8>> {
+        Err(unavailable())
+    }
 }
 
 /// The helper the serving shim hands to [`Settings::executor`].
@@ -318,10 +387,74 @@ mod tests {
 
     #[test]
     fn no_options_give_defaults() {
-        let s = Settings::from_options("k8s.io", None).unwrap();
+        let s = Settings::resolve("k8s.io", None, None).unwrap();
         assert_eq!(s, Settings::defaults("k8s.io"));
         assert_eq!(s.root, Path::new("/run/tether/k8s.io"));
         assert_eq!(s.binary, Path::new("runc"));
+    }
+
+    /// A node default file in a temp dir, and runtime options naming another config.
+    fn default_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn the_default_file_applies_without_options() {
+        let (_dir, path) = default_file("executor = \"native\"\n[native]\nroot = \"/run/n\"\n");
+        let s = Settings::resolve("ns", None, Some(&path)).unwrap();
+        assert_eq!(s.executor, ExecutorKind::Native);
+        assert_eq!(s.root, Path::new("/run/n"));
+        // runtimeoptions that name no config (CRI without ConfigPath) leave it in force too.
+        let empty = any("runtimeoptions.v1.Options", &runtimeoptions::Options::new());
+        assert_eq!(Settings::resolve("ns", Some(&empty), Some(&path)).unwrap().executor, ExecutorKind::Native);
+    }
+
+    #[test]
+    fn a_missing_default_file_means_built_in_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::resolve("ns", None, Some(&dir.path().join("absent.toml"))).unwrap();
+        assert_eq!(s, Settings::defaults("ns"));
+    }
+
+    #[test]
+    fn a_broken_default_file_is_an_error_naming_it() {
+        let (_dir, path) = default_file("executor = \"nativ\"\n");
+        let err = Settings::resolve("ns", None, Some(&path)).unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{err:?}");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        // A directory where the file should be cannot be read: also its error, not defaults.
+        let err = Settings::resolve("ns", None, path.parent()).unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn options_naming_a_config_win_over_the_default_file() {
+        let (_dir, default) = default_file("executor = \"native\"\nlog_level = \"trace\"\n");
+        let (_dir2, own) = default_file("[runc]\nbinary = \"/opt/crun\"\n");
+        let path_opts = runtimeoptions::Options { config_path: own.display().to_string(), ..Default::default() };
+        let s = Settings::resolve("ns", Some(&any("runtimeoptions.v1.Options", &path_opts)), Some(&default)).unwrap();
+        assert_eq!((s.executor, s.binary.as_path(), s.log_level), (ExecutorKind::Runc, Path::new("/opt/crun"), None));
+        let body_opts = runtimeoptions::Options { config_body: "log_level = \"warn\"\n".into(), ..Default::default() };
+        let s = Settings::resolve("ns", Some(&any("runtimeoptions.v1.Options", &body_opts)), Some(&default)).unwrap();
+        assert_eq!((s.executor, s.log_level), (ExecutorKind::Runc, Some(LogLevel::Warn)));
+        let runc = runc_options::Options { binary_name: "/usr/local/bin/runc".into(), ..Default::default() };
+        let s = Settings::resolve("ns", Some(&any("containerd.runc.v1.Options", &runc)), Some(&default)).unwrap();
+        assert_eq!((s.executor, s.binary.as_path(), s.log_level), (ExecutorKind::Runc, Path::new("/usr/local/bin/runc"), None));
+    }
+
+    #[test]
+    fn the_environment_names_the_default_file() {
+        // The only test that sets TETHER_CONFIG; the values it sets give every other caller
+        // of `from_options` the built-in defaults, as an unset variable does on this machine.
+        std::env::set_var(CONFIG_ENV, "/nonexistent/tether.toml");
+        assert_eq!(default_config_path(), Some(PathBuf::from("/nonexistent/tether.toml")));
+        std::env::set_var(CONFIG_ENV, "");
+        assert_eq!(default_config_path(), None, "an empty value means no default file");
+        std::env::remove_var(CONFIG_ENV);
+        assert_eq!(default_config_path(), Some(PathBuf::from(DEFAULT_CONFIG_FILE)));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! `tether-ctl dump` prints.
 
 use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
     fmt::Write as _,
     fs,
     path::Path,
@@ -13,7 +14,7 @@ use std::{
 };
 
 use tether_protos::{
-    debug::{DumpRequest, DumpResponse, Event, EventsRequest, EventsResponse, Process},
+    debug::{Container, DumpRequest, DumpResponse, Event, EventsRequest, EventsResponse, OutputHolder, Process},
     debug_ttrpc::{create_debug, Debug},
     topics,
     ttrpc::{self, MethodHandler, TtrpcContext},
@@ -57,7 +58,9 @@ impl DebugService {
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
                 .unwrap_or(0)
         };
-        let containers = self.table.dump();
+        let mut containers = self.table.dump();
+        // Outside the table's lock: a walk of /proc takes a while on a busy node.
+        add_output_holders(&mut containers, std::process::id());
         let journal = containers.iter().flat_map(|c| journal::read(Path::new(&c.bundle)).into_iter().map(|e| journaled(&c.id, &e))).collect();
         DumpResponse {
             pid: std::process::id(),
@@ -110,6 +113,70 @@ fn open_fds() -> Vec<String> {
         .collect();
     fds.sort();
     fds.into_iter().map(|(fd, target)| format!("{fd} -> {target}")).collect()
+}
+
+/// Adds to each exited process the processes other than `shim` that still hold a write end
+/// of its stdout or stderr pipe.
+fn add_output_holders(containers: &mut [Container], shim: u32) {
+    let streams = |p: &Process| {
+        let s = p.stdio.as_ref().cloned().unwrap_or_default();
+        [("stdout", s.stdout_pipe), ("stderr", s.stderr_pipe)].into_iter().filter(|(_, inode)| *inode != 0)
+    };
+    let exited = |c: &Container| c.init.as_ref().into_iter().chain(&c.execs).filter(|p| p.exited).cloned().collect::<Vec<_>>();
+    let wanted: HashSet<u64> =
+        containers.iter().flat_map(exited).flat_map(|p| streams(&p).map(|(_, inode)| inode).collect::<Vec<_>>()).collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let writers = pipe_writers(&wanted, shim);
+    for c in containers {
+        for p in c.init.as_mut().into_iter().chain(c.execs.iter_mut()).filter(|p| p.exited) {
+            let mut held: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+            for (stream, inode) in streams(p) {
+                for pid in writers.get(&inode).into_iter().flatten() {
+                    held.entry(*pid).or_default().push(stream.to_string());
+                }
+            }
+            p.output_holders = held
+                .into_iter()
+                .map(|(pid, streams)| OutputHolder { pid, command: command_of(pid), streams, ..Default::default() })
+                .collect();
+        }
+    }
+}
+
+/// For each pipe inode of `inodes`, the processes other than `skip` that hold it open for
+/// writing: found by their `/proc/PID/fd` links (`pipe:[INODE]`) and the access mode in
+/// `/proc/PID/fdinfo`. Processes that end during the walk are left out.
+fn pipe_writers(inodes: &HashSet<u64>, skip: u32) -> BTreeMap<u64, BTreeSet<i32>> {
+    let mut found: BTreeMap<u64, BTreeSet<i32>> = BTreeMap::new();
+    let pids = fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    for pid in pids.filter(|pid| *pid != skip) {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else { continue };
+            let inode = target.to_str().and_then(|t| t.strip_prefix("pipe:[")?.strip_suffix(']')?.parse::<u64>().ok());
+            let Some(inode) = inode.filter(|i| inodes.contains(i)) else { continue };
+            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy())).unwrap_or_default();
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
+            if flags.is_some_and(|f| f as i32 & libc::O_ACCMODE != libc::O_RDONLY) {
+                found.entry(inode).or_default().insert(pid as i32);
+            }
+        }
+    }
+    found
+}
+
+/// A process's command line, or its name when it has none (a kernel thread, a zombie).
+fn command_of(pid: i32) -> String {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let words: Vec<String> =
+        cmdline.split(|b| *b == 0).filter(|w| !w.is_empty()).map(|w| String::from_utf8_lossy(w).into_owned()).collect();
+    if words.is_empty() {
+        fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim().to_string()).unwrap_or_default()
+    } else {
+        words.join(" ")
+    }
 }
 
 impl Debug for DebugService {
@@ -184,6 +251,9 @@ fn render_process(out: &mut String, p: &Process) {
             if s.terminal { ", terminal" } else { "" }
         );
     }
+    for h in &p.output_holders {
+        let _ = writeln!(out, "    output held open by: {} ({}) on {}", h.pid, h.command, h.streams.join(", "));
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +271,12 @@ mod tests {
             exited: true,
             exit_status: 3,
             exited_at_unix_nanos: 1_700_000_000_000_000_000,
+            output_holders: vec![OutputHolder {
+                pid: 1234,
+                command: "sleep 1000".into(),
+                streams: vec!["stdout".into(), "stderr".into()],
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let init = Process {
@@ -230,9 +306,39 @@ mod tests {
             "init: pid 42, running",
             "stdout /fifo/out (12 bytes)",
             "exec e1: pid 43, stopped, exit status 3 at 2023-11-14T22:13:20",
+            "output held open by: 1234 (sleep 1000) on stdout, stderr",
             "0 -> /dev/null",
         ] {
             assert!(text.contains(needle), "{needle:?} in:\n{text}");
         }
+    }
+
+    /// A child that got the write end of a pipe and keeps it after this process closed its own
+    /// copy is found, with its command; the read end (ours) and other pipes are not.
+    #[test]
+    fn holders_of_an_exited_process_output_are_found() {
+        use std::os::fd::AsRawFd;
+
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let inode = nix::sys::stat::fstat(&r).unwrap().st_ino;
+        let mut child = std::process::Command::new("sleep").arg("30").stdout(std::process::Stdio::from(w)).spawn().unwrap();
+        let pid = child.id() as i32;
+        let mut exited = Process { exec_id: "e1".into(), exited: true, ..Default::default() };
+        exited.stdio = Some(tether_protos::debug::Stdio { stdout_pipe: inode, ..Default::default() }).into();
+        let running = Process { pid: 5, stdio: exited.stdio.clone(), ..Default::default() };
+        let mut containers =
+            vec![Container { id: "c1".into(), init: Some(running).into(), execs: vec![exited], ..Default::default() }];
+        // Our read end is skipped as the shim's own would be: the skip is this process.
+        add_output_holders(&mut containers, std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        let holders = &containers[0].execs[0].output_holders;
+        assert_eq!(holders.len(), 1, "{holders:?}");
+        assert_eq!((holders[0].pid, holders[0].command.as_str()), (pid, "sleep 30"));
+        assert_eq!(holders[0].streams, ["stdout"]);
+        assert!(containers[0].init.output_holders.is_empty(), "a running process's holders are not looked for");
+        // A read end alone holds no output open: with the writer gone, nobody is named.
+        let again = pipe_writers(&HashSet::from([inode]), std::process::id());
+        assert!(again.is_empty(), "{again:?} (read end fd {})", r.as_raw_fd());
     }
 }

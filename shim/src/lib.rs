@@ -9,6 +9,7 @@ pub mod debug;
 pub mod error;
 pub mod events;
 pub mod idle;
+pub mod info;
 pub mod journal;
 pub mod launch;
 pub mod logger;

@@ -51,6 +51,9 @@ fn main() -> ExitCode {
             println!("containerd-shim-tether-v2 {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Action::Info => tether_shim::info::info(&mut std::io::stdin().lock())
+            .map_err(|e| e.to_string())
+            .and_then(|info| launch::print(&info)),
         Action::Start => launch::start(&args).and_then(|reply| launch::print(&reply)),
         Action::Delete => launch::delete(&args).and_then(|resp| launch::print(&resp)),
         Action::Serve => serve(&args),

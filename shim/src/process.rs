@@ -168,6 +168,7 @@ impl Process {
         let (code, at) = self.exit_fields();
         let count = |c: Option<&Arc<AtomicU64>>| c.map_or(0, |c| c.load(Ordering::Relaxed));
         let copied = self.io.as_ref().map(|io| &io.copied);
+        let pipes = self.io.as_ref().map(|io| io.pipes).unwrap_or_default();
         debug::Process {
             exec_id: self.exec_id.clone(),
             pid: self.pid,
@@ -183,6 +184,8 @@ impl Process {
                 stdin_bytes: count(copied.map(|c| &c.stdin)),
                 stdout_bytes: count(copied.map(|c| &c.stdout)),
                 stderr_bytes: count(copied.map(|c| &c.stderr)),
+                stdout_pipe: pipes.stdout,
+                stderr_pipe: pipes.stderr,
                 ..Default::default()
             })
             .into(),

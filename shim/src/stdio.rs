@@ -243,6 +243,14 @@ pub struct Copied {
     pub stderr: Arc<AtomicU64>,
 }
 
+/// The inodes of the pipes a process writes its output into (0: the stream is no pipe), by
+/// which the debug dump finds who else still holds them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OutputPipes {
+    pub stdout: u64,
+    pub stderr: u64,
+}
+
 /// The shim's side of a process's stdio: copy threads, the stdin closer and the pty master.
 pub struct ProcessIo {
     spec: StdioSpec,
@@ -251,6 +259,8 @@ pub struct ProcessIo {
     _release: OwnedFd,
     /// What the copiers have moved so far.
     pub copied: Copied,
+    /// The output pipes the process was given.
+    pub pipes: OutputPipes,
     /// Dropping this wakes the stdin copier, which then closes the process's stdin.
     stdin_cancel: Mutex<Option<OwnedFd>>,
     stdin_cancel_rx: Option<OwnedFd>,
@@ -273,6 +283,7 @@ impl ProcessIo {
             drain,
             _release: release,
             copied: Copied::default(),
+            pipes: OutputPipes::default(),
             stdin_cancel: Mutex::new(None),
             stdin_cancel_rx: None,
             stdin_sink: None,
@@ -297,6 +308,7 @@ impl ProcessIo {
         if let (Output::Binary { path, args }, true) = (&stdout, spec.stdout == spec.stderr) {
             let (out_r, out_w) = pipe()?;
             let (err_r, err_w) = pipe()?;
+            io.pipes = OutputPipes { stdout: pipe_inode(&out_r)?, stderr: pipe_inode(&err_r)? };
             start_logger(path, args, id, namespace, out_r, err_r)?;
             stdio.stdout = Some(out_w);
             stdio.stderr = Some(err_w);
@@ -316,18 +328,31 @@ impl ProcessIo {
             Output::Fifo(_) => {
                 let sink = open_sink(out, name)?.expect("a fifo has a sink");
                 let (r, w) = pipe()?;
+                self.record_pipe(name, &r)?;
                 let count = if name == "stdout" { self.copied.stdout.clone() } else { self.copied.stderr.clone() };
                 self.drain.spawn(name, move || copy_output(Relay::splicing(), File::from(r), sink, &count))?;
                 Ok(Some(w))
             }
             Output::Binary { path, args } => {
                 let (r, w) = pipe()?;
+                self.record_pipe(name, &r)?;
                 let (unused_r, _unused_w) = pipe()?;
                 let (out_r, err_r) = if name == "stdout" { (r, unused_r) } else { (unused_r, r) };
                 start_logger(path, args, id, ns, out_r, err_r)?;
                 Ok(Some(w))
             }
         }
+    }
+
+    /// Notes the inode of the pipe behind the output stream `name`.
+    fn record_pipe(&mut self, name: &str, read_end: &OwnedFd) -> Result<()> {
+        let inode = pipe_inode(read_end)?;
+        if name == "stdout" {
+            self.pipes.stdout = inode;
+        } else {
+            self.pipes.stderr = inode;
+        }
+        Ok(())
     }
 
     /// Starts copying after the runtime created the process; for terminals, takes the pty
@@ -405,6 +430,12 @@ fn open_sink(out: &Output, name: &str) -> Result<Option<File>> {
         }
         Output::Null | Output::Binary { .. } => Ok(None),
     }
+}
+
+/// The inode of the pipe `fd` is an end of: both ends, in any process, show it as
+/// `pipe:[INODE]` under /proc/PID/fd.
+fn pipe_inode(fd: &OwnedFd) -> Result<u64> {
+    nix::sys::stat::fstat(fd).map(|st| st.st_ino).map_err(|e| Error::io("fstat of a pipe", e.into()))
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {

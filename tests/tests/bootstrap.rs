@@ -3,7 +3,7 @@
 //! (BootstrapParams on stdin, BootstrapResult on stdout, socket in the directory it names).
 //! 2.x is not packaged here, so the binary is run the way those releases run it; each answer
 //! is checked to name a socket where the shim really serves the task API, then the shim is
-//! shut down.
+//! shut down. `-info`, containerd 2.x's introspection, is run as those releases run it too.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,8 +11,14 @@ use std::process::Command;
 use tether_protos::{
     api,
     bootstrap::{BootstrapParams, BootstrapResult},
-    protobuf::{well_known_types::empty::Empty, Message},
+    protobuf::{
+        well_known_types::{any::Any, empty::Empty},
+        Message,
+    },
+    runtimeoptions, type_urls,
+    types::introspection::RuntimeInfo,
 };
+use tether_tests::env::TetherConfig;
 use tether_tests::runtime::tether_shim_binary;
 use tether_tests::shim::ShimClient;
 use tether_tests::{process, secs, wait_until};
@@ -148,4 +154,75 @@ fn start_right_after_shutdown_gets_a_new_shim() {
     let (_, second_pid) = shim_pid(&started.address);
     assert_ne!(second_pid, first_pid, "the second start reused the shim that was shutting down");
     started.check_serves_and_shut_down();
+}
+
+/// `SHIM -info` with `stdin` (containerd writes the handler's options, or nothing), with no
+/// node default config in the way: its exit status, stdout and stderr.
+fn info(stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(tether_shim_binary())
+        .arg("-info")
+        .env("TETHER_CONFIG", "")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the shim with -info");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The RuntimeInfo `-info` printed, checked for what every answer carries; and its features.
+fn decoded(out: &std::process::Output) -> (RuntimeInfo, serde_json::Value) {
+    assert!(out.status.success(), "-info failed: {}", String::from_utf8_lossy(&out.stderr));
+    let info = RuntimeInfo::parse_from_bytes(&out.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", out.stdout));
+    assert_eq!(info.name, "io.containerd.tether.v2", "{info:?}");
+    assert!(!info.version.version.is_empty(), "{info:?}");
+    assert_eq!(info.features.type_url, type_urls::OCI_FEATURES, "{info:?}");
+    let features = serde_json::from_slice(&info.features.value).unwrap_or_else(|e| panic!("features: {e}: {info:?}"));
+    (info, features)
+}
+
+/// Runtime options naming the config file `path`.
+fn config_path_options(path: &Path) -> Any {
+    let opts = runtimeoptions::Options { config_path: path.display().to_string(), ..Default::default() };
+    Any { type_url: type_urls::RUNTIME_OPTIONS.into(), value: opts.write_to_bytes().unwrap(), ..Default::default() }
+}
+
+/// No options: runc's executor, whose features are what `runc features` prints.
+#[test]
+fn info_without_options_reports_runcs_features() {
+    let (info, features) = decoded(&info(b""));
+    assert!(info.options.is_none(), "{info:?}");
+    let runc = Command::new("runc").arg("features").output().expect("runc features");
+    assert!(runc.status.success(), "{runc:?}");
+    let expected: serde_json::Value = serde_json::from_slice(&runc.stdout).unwrap();
+    assert_eq!(features, expected);
+}
+
+/// Options naming a config with `executor = "native"`: libcontainer's own document, and the
+/// options echoed back.
+#[test]
+fn info_with_a_native_config_reports_libcontainers_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TetherConfig { executor: Some("native".into()), ..Default::default() }.write(&dir.path().join("native.toml"));
+    let options = config_path_options(&config);
+    let (info, features) = decoded(&info(&options.write_to_bytes().unwrap()));
+    assert_eq!(info.options.as_ref(), Some(&options));
+    assert_eq!(features["ociVersionMin"], "1.0.0", "{features}");
+    assert!(features["linux"]["namespaces"].as_array().is_some_and(|n| n.contains(&"user".into())), "{features}");
+    assert_eq!(features["linux"]["mountExtensions"]["idmap"]["enabled"], false, "{features}");
+    let runc: serde_json::Value = serde_json::from_slice(&Command::new("runc").arg("features").output().unwrap().stdout).unwrap();
+    assert_ne!(features, runc, "the native executor reports its own features, not runc's");
+}
+
+/// Options tether cannot use: a message on stderr, a failed exit, nothing on stdout.
+#[test]
+fn info_with_bad_options_fails_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = info(&config_path_options(&dir.path().join("missing.toml")).write_to_bytes().unwrap());
+    assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"), "{out:?}");
+    let out = info(b"\x0a\xff");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not a protobuf Any"), "{out:?}");
 }

@@ -5,8 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tether_tests::env::{Env, Executor};
-use tether_tests::Case;
+use tether_tests::env::{Env, Executor, TetherConfig};
+use tether_tests::{Case, Daemon};
 use tether_tests::process::{run, run_on_tty, Output, Proc};
 use tether_tests::runtime::tether_ctl_binary;
 use tether_tests::{secs, wait_until};
@@ -16,6 +16,7 @@ tether_tests::for_each_executor!(
     ctl_runs_a_bundle_without_containerd,
     ctl_attaches_a_terminal,
     hooks_run_after_start_and_at_delete,
+    dump_names_who_holds_an_exited_process_output,
 );
 
 const LOOP_UNTIL_TERM: &str = "trap 'exit 7' TERM; while :; do sleep 0.1; done";
@@ -297,4 +298,80 @@ fn hooks_run_after_start_and_at_delete(case: Case) {
         let state = fs::read_to_string(marker(kind)).unwrap_or_else(|e| panic!("the {kind} hook did not run: {e}\n{out}"));
         assert!(state.contains("\"hk1\""), "the {kind} hook got the container's state: {state}");
     }
+}
+
+/// An exec that exits while its background child keeps its stdout: the dump names the child
+/// as the holder of the exec's output, by pid and command.
+fn dump_names_who_holds_an_exited_process_output(case: Case) {
+    let Some(env) = Env::for_case("ctl_holders", case) else { return };
+    if !env.tether_only("dump_names_who_holds_an_exited_process_output") {
+        return;
+    }
+    env.run("c1").detach().run(&["sleep", "2000"]).expect_ok();
+    env.ctr.wait_status("c1", "RUNNING", secs(10));
+    let b = env.containerd.bundle(&env.ns, "c1").display().to_string();
+    // Detached, so that ctr neither waits for the output nor deletes the exec.
+    env.ctr.run(&env.ctr.exec_args(&["--detach"], "c1", "x1", &["sh", "-c", "sleep 1234 & exit 0"])).expect_ok();
+    wait_until(secs(20), || {
+        ctl(&["--bundle", &b, "state", "c1", "--exec-id", "x1"], None).stdout.contains("STOPPED").then_some(())
+    })
+    .expect("the exec exits");
+    let sleeper = env
+        .ctr
+        .ps("c1")
+        .into_iter()
+        .map(|row| row.pid)
+        .find(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x001234\x00"))
+        .expect("the exec's background sleep runs in the container");
+
+    let out = ctl(&["--bundle", &b, "dump"], None);
+    out.expect_ok();
+    let line = format!("output held open by: {sleeper} (sleep 1234) on stdout, stderr");
+    assert!(out.stdout.contains(&line), "{line:?} in dump:\n{out}");
+    let out = ctl(&["--bundle", &b, "--json", "dump"], None);
+    let dump: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let exec = &dump["containers"][0]["execs"][0];
+    assert_eq!(exec["execId"], "x1", "{dump}");
+    assert_eq!(exec["outputHolders"][0]["pid"], sleeper, "{dump}");
+    assert!(dump["containers"][0]["init"]["outputHolders"].as_array().is_none_or(|h| h.is_empty()), "the running init has none: {dump}");
+
+    env.ctr.kill("c1", "SIGKILL", true).expect_ok();
+    env.ctr.wait_status("c1", "STOPPED", secs(10));
+    assert_eq!(env.ctr.rm_task("c1"), 137);
+}
+
+/// The node's default config ($TETHER_CONFIG here, /etc/tether/config.toml on a node) picks
+/// the executor of a task created without runtime options; a broken one fails the create
+/// with its name.
+#[test]
+fn the_node_default_config_applies_without_runtime_options() {
+    let env = Env::new("ctl_default_config", Daemon::V1);
+    if !env.tether_only("the_node_default_config_applies_without_runtime_options") {
+        return;
+    }
+    fs::create_dir_all(env.work()).unwrap();
+    let native = TetherConfig { executor: Some("native".into()), ..Default::default() }.write(&env.work().join("node.toml"));
+    let broken = env.work().join("broken.toml");
+    fs::write(&broken, "executor = \"jail\"\n").unwrap();
+    let bundle = standalone_bundle(&env, "dc1", LOOP_UNTIL_TERM);
+    let _cleanup = Standalone { namespace: &env.ns, bundles: vec![("dc1", bundle.clone())] };
+    let b = bundle.display().to_string();
+    // `tether-ctl run` without --config starts the shim as containerd does, in its own
+    // environment, and creates the task without runtime options.
+    let run = |default: &Path| {
+        let mut cmd = Command::new(tether_ctl_binary());
+        cmd.args(["run", "--namespace", &env.ns, "--id", "dc1", "--detach", &b]).env("TETHER_CONFIG", default);
+        run(cmd, None, secs(60))
+    };
+
+    let out = run(&broken);
+    assert!(!out.ok() && out.stderr.contains(&broken.display().to_string()), "{out}");
+
+    run(&native).expect_ok();
+    let out = ctl(&["--bundle", &b, "--json", "dump"], None);
+    let dump: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(dump["containers"][0]["executor"], "libcontainer", "{dump}");
+    ctl(&["--bundle", &b, "kill", "dc1"], None).expect_ok();
+    ctl(&["--bundle", &b, "wait", "dc1"], None).expect_code(7);
+    ctl(&["--bundle", &b, "delete", "dc1"], None).expect_ok();
 }

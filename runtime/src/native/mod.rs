@@ -15,6 +15,7 @@
 //! State lives where libcontainer keeps it, `<root>/<id>`, so that a fresh process (the
 //! shim's `delete` subcommand) can find and remove a container that a dead shim created.
 
+pub mod features;
 pub mod helper;
 pub mod wire;
 mod worker;
