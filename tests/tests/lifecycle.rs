@@ -1,7 +1,7 @@
 //! Task lifecycle through `ctr`: run -d, ls, exec, ps, pause/resume, kill, rm; foreground runs
 //! with output and exit status; stdin; large output; error answers; event order.
 
-use tether_tests::env::{pid_exists, Env};
+use tether_tests::env::{children_of, pid_alive, pid_exists, Env};
 use tether_tests::{secs, wait_until};
 use tether_tests::Case;
 
@@ -11,6 +11,7 @@ tether_tests::for_each_executor!(
     large_output_is_not_truncated,
     stdin_is_forwarded_and_closed,
     kill_all_signals_every_process,
+    init_exit_ends_its_container_without_a_pid_namespace_of_its_own,
     error_answers,
     events_are_published_in_order,
 );
@@ -291,6 +292,38 @@ fn kill_all_signals_every_process(case: Case) {
     }
     assert!(!pid_exists(task.pid));
     assert_eq!(ctr.rm_task("k1"), 137);
+}
+
+/// A container that joins another's PID namespace (as in a Kubernetes pod with
+/// shareProcessNamespace) has no kernel to end its other processes when its init exits: the
+/// shim kills what is left in its cgroup before it reports the exit, as containerd's Go shim
+/// does. A worker left behind would hold the container's output open, and containerd 2.x
+/// waits for that output to close. Kill with `all` still works on the exited container.
+fn init_exit_ends_its_container_without_a_pid_namespace_of_its_own(case: Case) {
+    let Some(env) = Env::for_case("pid_namespace_joined", case) else { return };
+    let ctr = &env.ctr;
+    env.run("pod").detach().run(&["sleep", "1000"]).expect_ok();
+    let pod = ctr.wait_status("pod", "RUNNING", secs(10));
+    env.run("c1")
+        .detach()
+        .flag("--with-ns")
+        .flag(&format!("pid:/proc/{}/ns/pid", pod.pid))
+        .run(&["sh", "-c", "sleep 1001 & while [ ! -e /tmp/go-c1 ]; do sleep 0.05; done; exit 3"])
+        .expect_ok();
+    let init = ctr.wait_status("c1", "RUNNING", secs(10)).pid;
+    let is_worker = |pid: &u32| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\x001001"));
+    let worker = wait_until(secs(10), || children_of(init).into_iter().find(is_worker))
+        .unwrap_or_else(|| panic!("no worker under c1's init {init}"));
+
+    std::fs::write(env.rootfs.join("tmp/go-c1"), "").unwrap();
+    ctr.wait_status("c1", "STOPPED", secs(10));
+    assert!(!pid_alive(worker), "the worker {worker} was killed before c1's exit was reported");
+    assert!(pid_alive(pod.pid), "the namespace's own init {} lives on", pod.pid);
+    ctr.kill("c1", "SIGKILL", true).expect_ok();
+    assert_eq!(ctr.rm_task("c1"), 3);
+    ctr.kill("pod", "SIGKILL", false).expect_ok();
+    ctr.wait_status("pod", "STOPPED", secs(10));
+    assert_eq!(ctr.rm_task("pod"), 137);
 }
 
 fn error_answers(case: Case) {
