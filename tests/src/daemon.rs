@@ -26,9 +26,6 @@ pub enum Daemon {
 }
 
 impl Daemon {
-    /// Both, in the order the suites run them.
-    pub const ALL: [Daemon; 2] = [Daemon::V1, Daemon::V2];
-
     /// Its name in test names and temp dirs: `containerd1`, `containerd2`.
     pub fn name(self) -> &'static str {
         match self {

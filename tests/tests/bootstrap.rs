@@ -1,9 +1,10 @@
 //! `start` as each containerd generation runs it, on the built binary: containerd 1.6 (no
 //! MAX_SHIM_VERSION, bare address), 1.7/2.0–2.2 (MAX_SHIM_VERSION=2, JSON) and 2.3+
 //! (BootstrapParams on stdin, BootstrapResult on stdout, socket in the directory it names).
-//! 2.x is not packaged here, so the binary is run the way those releases run it; each answer
-//! is checked to name a socket where the shim really serves the task API, then the shim is
-//! shut down. `-info`, containerd 2.x's introspection, is run as those releases run it too.
+//! The binary is run the way each of those releases runs it (the other suites run it under
+//! real containerd 1.6 and 2.1 daemons; 2.3 is not packaged); each answer is checked to name
+//! a socket where the shim really serves the task API, then the shim is shut down. `-info`,
+//! containerd 2.x's introspection, is run as those releases run it too.
 
 use std::path::Path;
 use std::process::Command;

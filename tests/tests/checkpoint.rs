@@ -12,7 +12,7 @@ use tether_protos::{api, runc_options::CheckpointOptions, ttrpc::Code};
 use tether_tests::env::{skip, Env, Executor, TetherConfig};
 use tether_tests::runtime::recording_runc;
 use tether_tests::shim::{code_of, message_of, ShimClient};
-use tether_tests::{Case, Daemon, secs, wait_until};
+use tether_tests::{secs, wait_until, Case, Daemon};
 
 tether_tests::for_each_daemon!(
     checkpoint_options_reach_the_runtime_and_failures_are_clear,

@@ -7,9 +7,12 @@ use std::path::Path;
 
 use k8s_cri::v1::{ContainerState, LinuxContainerResources, NamespaceMode, PodSandboxState};
 use tether_tests::cgroup::{cgroup_dir, is_v2, read};
+use tether_tests::cri::config::inline_handler_for;
 use tether_tests::cri::{with_pid_namespace, CriEnv, Pod, Stream, K8S_NAMESPACE};
+use tether_tests::env::skip;
+use tether_tests::runtime::tether_ctl_binary;
 use tether_tests::env::{children_of, parent_pid, pid_alive};
-use tether_tests::{secs, wait_until, Case};
+use tether_tests::{secs, wait_until, Case, Executor, Runtime};
 
 tether_tests::for_each_executor!(
     pod_sandbox_lifecycle,
@@ -25,6 +28,7 @@ tether_tests::for_each_executor!(
     attach_stream,
     stop_with_a_worker_in_the_pods_pid_namespace,
     stop_with_a_worker_in_the_hosts_pid_namespace,
+    runtime_config_inline_in_the_handler,
 );
 
 /// A container that runs until stopped.
@@ -453,4 +457,25 @@ fn stop_with_a_worker(case: Case, test: &str, pid_namespace: NamespaceMode) {
     let left = env.leftovers();
     assert!(left.is_empty(), "the removed pod left behind:\n  {}", left.join("\n  "));
     assert!(!pid_alive(init), "the init {init} is gone");
+}
+
+/// A handler whose options table is tether's config itself, with no ConfigPath: containerd
+/// 2.x sends that table as the TOML of runtimeoptions' `config_body`, and the pod's shim runs
+/// the executor it names. (1.x sends a config path alone.)
+fn runtime_config_inline_in_the_handler(case: Case) {
+    if !case.daemon.is_v2() || !Runtime::from_env().is_tether() {
+        return skip("runtime_config_inline_in_the_handler", "containerd 2.x passes tether's config inline");
+    }
+    let Some(mut env) = CriEnv::for_case("config_body", case) else { return };
+    env.handler = inline_handler_for(case.executor);
+    let pod = env.run_pod("pod");
+    let id = running(&env, &pod, "app", LOOP);
+    let bundle = env.containerd.bundle(K8S_NAMESPACE, &id);
+    let mut ctl = std::process::Command::new(tether_ctl_binary());
+    ctl.arg("--bundle").arg(&bundle).args(["--json", "dump"]);
+    let out = tether_tests::process::run(ctl, None, secs(30));
+    let dump: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let expected = if case.executor == Executor::Native { "libcontainer" } else { "runc" };
+    let executors: Vec<&serde_json::Value> = dump["containers"].as_array().expect("containers").iter().map(|c| &c["executor"]).collect();
+    assert_eq!(executors, [expected, expected], "the sandbox and the container: {dump}");
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tether_tests::env::{skip, usage, Env, Executor, TetherConfig};
 use tether_tests::runtime::{recording_runc, which};
-use tether_tests::{Case, Daemon, secs, wait_until};
+use tether_tests::{secs, wait_until, Case, Daemon};
 
 tether_tests::for_each_daemon!(
     runtime_binary_under_another_name,
@@ -397,4 +397,41 @@ fn an_idle_shim_trims_its_memory_and_goes_on_serving(daemon: Daemon) {
     ctr.kill("trims", "SIGKILL", false).expect_ok();
     ctr.wait_status("trims", "STOPPED", secs(10));
     assert_eq!(ctr.rm_task("trims"), 137, "the exit status of the killed init");
+}
+
+/// containerd 2.x's introspection of a runtime (`ctr plugins inspect-runtime`, as the CRI
+/// plugin asks before it runs a pod with user namespaces) runs the shim's `-info` with the
+/// handler's options: tether's name and version, and the features of the executor its config
+/// names (runc's own `runc features`, or the native executor's).
+#[test]
+fn containerd2_inspects_the_runtime_and_its_executor() {
+    let env = Env::new("inspect_runtime", Daemon::V2);
+    if !env.tether_only("containerd2_inspects_the_runtime_and_its_executor") {
+        return;
+    }
+    fs::create_dir_all(env.work()).unwrap();
+    let native = TetherConfig { executor: Some("native".into()), ..Default::default() }.write(&env.work().join("native.toml"));
+    let inspect = |config: Option<&Path>| -> serde_json::Value {
+        let mut args = vec!["plugins".to_string(), "inspect-runtime".into(), "--runtime".into(), env.runtime.name.clone()];
+        if let Some(c) = config {
+            args.extend(["--runtime-config-path".into(), c.display().to_string()]);
+        }
+        let out = env.ctr.run(&args);
+        out.expect_ok();
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let runc_features: serde_json::Value = {
+        let out = std::process::Command::new(which("runc").expect("runc")).arg("features").output().expect("runc features");
+        serde_json::from_slice(&out.stdout).expect("runc features prints JSON")
+    };
+
+    let info = inspect(None);
+    assert_eq!(info["Name"], env.runtime.name, "{info:#}");
+    assert_eq!(info["Version"]["Version"], env!("CARGO_PKG_VERSION"), "{info:#}");
+    assert_eq!(info["Features"], runc_features, "the runc executor reports runc's features: {info:#}");
+
+    let info = inspect(Some(&native));
+    assert_ne!(info["Features"], runc_features, "{info:#}");
+    let namespaces = info["Features"]["linux"]["namespaces"].as_array().unwrap_or_else(|| panic!("no namespaces: {info:#}"));
+    assert!(namespaces.iter().any(|n| n == "pid"), "{info:#}");
 }

@@ -103,6 +103,13 @@ fn grouped_containers_share_one_shim(case: Case) {
     assert_eq!(ctr.status("a2").as_deref(), Some("RUNNING"));
     env.exec("a2", "e1", &["echo", "still-served"]).expect_ok();
     assert!(pid_alive(shim_a), "the group's shim lives on");
+    // containerd 2.x (bootstrap version 3) keeps one connection per shim and may call
+    // Shutdown after each delete: with a task left, the shim serves on, on that connection.
+    let shim = ShimClient::for_task(&env, "a2");
+    shim.call::<Empty>("Shutdown", &api::ShutdownRequest { id: "a1".into(), ..Default::default() }).expect("Shutdown");
+    let state: api::StateResponse = shim.call("State", &api::StateRequest { id: "a2".into(), ..Default::default() }).expect("State after Shutdown");
+    assert_eq!(state.status.enum_value(), Ok(api::Status::RUNNING));
+    assert!(pid_alive(shim_a), "Shutdown with a task left does not end the shim");
 
     // When the last one goes, the shim exits.
     ctr.kill("a2", "SIGKILL", false).expect_ok();

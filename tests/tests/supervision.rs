@@ -6,7 +6,7 @@ use std::fs;
 
 use tether_tests::env::{parent_pid, pid_alive, Env};
 use tether_tests::runtime::adopting_runc;
-use tether_tests::{Daemon, secs, wait_until};
+use tether_tests::{secs, wait_until, Daemon};
 
 tether_tests::for_each_daemon!(
     an_init_the_shim_cannot_reap_still_exits,

@@ -23,6 +23,10 @@ pub const TETHER_HANDLER: &str = "tether";
 pub const TETHER_NATIVE_HANDLER: &str = "tether-native";
 /// containerd's Go shim, the reference behaviour.
 pub const GO_RUNC_HANDLER: &str = "runc";
+/// The handlers whose tether config is their options table (containerd 2.x sends it as
+/// runtimeoptions' `config_body`), per executor.
+pub const TETHER_INLINE_HANDLER: &str = "tether-inline";
+pub const TETHER_NATIVE_INLINE_HANDLER: &str = "tether-native-inline";
 
 /// The pause image every pod's sandbox runs (imported by the harness, never pulled).
 pub const SANDBOX_IMAGE: &str = "tether.test/pause:1";
@@ -134,6 +138,26 @@ impl CriPlugin {
                 self.handler_config(executor).display()
             )
         };
+        // 2.x passes a handler's options table as tether's config (runtimeoptions' config_body)
+        // when it names no ConfigPath: the same settings as the handler's file, inline. 1.x
+        // passes a path alone: no such handlers there.
+        let inline = |name: &str, executor: Executor| {
+            if !daemon.is_v2() {
+                return String::new();
+            }
+            let section = executor.name();
+            format!(
+                r#"
+    [{runtimes}.{name}]
+      runtime_type = "io.containerd.tether.v2"
+      [{runtimes}.{name}.options]
+        executor = "{section}"
+        [{runtimes}.{name}.options.{section}]
+          root = "{}"
+"#,
+                self.runtime_root(executor).display()
+            )
+        };
         format!(
             r#"
 [{runtime}]
@@ -144,7 +168,7 @@ impl CriPlugin {
   enable_selinux = false
   [{runtime}.containerd]
     default_runtime_name = "{GO_RUNC_HANDLER}"
-{containerd_keys}{tether_runc}{tether_native}
+{containerd_keys}{tether_runc}{tether_native}{tether_inline}{tether_native_inline}
     [{runtimes}.{GO_RUNC_HANDLER}]
       runtime_type = "io.containerd.runc.v2"
       [{runtimes}.{GO_RUNC_HANDLER}.options]
@@ -155,6 +179,8 @@ impl CriPlugin {
 {epilogue}"#,
             tether_runc = tether(TETHER_HANDLER, Executor::Runc),
             tether_native = tether(TETHER_NATIVE_HANDLER, Executor::Native),
+            tether_inline = inline(TETHER_INLINE_HANDLER, Executor::Runc),
+            tether_native_inline = inline(TETHER_NATIVE_INLINE_HANDLER, Executor::Native),
         )
     }
 }
@@ -172,5 +198,13 @@ pub fn handler_for(executor: Executor, go_runc: bool) -> &'static str {
         (_, true) => GO_RUNC_HANDLER,
         (Executor::Runc, false) => TETHER_HANDLER,
         (Executor::Native, false) => TETHER_NATIVE_HANDLER,
+    }
+}
+
+/// The handler of tether's `executor` whose config is its options table.
+pub fn inline_handler_for(executor: Executor) -> &'static str {
+    match executor {
+        Executor::Runc => TETHER_INLINE_HANDLER,
+        Executor::Native => TETHER_NATIVE_INLINE_HANDLER,
     }
 }
