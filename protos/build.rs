@@ -24,10 +24,7 @@ fn main() {
         let path = entry.expect("OUT_DIR entry").path();
         if path.extension().is_some_and(|e| e == "rs") {
             let text = fs::read_to_string(&path).expect("reading generated file");
-            let kept: Vec<&str> = text
-                .lines()
-                .filter(|l| !l.starts_with("#!") && !l.starts_with("//!"))
-                .collect();
+            let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("#!") && !l.starts_with("//!")).collect();
             fs::write(&path, kept.join("\n")).expect("writing generated file");
         }
     }

@@ -125,13 +125,20 @@ mod tests {
 
     #[test]
     fn warmup_is_dropped_and_failures_counted() {
-        let got = alternate("t", &["a", "b"], |s| s.to_string(), 2, 3, |s, round| {
-            if *s == "b" && round == 3 {
-                Err("boom".into())
-            } else {
-                Ok(round)
-            }
-        });
+        let got = alternate(
+            "t",
+            &["a", "b"],
+            |s| s.to_string(),
+            2,
+            3,
+            |s, round| {
+                if *s == "b" && round == 3 {
+                    Err("boom".into())
+                } else {
+                    Ok(round)
+                }
+            },
+        );
         assert_eq!(got[0].values, [2, 3, 4]);
         assert_eq!((got[1].values.clone(), got[1].failures), (vec![2, 4], 1));
         let s = series(&got, |v| *v as f64 * 2.0);
@@ -141,10 +148,17 @@ mod tests {
     #[test]
     fn a_failing_subject_is_given_up() {
         let mut calls = 0;
-        let got = alternate("t", &["x"], |s| s.to_string(), 0, 50, |_, _| -> Result<(), String> {
-            calls += 1;
-            Err("no".into())
-        });
+        let got = alternate(
+            "t",
+            &["x"],
+            |s| s.to_string(),
+            0,
+            50,
+            |_, _| -> Result<(), String> {
+                calls += 1;
+                Err("no".into())
+            },
+        );
         assert_eq!((calls, got[0].failures), (MAX_FAILURES, MAX_FAILURES));
     }
 

@@ -92,11 +92,17 @@ mod tests {
         let results = Results {
             figures: vec![
                 test_figure(ids::IDLE_RSS, Unit::MiB, &[(GO, &[16.0]), (TETHER_RUNC, &[1.5]), (TETHER_NATIVE, &[4.0])]),
-                test_figure(ids::STDIO, Unit::MBps, &[(GO, &[1000.0]), (RAW_PIPE, &[2000.0]), (TETHER_RUNC, &[1700.0])]),
+                test_figure(
+                    ids::STDIO,
+                    Unit::MBps,
+                    &[(GO, &[1000.0]), (RAW_PIPE, &[2000.0]), (TETHER_RUNC, &[1700.0])],
+                ),
             ],
         };
         let goals = check(&results);
-        let find = |fig: &str, s: &str, base: &str| goals.iter().find(|g| g.figure == fig && g.series == s && g.base == base).unwrap();
+        let find = |fig: &str, s: &str, base: &str| {
+            goals.iter().find(|g| g.figure == fig && g.series == s && g.base == base).unwrap()
+        };
         assert_eq!(find(ids::IDLE_RSS, TETHER_RUNC, GO).met(), Some(true));
         assert_eq!(find(ids::IDLE_RSS, TETHER_NATIVE, GO).met(), Some(false));
         assert_eq!(find(ids::STDIO, TETHER_RUNC, GO).met(), Some(true));

@@ -82,7 +82,8 @@ struct LogDrain {
 impl LogDrain {
     fn open(path: &Path) -> Result<LogDrain, String> {
         mkfifo(path)?;
-        let fifo = fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let fifo =
+            fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut reader = fifo.try_clone().map_err(|e| format!("dup: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let tail = Arc::new(Mutex::new(Vec::new()));
@@ -146,7 +147,13 @@ impl<'a> Launch<'a> {
     /// A bundle for container `id` running `args`, from containerd's `spec`: its root is
     /// `<bundle>/rootfs`, where the shim mounts the busybox rootfs at Create (as it mounts a
     /// snapshot), and its cgroup is `/<namespace>/<id>` like ctr's containers.
-    pub fn prepare(env: &'a Env, target: &'a Target, spec: &Value, id: &str, args: &[&str]) -> Result<Launch<'a>, String> {
+    pub fn prepare(
+        env: &'a Env,
+        target: &'a Target,
+        spec: &Value,
+        id: &str,
+        args: &[&str],
+    ) -> Result<Launch<'a>, String> {
         let bundle = env.work().join("shims").join(id);
         fs::create_dir_all(bundle.join("rootfs")).map_err(|e| format!("{}: {e}", bundle.display()))?;
         let mut spec = spec.clone();
@@ -198,7 +205,8 @@ impl<'a> Launch<'a> {
         let started = timed::run(cmd, Some(&options), START_TIMEOUT).and_then(timed::Finished::success);
         let out = started.map_err(|e| self.fail("start", e))?;
         let address = parse_address(&out.stdout).map_err(|e| self.fail("start", e))?;
-        self.client = Some(ShimClient::connect(&address).map_err(|e| self.fail(&format!("connecting to {address}"), e))?);
+        self.client =
+            Some(ShimClient::connect(&address).map_err(|e| self.fail(&format!("connecting to {address}"), e))?);
         Ok(())
     }
 
@@ -209,7 +217,8 @@ impl<'a> Launch<'a> {
 
     /// Connect: the shim's pid.
     pub fn connect(&self) -> Result<u32, String> {
-        let resp: api::ConnectResponse = self.call("Connect", &api::ConnectRequest { id: self.id.clone(), ..Default::default() })?;
+        let resp: api::ConnectResponse =
+            self.call("Connect", &api::ConnectRequest { id: self.id.clone(), ..Default::default() })?;
         Ok(resp.shim_pid)
     }
 
@@ -237,12 +246,14 @@ impl<'a> Launch<'a> {
     }
 
     pub fn start(&self) -> Result<(), String> {
-        self.call::<api::StartResponse>("Start", &api::StartRequest { id: self.id.clone(), ..Default::default() }).map(drop)
+        self.call::<api::StartResponse>("Start", &api::StartRequest { id: self.id.clone(), ..Default::default() })
+            .map(drop)
     }
 
     /// Waits for the init to exit; an error unless it exited 0.
     pub fn wait(&self) -> Result<(), String> {
-        let resp: api::WaitResponse = self.call("Wait", &api::WaitRequest { id: self.id.clone(), ..Default::default() })?;
+        let resp: api::WaitResponse =
+            self.call("Wait", &api::WaitRequest { id: self.id.clone(), ..Default::default() })?;
         match resp.exit_status {
             0 => Ok(()),
             s => Err(self.fail("Wait", format!("the container exited with status {s}"))),
@@ -339,7 +350,9 @@ fn empty_cgroup(namespace: &str, id: &str) -> Vec<u32> {
         .collect();
     let members = || -> BTreeSet<u32> {
         let read = |d: &PathBuf| fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-        dirs.iter().flat_map(|d| read(d).split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>()).collect()
+        dirs.iter()
+            .flat_map(|d| read(d).split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+            .collect()
     };
     let mut killed = BTreeSet::new();
     let deadline = Instant::now() + EXIT_TIMEOUT;

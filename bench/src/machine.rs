@@ -47,7 +47,9 @@ fn cgroup_mode() -> &'static str {
 }
 
 fn file_size(p: &Path) -> String {
-    fs::metadata(p).map(|m| format!("{} ({:.1} MB)", p.display(), m.len() as f64 / 1e6)).unwrap_or_else(|_| p.display().to_string())
+    fs::metadata(p)
+        .map(|m| format!("{} ({:.1} MB)", p.display(), m.len() as f64 / 1e6))
+        .unwrap_or_else(|_| p.display().to_string())
 }
 
 /// What the report shows about the machine; `shims` are the shim binaries compared.
@@ -67,4 +69,3 @@ pub fn describe(shims: &[(String, std::path::PathBuf)]) -> Vec<(String, String)>
     }
     v
 }
-

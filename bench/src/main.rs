@@ -76,7 +76,13 @@ fn main() {
     tether_tests::containerd::remove_empty_cgroups(&namespace);
 
     let goals = goals::check(&results);
-    println!("\ntether-bench {} on {} ({} CPUs, load at start {})", info.date, value(&info, "cpu"), value(&info, "cpus"), value(&info, "load at start"));
+    println!(
+        "\ntether-bench {} on {} ({} CPUs, load at start {})",
+        info.date,
+        value(&info, "cpu"),
+        value(&info, "cpus"),
+        value(&info, "load at start")
+    );
     print!("{}", report::table(&results));
     println!("{}", goals::summary_line(&goals));
     if let Err(e) = write_outputs(&opts.out, &info, &results, &goals) {

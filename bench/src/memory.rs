@@ -42,9 +42,14 @@ pub fn figures(env: &Env, targets: &[Target], opts: &Options) -> Vec<Figure> {
     ];
     let mut out = Vec::new();
     for (id, title, count, grouped) in scenarios {
-        let collected = alternate(&title, targets, |t| t.name.to_string(), 0, opts.memory_rounds, |t, round| {
-            scenario(env, t, id, round, count, grouped, opts.in_flight)
-        });
+        let collected = alternate(
+            &title,
+            targets,
+            |t| t.name.to_string(),
+            0,
+            opts.memory_rounds,
+            |t, round| scenario(env, t, id, round, count, grouped, opts.in_flight),
+        );
         out.push(figure(id, "rss", &title, &collected, |r| r.per_container.rss_kib));
         out.push(figure(id, "pss", &title, &collected, |r| r.per_container.pss_kib));
         if count == 1 {
@@ -79,11 +84,19 @@ fn figure(
     collected: &[Collected<Reading>],
     kib: impl Fn(&Reading) -> u64,
 ) -> Figure {
-    let mut f = Figure::new(format!("{scenario}_{metric}"), format!("memory {}: {title}", metric.to_uppercase()), Unit::MiB, series(collected, |r| kib(r) as f64 / 1024.0));
+    let mut f = Figure::new(
+        format!("{scenario}_{metric}"),
+        format!("memory {}: {title}", metric.to_uppercase()),
+        Unit::MiB,
+        series(collected, |r| kib(r) as f64 / 1024.0),
+    );
     for c in collected {
         if let Some(r) = c.values.first() {
             if r.helpers > 0 {
-                f.notes.push(format!("{}: includes {} native-helper process(es) beside {} shim(s)", c.name, r.helpers, r.shims));
+                f.notes.push(format!(
+                    "{}: includes {} native-helper process(es) beside {} shim(s)",
+                    c.name, r.helpers, r.shims
+                ));
             }
         }
     }

@@ -198,7 +198,10 @@ mod tests {
     #[test]
     fn defaults_are_the_issues() {
         let o = run("").unwrap();
-        assert_eq!((o.lifecycle, o.exec, o.containers, o.burst, o.in_flight, o.stdio_mib), (200, 200, 50, 100, 8, 1024));
+        assert_eq!(
+            (o.lifecycle, o.exec, o.containers, o.burst, o.in_flight, o.stdio_mib),
+            (200, 200, 50, 100, 8, 1024)
+        );
         assert!(o.wants("memory") && o.wants("shim-lifecycle"));
     }
 

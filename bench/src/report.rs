@@ -38,8 +38,11 @@ fn rows(figure: &Figure) -> Vec<[String; 8]> {
     let mut out = Vec::new();
     for (i, s) in figure.series.iter().enumerate() {
         let summary = s.summary();
-        let cell = |f: fn(&crate::stats::Summary) -> f64| summary.as_ref().map(|x| format_value(f(x))).unwrap_or_else(|| "-".into());
-        let tail = summary.as_ref().map(|x| format!("{} {}", format_value(figure.unit.tail(x)), figure.unit.tail_name()));
+        let cell = |f: fn(&crate::stats::Summary) -> f64| {
+            summary.as_ref().map(|x| format_value(f(x))).unwrap_or_else(|| "-".into())
+        };
+        let tail =
+            summary.as_ref().map(|x| format!("{} {}", format_value(figure.unit.tail(x)), figure.unit.tail_name()));
         let ratio = figure.ratio(&s.name, GO).map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
         out.push([
             if i == 0 { figure.title.clone() } else { String::new() },
@@ -93,7 +96,8 @@ pub fn table(results: &Results) -> String {
 /// The JSON document: run facts, every figure with its summaries, ratios and raw samples,
 /// and the goals.
 pub fn json(info: &RunInfo, results: &Results, goals: &[Goal]) -> Value {
-    let pairs = |v: &[(String, String)]| Value::Object(v.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect());
+    let pairs =
+        |v: &[(String, String)]| Value::Object(v.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect());
     let figures: Vec<Value> = results
         .figures
         .iter()
@@ -145,7 +149,11 @@ mod tests {
     use crate::results::{test_figure, Unit, TETHER_RUNC};
 
     fn results() -> Results {
-        let mut f = test_figure("lifecycle_e2e", Unit::Millis, &[(GO, &[100.0, 110.0, 120.0]), (TETHER_RUNC, &[50.0, 55.0, 60.0])]);
+        let mut f = test_figure(
+            "lifecycle_e2e",
+            Unit::Millis,
+            &[(GO, &[100.0, 110.0, 120.0]), (TETHER_RUNC, &[50.0, 55.0, 60.0])],
+        );
         f.title = "lifecycle via containerd".into();
         f.notes.push("includes ctr".into());
         Results { figures: vec![f] }

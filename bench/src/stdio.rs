@@ -144,7 +144,8 @@ pub fn host_pipe(mib: usize, relayed: bool) -> Result<Transfer, String> {
 /// A container's stdout through `target`'s shim into a FIFO.
 fn through_shim(env: &Env, target: &Target, spec: &Value, round: usize, mib: usize) -> Result<Transfer, String> {
     let script = format!("{} 2>/dev/null", dd_args(mib).join(" "));
-    let mut launch = Launch::prepare(env, target, spec, &format!("io-{}-{round}", target.name), &["sh", "-c", &script])?;
+    let mut launch =
+        Launch::prepare(env, target, spec, &format!("io-{}-{round}", target.name), &["sh", "-c", &script])?;
     // Read-write, as a reader that is there before the shim opens it (ctr opens its FIFOs
     // before Create too) and that never sees a spurious end-of-file. stderr stays empty (dd's
     // goes to /dev/null) but is held the same way.

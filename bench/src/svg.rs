@@ -89,23 +89,65 @@ fn panel(svg: &mut String, figure: &Figure, y0: f64) {
     let y = |frac: f64| y0 + TOP + (1.0 - frac) * plot_h;
 
     let title = format!("{} ({}), cumulative distribution", figure.title, figure.unit.label());
-    let _ = writeln!(svg, r#"<text x="{LEFT}" y="{}" font-size="14" font-weight="bold">{}</text>"#, y0 + 22.0, escape(&title));
+    let _ = writeln!(
+        svg,
+        r#"<text x="{LEFT}" y="{}" font-size="14" font-weight="bold">{}</text>"#,
+        y0 + 22.0,
+        escape(&title)
+    );
     // Axes and grid: x ticks in the figure's unit, y at quarters plus the p99 line.
     let mut t = 0.0;
     while t <= x_max + step / 2.0 {
         let px = x(t);
-        let _ = writeln!(svg, r##"<line x1="{px:.1}" y1="{:.1}" x2="{px:.1}" y2="{:.1}" stroke="#e5e5e5"/>"##, y(0.0), y(1.0));
-        let _ = writeln!(svg, r#"<text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, y(0.0) + 16.0, tick_label(t, step));
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{px:.1}" y1="{:.1}" x2="{px:.1}" y2="{:.1}" stroke="#e5e5e5"/>"##,
+            y(0.0),
+            y(1.0)
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            y(0.0) + 16.0,
+            tick_label(t, step)
+        );
         t += step;
     }
     for frac in [0.0, 0.25, 0.5, 0.75, 1.0] {
-        let _ = writeln!(svg, r##"<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#e5e5e5"/>"##, y(frac), LEFT + plot_w, y(frac));
-        let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{frac:.2}</text>"#, LEFT - 6.0, y(frac) + 4.0);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#e5e5e5"/>"##,
+            y(frac),
+            LEFT + plot_w,
+            y(frac)
+        );
+        let _ =
+            writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{frac:.2}</text>"#, LEFT - 6.0, y(frac) + 4.0);
     }
-    let _ = writeln!(svg, r##"<line x1="{LEFT}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="#999" stroke-dasharray="4 3"/>"##, y(0.99), LEFT + plot_w);
-    let _ = writeln!(svg, r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#777">p99</text>"##, LEFT + plot_w, y(0.99) - 3.0);
-    let _ = writeln!(svg, r##"<rect x="{LEFT}" y="{:.1}" width="{plot_w:.1}" height="{plot_h:.1}" fill="none" stroke="#333"/>"##, y(1.0));
-    let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, LEFT + plot_w / 2.0, y(0.0) + 34.0, figure.unit.label());
+    let _ = writeln!(
+        svg,
+        r##"<line x1="{LEFT}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="#999" stroke-dasharray="4 3"/>"##,
+        y(0.99),
+        LEFT + plot_w
+    );
+    let _ = writeln!(
+        svg,
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#777">p99</text>"##,
+        LEFT + plot_w,
+        y(0.99) - 3.0
+    );
+    let _ = writeln!(
+        svg,
+        r##"<rect x="{LEFT}" y="{:.1}" width="{plot_w:.1}" height="{plot_h:.1}" fill="none" stroke="#333"/>"##,
+        y(1.0)
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        LEFT + plot_w / 2.0,
+        y(0.0) + 34.0,
+        figure.unit.label()
+    );
     if largest > x_max {
         let _ = writeln!(
             svg,
@@ -135,7 +177,12 @@ fn panel(svg: &mut String, figure: &Figure, y0: f64) {
         let _ = writeln!(svg, r#"<polyline fill="none" stroke="{c}" stroke-width="1.8" points="{points}"/>"#);
         let label = format!("{}: median {} {}", series.name, format_value(summary.median), figure.unit.label());
         let lx = LEFT + plot_w - 230.0;
-        let _ = writeln!(svg, r#"<line x1="{lx:.1}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="{c}" stroke-width="3"/>"#, legend_y - 4.0, lx + 18.0);
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{lx:.1}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="{c}" stroke-width="3"/>"#,
+            legend_y - 4.0,
+            lx + 18.0
+        );
         let _ = writeln!(svg, r#"<text x="{:.1}" y="{legend_y:.1}">{}</text>"#, lx + 24.0, escape(&label));
         legend_y += 16.0;
     }

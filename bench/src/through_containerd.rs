@@ -28,8 +28,8 @@ pub fn lifecycle(env: &Env, targets: &[Target], opts: &Options) -> Figure {
         Subject::CtrAlone => CTR_ALONE.to_string(),
         Subject::Target(t) => t.name.to_string(),
     };
-    let collected = alternate("lifecycle via containerd", &subjects, name, opts.warmup, opts.lifecycle, |s, round| {
-        match s {
+    let collected =
+        alternate("lifecycle via containerd", &subjects, name, opts.warmup, opts.lifecycle, |s, round| match s {
             Subject::CtrAlone => Ok(ctr(env, &["version".into()])?.millis()),
             Subject::Target(t) => {
                 let id = format!("lc-{}-{round}", t.name);
@@ -37,8 +37,7 @@ pub fn lifecycle(env: &Env, targets: &[Target], opts: &Options) -> Figure {
                     containers::remove(env, std::slice::from_ref(&id), 1);
                 })
             }
-        }
-    });
+        });
     let mut f = Figure::new(
         "lifecycle_e2e",
         "lifecycle via containerd (ctr run --rm /bin/true)",
@@ -62,10 +61,17 @@ pub fn exec(env: &Env, targets: &[Target], opts: &Options) -> Figure {
             Err(e) => eprintln!("  exec: {} could not start its container: {e}", t.name),
         }
     }
-    let collected = alternate("exec", &running, |t| t.name.to_string(), opts.warmup, opts.exec, |t, round| {
-        let args = env.ctr.exec_args(&[], &id(t), &format!("e{round}"), &["/bin/true"]);
-        Ok(ctr(env, &args)?.millis())
-    });
+    let collected = alternate(
+        "exec",
+        &running,
+        |t| t.name.to_string(),
+        opts.warmup,
+        opts.exec,
+        |t, round| {
+            let args = env.ctr.exec_args(&[], &id(t), &format!("e{round}"), &["/bin/true"]);
+            Ok(ctr(env, &args)?.millis())
+        },
+    );
     containers::remove(env, &running.iter().map(|t| id(t)).collect::<Vec<_>>(), opts.in_flight);
     let mut f = Figure::new("exec", "exec /bin/true (ctr task exec)", Unit::Millis, series(&collected, |v| *v));
     f.notes.push("one `ctr task exec` each, in a container that sleeps; includes ctr's process start".into());
@@ -74,18 +80,29 @@ pub fn exec(env: &Env, targets: &[Target], opts: &Options) -> Figure {
 
 /// `--burst` containers created and started, `--in-flight` at a time: total wall time.
 pub fn burst(env: &Env, targets: &[Target], opts: &Options) -> Figure {
-    let collected = alternate("burst", targets, |t| t.name.to_string(), 0, opts.burst_rounds, |t, round| {
-        let ids: Vec<String> = (0..opts.burst).map(|k| format!("b{round}-{}-{k}", t.name)).collect();
-        let wall = start_sleepers(env, t, &ids, opts.in_flight, None)?;
-        containers::remove(env, &ids, opts.in_flight);
-        Ok(wall.as_secs_f64())
-    });
+    let collected = alternate(
+        "burst",
+        targets,
+        |t| t.name.to_string(),
+        0,
+        opts.burst_rounds,
+        |t, round| {
+            let ids: Vec<String> = (0..opts.burst).map(|k| format!("b{round}-{}-{k}", t.name)).collect();
+            let wall = start_sleepers(env, t, &ids, opts.in_flight, None)?;
+            containers::remove(env, &ids, opts.in_flight);
+            Ok(wall.as_secs_f64())
+        },
+    );
     let mut f = Figure::new(
         "burst",
         format!("burst: {} containers, {} in flight (ctr run -d)", opts.burst, opts.in_flight),
         Unit::Seconds,
         series(&collected, |v| *v),
     );
-    f.notes.push(format!("wall time until all {} `ctr run -d {}` returned (tasks running)", opts.burst, SLEEP.join(" ")));
+    f.notes.push(format!(
+        "wall time until all {} `ctr run -d {}` returned (tasks running)",
+        opts.burst,
+        SLEEP.join(" ")
+    ));
     f
 }

@@ -6,8 +6,8 @@
 
 #![allow(clippy::all)]
 
-pub use containerd_shim_protos::{cgroups, cgroups_v2, events, protobuf, shim, topics, ttrpc, types};
 pub use containerd_shim_protos::{api, shim::oci as runc_options};
+pub use containerd_shim_protos::{cgroups, cgroups_v2, events, protobuf, shim, topics, ttrpc, types};
 
 /// containerd's `runtimeoptions.v1.Options`: the config path sent by
 /// `ctr run --runtime-config-path` and by the CRI plugin's `ConfigPath`.

@@ -35,8 +35,7 @@ pub(crate) fn require_criu(criu: Option<&Path>, purpose: &'static str) -> Result
 /// `name` itself when it is a path, else the first executable `name` on PATH.
 fn find_executable(name: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let executable =
-        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if name.components().count() > 1 {
         return executable(name).then(|| name.to_path_buf());
     }

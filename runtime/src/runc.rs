@@ -18,8 +18,8 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    CheckpointOpts, ChildWaiter, ContainerState, CreateOpts, CriuOpts, Error, ExecOpts, Executor, RestoreOpts,
-    Result, Stdio,
+    CheckpointOpts, ChildWaiter, ContainerState, CreateOpts, CriuOpts, Error, ExecOpts, Executor, RestoreOpts, Result,
+    Stdio,
 };
 
 /// Settings of a [`RuncExecutor`].
@@ -49,11 +49,7 @@ pub struct RuncExecutor {
 impl RuncExecutor {
     /// An executor using `config`, waiting for its children through `waiter`.
     pub fn new(config: RuncConfig, waiter: Arc<dyn ChildWaiter>) -> Self {
-        RuncExecutor {
-            config,
-            waiter,
-            log_seq: AtomicU64::new(0),
-        }
+        RuncExecutor { config, waiter, log_seq: AtomicU64::new(0) }
     }
 
     /// The settings this executor runs with.
@@ -71,12 +67,7 @@ impl RuncExecutor {
 
     /// Runs `<binary> --root R --log L --log-format json [--systemd-cgroup] args...` and returns
     /// its stdout when `stdio` is not given (streams are then captured/null).
-    fn run(
-        &self,
-        op: &'static str,
-        args: Vec<OsString>,
-        stdio: Option<Stdio>,
-    ) -> Result<Vec<u8>> {
+    fn run(&self, op: &'static str, args: Vec<OsString>, stdio: Option<Stdio>) -> Result<Vec<u8>> {
         // Runtime state (and our per-call logs) is root's alone.
         fs::DirBuilder::new()
             .recursive(true)
@@ -86,12 +77,7 @@ impl RuncExecutor {
         let log = self.scratch_file(op, "log");
 
         let mut cmd = Command::new(&self.config.binary);
-        cmd.arg("--root")
-            .arg(&self.config.root)
-            .arg("--log")
-            .arg(&log)
-            .arg("--log-format")
-            .arg("json");
+        cmd.arg("--root").arg(&self.config.root).arg("--log").arg(&log).arg("--log-format").arg("json");
         if self.config.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
         }
@@ -102,22 +88,15 @@ impl RuncExecutor {
         let capture = stdio.is_none();
         match stdio {
             Some(s) => {
-                cmd.stdin(into_stdio(s.stdin))
-                    .stdout(into_stdio(s.stdout))
-                    .stderr(into_stdio(s.stderr));
+                cmd.stdin(into_stdio(s.stdin)).stdout(into_stdio(s.stdout)).stderr(into_stdio(s.stderr));
             }
             None => {
-                cmd.stdin(ProcStdio::null())
-                    .stdout(ProcStdio::piped())
-                    .stderr(ProcStdio::null());
+                cmd.stdin(ProcStdio::null()).stdout(ProcStdio::piped()).stderr(ProcStdio::null());
             }
         }
 
         let spawned = Instant::now();
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-            binary: self.config.binary.clone(),
-            source,
-        })?;
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn { binary: self.config.binary.clone(), source })?;
         // The Command keeps our copies of the streams; drop them now so the container's
         // pipes see EOF once the container (not this call) closes them.
         drop(cmd);
@@ -135,27 +114,20 @@ impl RuncExecutor {
         if exit_code(status) == 0 {
             return Ok(out);
         }
-        let message = error_message(&log_text)
-            .unwrap_or_else(|| format!("exited with {}", describe_status(status)));
+        let message = error_message(&log_text).unwrap_or_else(|| format!("exited with {}", describe_status(status)));
         // runc prefixes its own errors with "runc <op> failed: "; say it once.
         let own_prefix = format!("{} {op} failed: ", self.binary_name());
         let message = message.strip_prefix(&own_prefix).map(str::to_string).unwrap_or(message);
         if matches!(op, "create" | "exec" | "restore") && is_exec_failure(&message) {
             return Err(Error::BadProcess { binary: self.binary_name(), op, message });
         }
-        Err(Error::Runtime {
-            binary: self.binary_name(),
-            op,
-            message,
-        })
+        Err(Error::Runtime { binary: self.binary_name(), op, message })
     }
 
     /// A file under the root private to one call (`op`) of this shim.
     fn scratch_file(&self, op: &str, ext: &str) -> PathBuf {
         let seq = self.log_seq.fetch_add(1, Ordering::Relaxed);
-        self.config
-            .root
-            .join(format!(".tether-{}-{op}-{seq}.{ext}", std::process::id()))
+        self.config.root.join(format!(".tether-{}-{op}-{seq}.{ext}", std::process::id()))
     }
 
     /// Maps the runtime's "no such container" to [`Error::NotFound`], and its "container not
@@ -171,12 +143,8 @@ impl RuncExecutor {
 
 /// The runtime's flags for CRIU settings shared by `checkpoint` and `restore`.
 fn criu_args(opts: &CriuOpts) -> Vec<OsString> {
-    let mut args = vec![
-        os("--image-path"),
-        opts.image_path.clone().into(),
-        os("--work-path"),
-        opts.work_path.clone().into(),
-    ];
+    let mut args =
+        vec![os("--image-path"), opts.image_path.clone().into(), os("--work-path"), opts.work_path.clone().into()];
     for (on, flag) in [
         (opts.open_tcp, "--tcp-established"),
         (opts.external_unix_sockets, "--ext-unix-sk"),
@@ -217,11 +185,10 @@ fn os(s: impl Into<OsString>) -> OsString {
 }
 
 fn read_pid(path: &Path) -> Result<i32> {
-    let text = fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("reading pid file {}", path.display()), e))?;
-    text.trim()
-        .parse()
-        .map_err(|_| Error::io(format!("pid file {} holds {text:?}", path.display()), std::io::ErrorKind::InvalidData.into()))
+    let text = fs::read_to_string(path).map_err(|e| Error::io(format!("reading pid file {}", path.display()), e))?;
+    text.trim().parse().map_err(|_| {
+        Error::io(format!("pid file {} holds {text:?}", path.display()), std::io::ErrorKind::InvalidData.into())
+    })
 }
 
 /// The runtime's Features document (the OCI runtime spec's features.md): the JSON that
@@ -237,9 +204,17 @@ pub fn features(binary: &Path) -> Result<serde_json::Value> {
         .map_err(|source| Error::Spawn { binary: binary.to_path_buf(), source })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(Error::Runtime { binary: name, op: "features", message: format!("{}: {}", out.status, stderr.trim()) });
+        return Err(Error::Runtime {
+            binary: name,
+            op: "features",
+            message: format!("{}: {}", out.status, stderr.trim()),
+        });
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| Error::Output { binary: name, op: "features", message: e.to_string() })
+    serde_json::from_slice(&out.stdout).map_err(|e| Error::Output {
+        binary: name,
+        op: "features",
+        message: e.to_string(),
+    })
 }
 
 /// The exit code of a raw wait status; a death by signal counts as 128 + signal.
@@ -277,7 +252,9 @@ fn is_not_exist(message: &str) -> bool {
 /// runc's words for a container whose processes are gone (`container not running`, or the
 /// kernel's ESRCH as Go prints it).
 fn is_not_running(message: &str) -> bool {
-    message.contains("not running") || message.contains("process already finished") || message.contains("no such process")
+    message.contains("not running")
+        || message.contains("process already finished")
+        || message.contains("no such process")
 }
 
 /// The runtime's failure, from its JSON log (`{"level":"error","msg":...}`).
@@ -318,9 +295,7 @@ impl Executor for RuncExecutor {
     }
 
     fn start(&self, id: &str) -> Result<()> {
-        self.run("start", vec![os("start"), os(id)], None)
-            .map(drop)
-            .map_err(|e| self.absent_as(id, e))
+        self.run("start", vec![os("start"), os(id)], None).map(drop).map_err(|e| self.absent_as(id, e))
     }
 
     fn exec(&self, id: &str, opts: ExecOpts) -> Result<i32> {
@@ -337,8 +312,7 @@ impl Executor for RuncExecutor {
             args.push(sock.into());
         }
         args.push(os(id));
-        self.run("exec", args, Some(opts.stdio))
-            .map_err(|e| self.absent_as(id, e))?;
+        self.run("exec", args, Some(opts.stdio)).map_err(|e| self.absent_as(id, e))?;
         read_pid(&opts.pid_file)
     }
 
@@ -348,21 +322,15 @@ impl Executor for RuncExecutor {
             args.push(os("--all"));
         }
         args.extend([os(id), os(signal.to_string())]);
-        self.run("kill", args, None)
-            .map(drop)
-            .map_err(|e| self.absent_as(id, e))
+        self.run("kill", args, None).map(drop).map_err(|e| self.absent_as(id, e))
     }
 
     fn pause(&self, id: &str) -> Result<()> {
-        self.run("pause", vec![os("pause"), os(id)], None)
-            .map(drop)
-            .map_err(|e| self.absent_as(id, e))
+        self.run("pause", vec![os("pause"), os(id)], None).map(drop).map_err(|e| self.absent_as(id, e))
     }
 
     fn resume(&self, id: &str) -> Result<()> {
-        self.run("resume", vec![os("resume"), os(id)], None)
-            .map(drop)
-            .map_err(|e| self.absent_as(id, e))
+        self.run("resume", vec![os("resume"), os(id)], None).map(drop).map_err(|e| self.absent_as(id, e))
     }
 
     fn delete(&self, id: &str, force: bool) -> Result<()> {
@@ -384,18 +352,13 @@ impl Executor for RuncExecutor {
             #[serde(default)]
             pid: i32,
         }
-        let out = self
-            .run("state", vec![os("state"), os(id)], None)
-            .map_err(|e| self.absent_as(id, e))?;
+        let out = self.run("state", vec![os("state"), os(id)], None).map_err(|e| self.absent_as(id, e))?;
         let s: State = serde_json::from_slice(&out).map_err(|e| Error::Output {
             binary: self.binary_name(),
             op: "state",
             message: e.to_string(),
         })?;
-        Ok(ContainerState {
-            status: s.status,
-            pid: s.pid,
-        })
+        Ok(ContainerState { status: s.status, pid: s.pid })
     }
 
     fn ps(&self, id: &str) -> Result<Vec<i32>> {
@@ -483,15 +446,14 @@ mod tests {
             r#"{"level":"error","msg":"runc run failed: exec: \"nope\": executable file not found in $PATH","time":"t"}"#,
             "\n"
         );
-        assert_eq!(
-            error_message(log).unwrap(),
-            "runc run failed: exec: \"nope\": executable file not found in $PATH"
-        );
+        assert_eq!(error_message(log).unwrap(), "runc run failed: exec: \"nope\": executable file not found in $PATH");
     }
 
     #[test]
     fn exec_failures_are_told_apart() {
-        assert!(is_exec_failure(r#"unable to start container process: exec: "/x": stat /x: no such file or directory"#));
+        assert!(is_exec_failure(
+            r#"unable to start container process: exec: "/x": stat /x: no such file or directory"#
+        ));
         assert!(is_exec_failure(r#"exec: "nope": executable file not found in $PATH"#));
         assert!(!is_exec_failure("unable to apply cgroup configuration: no such file or directory"));
     }

@@ -157,7 +157,8 @@ mod tests {
     #[test]
     fn containerd_16_gets_a_bare_address() {
         // 1.6: runtime options (an Any) or nothing on stdin, no MAX_SHIM_VERSION.
-        let options = Any { type_url: type_urls::RUNTIME_OPTIONS.into(), value: vec![0x12, 1, b'x'], ..Default::default() };
+        let options =
+            Any { type_url: type_urls::RUNTIME_OPTIONS.into(), value: vec![0x12, 1, b'x'], ..Default::default() };
         for stdin in [Vec::new(), options.write_to_bytes().unwrap()] {
             let caller = Caller::detect(&stdin, None, "c1", "default");
             assert_eq!(caller, Caller::Bare);
@@ -218,9 +219,15 @@ mod tests {
     fn params_encode_as_containerd_reads_them() {
         // Field numbers on the wire: 1 instance_id, 2 namespace, 3 log_level (varint,
         // negative as 10 bytes), 9 socket_dir.
-        let bytes = BootstrapParams { instance_id: "a".into(), namespace: "b".into(), log_level: -4, socket_dir: Some("d".into()), ..Default::default() }
-            .write_to_bytes()
-            .unwrap();
+        let bytes = BootstrapParams {
+            instance_id: "a".into(),
+            namespace: "b".into(),
+            log_level: -4,
+            socket_dir: Some("d".into()),
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .unwrap();
         let mut expected = vec![0x0a, 1, b'a', 0x12, 1, b'b', 0x18];
         expected.extend_from_slice(&[0xfc, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
         expected.extend_from_slice(&[0x4a, 1, b'd']);

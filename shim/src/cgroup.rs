@@ -8,8 +8,7 @@
 
 use std::{
     collections::HashMap,
-    fs,
-    io,
+    fs, io,
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
     thread,
@@ -342,7 +341,10 @@ fn v2_metrics(dir: &Path) -> v2::Metrics {
         oom_group_kill: get(&ev, "oom_group_kill"),
         ..Default::default()
     });
-    m.io = MessageField::some(v2::IOStat { usage: parse_io_stat(&read_string(&dir.join("io.stat"))), ..Default::default() });
+    m.io = MessageField::some(v2::IOStat {
+        usage: parse_io_stat(&read_string(&dir.join("io.stat"))),
+        ..Default::default()
+    });
     m.hugetlb = hugetlb_sizes(dir, "hugetlb.", ".current")
         .into_iter()
         .map(|size| v2::HugeTlbStat {
@@ -362,9 +364,8 @@ fn parse_io_stat(text: &str) -> Vec<v2::IOEntry> {
         .filter_map(|line| {
             let mut f = line.split_whitespace();
             let (major, minor) = f.next()?.split_once(':')?;
-            let kv: HashMap<&str, u64> = f
-                .filter_map(|p| p.split_once('=').and_then(|(k, v)| Some((k, v.parse().ok()?))))
-                .collect();
+            let kv: HashMap<&str, u64> =
+                f.filter_map(|p| p.split_once('=').and_then(|(k, v)| Some((k, v.parse().ok()?)))).collect();
             let g = |k: &str| kv.get(k).copied().unwrap_or(0);
             Some(v2::IOEntry {
                 major: major.parse().ok()?,
@@ -517,8 +518,16 @@ mod tests {
         write(p, "memory.peak", "2097152\n");
         write(p, "memory.stat", "anon 4096\nfile 8192\nkernel_stack 16384\npgfault 12\npgmajfault 1\n");
         write(p, "memory.events", "low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\noom_group_kill 0\n");
-        write(p, "cpu.stat", "usage_usec 5000\nuser_usec 3000\nsystem_usec 2000\nnr_periods 10\nnr_throttled 4\nthrottled_usec 900\n");
-        write(p, "io.stat", "8:0 rbytes=1024 wbytes=2048 rios=3 wios=4 dbytes=0 dios=0\n253:1 rbytes=1 wbytes=2 rios=3 wios=4\n");
+        write(
+            p,
+            "cpu.stat",
+            "usage_usec 5000\nuser_usec 3000\nsystem_usec 2000\nnr_periods 10\nnr_throttled 4\nthrottled_usec 900\n",
+        );
+        write(
+            p,
+            "io.stat",
+            "8:0 rbytes=1024 wbytes=2048 rios=3 wios=4 dbytes=0 dios=0\n253:1 rbytes=1 wbytes=2 rios=3 wios=4\n",
+        );
         write(p, "pids.current", "7\n");
         write(p, "pids.max", "max\n");
         write(p, "hugetlb.2MB.current", "0\n");
@@ -570,7 +579,11 @@ mod tests {
         write(&paths["pids"], "pids.current", "3\n");
         write(&paths["pids"], "pids.max", "64\n");
         write(&paths["blkio"], "blkio.io_service_bytes_recursive", "");
-        write(&paths["blkio"], "blkio.throttle.io_service_bytes_recursive", "8:0 Read 4096\n8:0 Write 8192\nTotal 12288\n");
+        write(
+            &paths["blkio"],
+            "blkio.throttle.io_service_bytes_recursive",
+            "8:0 Read 4096\n8:0 Write 8192\nTotal 12288\n",
+        );
 
         let cg = Cgroup::V1(paths);
         let any = cg.metrics();

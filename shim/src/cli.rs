@@ -106,7 +106,9 @@ mod tests {
 
     #[test]
     fn parses_containerd_start_line() {
-        let a = parse(v("-namespace default -address /run/c.sock -publish-binary /usr/bin/containerd -id c1 -debug start")).unwrap();
+        let a =
+            parse(v("-namespace default -address /run/c.sock -publish-binary /usr/bin/containerd -id c1 -debug start"))
+                .unwrap();
         assert_eq!(a.action, Action::Start);
         assert_eq!(a.namespace, "default");
         assert_eq!(a.id, "c1");

@@ -8,7 +8,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tether_protos::{protobuf::Message, protobuf::well_known_types::any::Any, runc_options, runtimeoptions};
+use tether_protos::{protobuf::well_known_types::any::Any, protobuf::Message, runc_options, runtimeoptions};
 use tether_runtime::{
     runc::{RuncConfig, RuncExecutor},
     ChildWaiter, DirectWaiter, Executor,
@@ -176,10 +176,8 @@ impl Settings {
             if !opts.config_body.is_empty() {
                 settings.apply_file(&parse_config("<config body>", &opts.config_body)?);
             } else if !opts.config_path.is_empty() {
-                let text = std::fs::read_to_string(&opts.config_path).map_err(|e| Error::Config {
-                    path: opts.config_path.clone(),
-                    message: e.to_string(),
-                })?;
+                let text = std::fs::read_to_string(&opts.config_path)
+                    .map_err(|e| Error::Config { path: opts.config_path.clone(), message: e.to_string() })?;
                 settings.apply_file(&parse_config(&opts.config_path, &text)?);
             } else {
                 settings.apply_default_file(default_file)?;
@@ -368,10 +366,8 @@ pub fn native_helper() -> Arc<Helper> {
 
 /// Parses a config file's text; errors name the file and (through toml's message) the key.
 pub fn parse_config(path: &str, text: &str) -> Result<ConfigFile> {
-    toml::from_str(text).map_err(|e| Error::Config {
-        path: path.to_string(),
-        message: e.to_string().trim().replace('\n', " "),
-    })
+    toml::from_str(text)
+        .map_err(|e| Error::Config { path: path.to_string(), message: e.to_string().trim().replace('\n', " ") })
 }
 
 #[cfg(test)]
@@ -442,7 +438,10 @@ mod tests {
         assert_eq!((s.executor, s.log_level), (ExecutorKind::Runc, Some(LogLevel::Warn)));
         let runc = runc_options::Options { binary_name: "/usr/local/bin/runc".into(), ..Default::default() };
         let s = Settings::resolve("ns", Some(&any("containerd.runc.v1.Options", &runc)), Some(&default)).unwrap();
-        assert_eq!((s.executor, s.binary.as_path(), s.log_level), (ExecutorKind::Runc, Path::new("/usr/local/bin/runc"), None));
+        assert_eq!(
+            (s.executor, s.binary.as_path(), s.log_level),
+            (ExecutorKind::Runc, Path::new("/usr/local/bin/runc"), None)
+        );
     }
 
     #[test]
@@ -506,7 +505,8 @@ mod tests {
 
     #[test]
     fn native_section_is_the_native_executors() {
-        let s = from_file("executor = \"native\"\n[runc]\nroot = \"/run/for-runc\"\n[native]\nroot = \"/run/n\"\n").unwrap();
+        let s = from_file("executor = \"native\"\n[runc]\nroot = \"/run/for-runc\"\n[native]\nroot = \"/run/n\"\n")
+            .unwrap();
         assert_eq!(s.executor, ExecutorKind::Native);
         assert_eq!(s.root, Path::new("/run/n"), "[runc] root is runc's alone");
         let s = from_file("executor = \"native\"\nlog_level = \"debug\"\n").unwrap();

@@ -61,7 +61,10 @@ impl DebugService {
         let mut containers = self.table.dump();
         // Outside the table's lock: a walk of /proc takes a while on a busy node.
         add_output_holders(&mut containers, std::process::id());
-        let journal = containers.iter().flat_map(|c| journal::read(Path::new(&c.bundle)).into_iter().map(|e| journaled(&c.id, &e))).collect();
+        let journal = containers
+            .iter()
+            .flat_map(|c| journal::read(Path::new(&c.bundle)).into_iter().map(|e| journaled(&c.id, &e)))
+            .collect();
         DumpResponse {
             pid: std::process::id(),
             namespace: self.namespace.clone(),
@@ -122,9 +125,13 @@ fn add_output_holders(containers: &mut [Container], shim: u32) {
         let s = p.stdio.as_ref().cloned().unwrap_or_default();
         [("stdout", s.stdout_pipe), ("stderr", s.stderr_pipe)].into_iter().filter(|(_, inode)| *inode != 0)
     };
-    let exited = |c: &Container| c.init.as_ref().into_iter().chain(&c.execs).filter(|p| p.exited).cloned().collect::<Vec<_>>();
-    let wanted: HashSet<u64> =
-        containers.iter().flat_map(exited).flat_map(|p| streams(&p).map(|(_, inode)| inode).collect::<Vec<_>>()).collect();
+    let exited =
+        |c: &Container| c.init.as_ref().into_iter().chain(&c.execs).filter(|p| p.exited).cloned().collect::<Vec<_>>();
+    let wanted: HashSet<u64> = containers
+        .iter()
+        .flat_map(exited)
+        .flat_map(|p| streams(&p).map(|(_, inode)| inode).collect::<Vec<_>>())
+        .collect();
     if wanted.is_empty() {
         return;
     }
@@ -150,15 +157,21 @@ fn add_output_holders(containers: &mut [Container], shim: u32) {
 /// `/proc/PID/fdinfo`. Processes that end during the walk are left out.
 fn pipe_writers(inodes: &HashSet<u64>, skip: u32) -> BTreeMap<u64, BTreeSet<i32>> {
     let mut found: BTreeMap<u64, BTreeSet<i32>> = BTreeMap::new();
-    let pids = fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    let pids = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
     for pid in pids.filter(|pid| *pid != skip) {
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
         for fd in fds.flatten() {
             let Ok(target) = fs::read_link(fd.path()) else { continue };
             let inode = target.to_str().and_then(|t| t.strip_prefix("pipe:[")?.strip_suffix(']')?.parse::<u64>().ok());
             let Some(inode) = inode.filter(|i| inodes.contains(i)) else { continue };
-            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy())).unwrap_or_default();
-            let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
+            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()))
+                .unwrap_or_default();
+            let flags =
+                info.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
             if flags.is_some_and(|f| f as i32 & libc::O_ACCMODE != libc::O_RDONLY) {
                 found.entry(inode).or_default().insert(pid as i32);
             }
@@ -238,10 +251,15 @@ pub fn render(d: &DumpResponse) -> String {
 
 fn render_process(out: &mut String, p: &Process) {
     let name = if p.exec_id.is_empty() { "init".to_string() } else { format!("exec {}", p.exec_id) };
-    let exit = if p.exited { format!(", exit status {} at {}", p.exit_status, time_of(p.exited_at_unix_nanos)) } else { String::new() };
+    let exit = if p.exited {
+        format!(", exit status {} at {}", p.exit_status, time_of(p.exited_at_unix_nanos))
+    } else {
+        String::new()
+    };
     let _ = writeln!(out, "  {name}: pid {}, {}{exit}", p.pid, p.status);
     if let Some(s) = p.stdio.as_ref() {
-        let stream = |path: &str, bytes: u64| if path.is_empty() { "-".to_string() } else { format!("{path} ({bytes} bytes)") };
+        let stream =
+            |path: &str, bytes: u64| if path.is_empty() { "-".to_string() } else { format!("{path} ({bytes} bytes)") };
         let _ = writeln!(
             out,
             "    stdin {}, stdout {}, stderr {}{}",
@@ -321,10 +339,11 @@ mod tests {
 
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let inode = nix::sys::stat::fstat(&r).unwrap().st_ino;
-        let mut child = std::process::Command::new("sleep").arg("30").stdout(std::process::Stdio::from(w)).spawn().unwrap();
+        let mut child =
+            std::process::Command::new("sleep").arg("30").stdout(std::process::Stdio::from(w)).spawn().unwrap();
         let pid = child.id() as i32;
         let mut exited = Process { exec_id: "e1".into(), exited: true, ..Default::default() };
-        exited.stdio = Some(tether_protos::debug::Stdio { stdout_pipe: inode, ..Default::default() }).into();
+        exited.stdio = Some(Stdio { stdout_pipe: inode, ..Default::default() }).into();
         let running = Process { pid: 5, stdio: exited.stdio.clone(), ..Default::default() };
         let mut containers =
             vec![Container { id: "c1".into(), init: Some(running).into(), execs: vec![exited], ..Default::default() }];

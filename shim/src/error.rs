@@ -41,10 +41,7 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        Error::Io { context: context.into(), source }
     }
 
     /// The ttrpc status code containerd should see for this error.
@@ -52,7 +49,9 @@ impl Error {
         match self {
             // containerd takes NotFound from Kill as "the process has already finished".
             Error::NotFound(_)
-            | Error::Runtime(tether_runtime::Error::NotFound(_) | tether_runtime::Error::NotRunning(_)) => Code::NOT_FOUND,
+            | Error::Runtime(tether_runtime::Error::NotFound(_) | tether_runtime::Error::NotRunning(_)) => {
+                Code::NOT_FOUND
+            }
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::InvalidArgument(_)
@@ -98,10 +97,7 @@ mod tests {
         assert_eq!(code_of(Error::AlreadyExists("c1".into())), Code::ALREADY_EXISTS);
         assert_eq!(code_of(Error::FailedPrecondition("x".into())), Code::FAILED_PRECONDITION);
         assert_eq!(code_of(Error::Unimplemented("Stats")), Code::UNIMPLEMENTED);
-        assert_eq!(
-            code_of(Error::Runtime(tether_runtime::Error::NotFound("c".into()))),
-            Code::NOT_FOUND
-        );
+        assert_eq!(code_of(Error::Runtime(tether_runtime::Error::NotFound("c".into()))), Code::NOT_FOUND);
         assert_eq!(code_of(Error::Runtime(tether_runtime::Error::NotRunning("c".into()))), Code::NOT_FOUND);
     }
 }

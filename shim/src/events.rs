@@ -16,9 +16,12 @@ use tether_protos::{
         TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM,
         TaskPaused, TaskResumed, TaskStart,
     },
-    protobuf::{well_known_types::{any::Any, timestamp::Timestamp}, Message, MessageFull},
+    protobuf::{
+        well_known_types::{any::Any, timestamp::Timestamp},
+        Message, MessageFull,
+    },
     runc_options::ProcessDetails,
-    shim::{events::ForwardRequest, events_ttrpc::EventsClient, event::Envelope},
+    shim::{event::Envelope, events::ForwardRequest, events_ttrpc::EventsClient},
     ttrpc,
 };
 
@@ -125,7 +128,14 @@ impl History {
         if self.events.len() == HISTORY {
             self.events.pop_front();
         }
-        self.events.push_back(Recorded { seq: self.last_seq, topic: topic.to_string(), at, event, text_of, delivered: false });
+        self.events.push_back(Recorded {
+            seq: self.last_seq,
+            topic: topic.to_string(),
+            at,
+            event,
+            text_of,
+            delivered: false,
+        });
     }
 
     fn delivered_one(&mut self) {
@@ -150,7 +160,7 @@ impl Queue {
     }
 
     fn push(&mut self, env: Envelope) {
-        let spilled = self.spill.as_ref().is_some_and(|s| s.len() > 0);
+        let spilled = self.spill.as_ref().is_some_and(|s| !s.is_empty());
         if !spilled && self.memory.len() < MEMORY_EVENTS {
             self.memory.push_back(env);
             return;
@@ -194,8 +204,11 @@ pub struct Publisher {
     /// Signalled when an event is recorded.
     recorded: Condvar,
     /// Told of every event containerd has accepted.
-    on_delivered: OnceLock<Box<dyn Fn(&Envelope) + Send + Sync>>,
+    on_delivered: OnceLock<Box<OnDelivered>>,
 }
+
+/// What is told of each event containerd has accepted.
+type OnDelivered = dyn Fn(&Envelope) + Send + Sync;
 
 impl Publisher {
     /// Starts the publishing thread for containerd's ttrpc address (`TTRPC_ADDRESS`).

@@ -61,11 +61,7 @@ mod tests {
 
     fn config_options(body: &str) -> Any {
         let opts = runtimeoptions::Options { config_body: body.into(), ..Default::default() };
-        Any {
-            type_url: type_urls::RUNTIME_OPTIONS.into(),
-            value: opts.write_to_bytes().unwrap(),
-            ..Default::default()
-        }
+        Any { type_url: type_urls::RUNTIME_OPTIONS.into(), value: opts.write_to_bytes().unwrap(), ..Default::default() }
     }
 
     #[test]

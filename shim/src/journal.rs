@@ -18,12 +18,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tether_protos::{
-    events::task::TaskExit,
-    protobuf::Message,
-    shim::event::Envelope,
-    topics,
-};
+use tether_protos::{events::task::TaskExit, protobuf::Message, shim::event::Envelope, topics};
 
 /// The journal's file in a bundle: one JSON [`Entry`] per line.
 pub const JOURNAL_FILE: &str = "exit-journal";

@@ -4,7 +4,10 @@
 use std::{
     fs,
     io::Write,
-    os::unix::{fs::{DirBuilderExt, PermissionsExt}, net::{UnixListener, UnixStream}},
+    os::unix::{
+        fs::{DirBuilderExt, PermissionsExt},
+        net::{UnixListener, UnixStream},
+    },
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::SystemTime,
@@ -36,9 +39,8 @@ pub fn bundle_dir(args: &Args) -> Result<PathBuf> {
 /// The key that names the shim serving this container: a group annotation in config.json,
 /// else the container id.
 pub fn grouping(bundle: &Path, id: &str) -> String {
-    let spec: Option<serde_json::Value> = fs::read(bundle.join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let spec: Option<serde_json::Value> =
+        fs::read(bundle.join("config.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
     let annotations = spec.as_ref().and_then(|s| s.get("annotations"));
     GROUP_ANNOTATIONS
         .iter()
@@ -84,8 +86,7 @@ pub fn start(args: &Args) -> Result<Vec<u8>> {
         let bound = UnixListener::bind(path);
         nix::sys::stat::umask(umask);
         let l = bound.map_err(|e| format!("binding {path}: {e}"))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("restricting {path}: {e}"))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| format!("restricting {path}: {e}"))?;
         Some(l)
     };
 
@@ -107,7 +108,8 @@ pub fn start(args: &Args) -> Result<Vec<u8>> {
         }
         cmd.arg("serve");
         let listener_fd = std::os::fd::OwnedFd::from(listener);
-        let passed = crate::sys::pass_fds(&mut cmd, &[&listener_fd]).map_err(|e| format!("passing the listener: {e}"))?;
+        let passed =
+            crate::sys::pass_fds(&mut cmd, &[&listener_fd]).map_err(|e| format!("passing the listener: {e}"))?;
         // SAFETY: setsid is async-signal-safe; the serving shim must outlive containerd's
         // process group and session.
         unsafe {
@@ -159,12 +161,8 @@ pub fn delete(args: &Args) -> Result<Vec<u8>> {
         .find(|e| e.id == args.id && e.pid == pid)
         .map(|e| (e.code, e.at()))
         .unwrap_or((128 + libc::SIGKILL as u32, SystemTime::now()));
-    let resp = api::DeleteResponse {
-        pid,
-        exit_status,
-        exited_at: Some(timestamp(exited_at)).into(),
-        ..Default::default()
-    };
+    let resp =
+        api::DeleteResponse { pid, exit_status, exited_at: Some(timestamp(exited_at)).into(), ..Default::default() };
     resp.write_to_bytes().map_err(|e| format!("encoding the DeleteResponse: {e}"))
 }
 
@@ -194,11 +192,8 @@ mod tests {
     fn grouping_prefers_annotations() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(grouping(dir.path(), "c1"), "c1");
-        fs::write(
-            dir.path().join("config.json"),
-            r#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod1"}}"#,
-        )
-        .unwrap();
+        fs::write(dir.path().join("config.json"), r#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod1"}}"#)
+            .unwrap();
         assert_eq!(grouping(dir.path(), "c1"), "pod1");
         fs::write(
             dir.path().join("config.json"),

@@ -74,7 +74,9 @@ mod tests {
 
     #[test]
     fn times_are_rfc3339_utc() {
-        let at = |secs: u64, micros: u64| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros));
+        let at = |secs: u64, micros: u64| {
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros))
+        };
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
         assert_eq!(at(1_795_456_212, 85_767), "2026-11-23T17:50:12.085767Z");

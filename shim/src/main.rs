@@ -70,10 +70,7 @@ fn main() -> ExitCode {
 
 /// Points stderr (and so the log) at the bundle's `log` FIFO when containerd reads it.
 fn redirect_log() {
-    let fifo = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open("log");
+    let fifo = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open("log");
     if let Ok(f) = fifo {
         // SAFETY: dup2 onto stderr of an fd we own.
         unsafe { libc::dup2(f.as_raw_fd(), libc::STDERR_FILENO) };

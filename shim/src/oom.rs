@@ -41,9 +41,7 @@ enum Trigger {
 
 impl Trigger {
     fn open(cgroup: &Cgroup) -> io::Result<Trigger> {
-        let dir = cgroup
-            .memory_dir()
-            .ok_or_else(|| io::Error::other("the container has no memory cgroup"))?;
+        let dir = cgroup.memory_dir().ok_or_else(|| io::Error::other("the container has no memory cgroup"))?;
         match cgroup {
             Cgroup::V1(_) => {
                 let oom_control = File::open(dir.join("memory.oom_control"))?;
@@ -189,10 +187,7 @@ fn publish_new_kills(events: &Publisher, id: &str, watch: &mut Watch) -> bool {
     if grew {
         log::info!("container {id}: {} OOM kill(s)", kills - watch.reported);
         watch.reported = kills;
-        events.publish(
-            topics::TASK_OOM_EVENT_TOPIC,
-            &TaskOOM { container_id: id.to_string(), ..Default::default() },
-        );
+        events.publish(topics::TASK_OOM_EVENT_TOPIC, &TaskOOM { container_id: id.to_string(), ..Default::default() });
     }
     grew
 }

@@ -38,20 +38,16 @@ use tether_protos::{
     runc_options::{CheckpointOptions, ProcessDetails},
     topics,
 };
-use tether_runtime::{
-    runc::exit_code,
-    CheckpointOpts, CreateOpts, CriuOpts, ExecOpts, Executor, RestoreOpts,
-};
+use tether_runtime::{runc::exit_code, CheckpointOpts, CreateOpts, CriuOpts, ExecOpts, Executor, RestoreOpts};
 
 use crate::{
     cgroup::{self, Cgroup},
     config::{self, Settings},
-    logger,
     error::{Error, Result},
     events::{timestamp, to_any, Publisher},
     idle,
     journal::{Entry, ExitJournal},
-    mount,
+    logger, mount,
     oom::OomMonitor,
     pidfd::Handle,
     reaper::{Exit, Reaper},
@@ -133,7 +129,12 @@ impl Process {
         use Status::*;
         let ok = matches!(
             (self.status, to),
-            (Created, Running) | (Created, Stopped) | (Running, Paused) | (Paused, Running) | (Running, Stopped) | (Paused, Stopped)
+            (Created, Running)
+                | (Created, Stopped)
+                | (Running, Paused)
+                | (Paused, Running)
+                | (Running, Stopped)
+                | (Paused, Stopped)
         );
         if !ok {
             return Err(Error::FailedPrecondition(format!(
@@ -223,18 +224,14 @@ impl Container {
         if exec_id.is_empty() {
             return Ok(&self.init);
         }
-        self.execs
-            .get(exec_id)
-            .ok_or_else(|| Error::NotFound(format!("exec {exec_id}")))
+        self.execs.get(exec_id).ok_or_else(|| Error::NotFound(format!("exec {exec_id}")))
     }
 
     fn process_mut(&mut self, exec_id: &str) -> Result<&mut Process> {
         if exec_id.is_empty() {
             return Ok(&mut self.init);
         }
-        self.execs
-            .get_mut(exec_id)
-            .ok_or_else(|| Error::NotFound(format!("exec {exec_id}")))
+        self.execs.get_mut(exec_id).ok_or_else(|| Error::NotFound(format!("exec {exec_id}")))
     }
 
     fn live_execs(&self) -> bool {
@@ -774,9 +771,15 @@ impl Table {
         }
         self.with(id, |c| c.init.transition(to))?;
         if pause {
-            self.events.publish(topics::TASK_PAUSED_EVENT_TOPIC, &TaskPaused { container_id: id.into(), ..Default::default() });
+            self.events.publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                &TaskPaused { container_id: id.into(), ..Default::default() },
+            );
         } else {
-            self.events.publish(topics::TASK_RESUMED_EVENT_TOPIC, &TaskResumed { container_id: id.into(), ..Default::default() });
+            self.events.publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                &TaskResumed { container_id: id.into(), ..Default::default() },
+            );
         }
         Ok(())
     }
@@ -849,7 +852,12 @@ impl Table {
                     executor: c.executor.name().to_string(),
                     init: Some(c.init.dump()).into(),
                     execs: execs.into_iter().map(Process::dump).collect(),
-                    cgroup: c.cgroup.as_ref().and_then(Cgroup::memory_dir).map(|d| d.display().to_string()).unwrap_or_default(),
+                    cgroup: c
+                        .cgroup
+                        .as_ref()
+                        .and_then(Cgroup::memory_dir)
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default(),
                     ..Default::default()
                 }
             })
@@ -922,9 +930,8 @@ impl Table {
 
     /// The container's cgroup metrics, in containerd's message for the host's cgroup mode.
     pub fn stats(&self, id: &str) -> Result<Any> {
-        let cgroup = self.with(id, |c| {
-            c.cgroup.clone().ok_or_else(|| Error::NotFound(format!("cgroup of container {id}")))
-        })?;
+        let cgroup =
+            self.with(id, |c| c.cgroup.clone().ok_or_else(|| Error::NotFound(format!("cgroup of container {id}"))))?;
         if !cgroup.exists() {
             return Err(Error::NotFound(format!("cgroup of container {id} (it has exited)")));
         }
@@ -969,7 +976,8 @@ impl Table {
             }
             Ok((c.executor.clone(), c.bundle.clone()))
         })?;
-        let image_path = if options.image_path.is_empty() { req.path.clone() } else { options.image_path.clone().into() };
+        let image_path =
+            if options.image_path.is_empty() { req.path.clone() } else { options.image_path.clone().into() };
         if image_path.as_os_str().is_empty() {
             return Err(Error::InvalidArgument("checkpoint needs an image path".into()));
         }
@@ -1056,10 +1064,8 @@ impl Table {
             return;
         }
         self.finish(id, exec_id, exit);
-        let init_exit = self
-            .with(id, |c| Ok(if c.live_execs() { None } else { c.deferred_init_exit.take() }))
-            .ok()
-            .flatten();
+        let init_exit =
+            self.with(id, |c| Ok(if c.live_execs() { None } else { c.deferred_init_exit.take() })).ok().flatten();
         if let Some(init_exit) = init_exit {
             self.finish(id, "", init_exit);
         }
@@ -1152,9 +1158,7 @@ fn check_bundle(bundle: &Path, needs_root_dir: bool) -> Result<bool> {
 /// (a Kubernetes pod with shareProcessNamespace, or hostPID).
 fn owns_pid_namespace(spec: &serde_json::Value) -> bool {
     spec["linux"]["namespaces"].as_array().is_some_and(|namespaces| {
-        namespaces
-            .iter()
-            .any(|ns| ns["type"] == "pid" && ns["path"].as_str().is_none_or(str::is_empty))
+        namespaces.iter().any(|ns| ns["type"] == "pid" && ns["path"].as_str().is_none_or(str::is_empty))
     })
 }
 
@@ -1168,18 +1172,13 @@ pub fn validate_id(id: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!(
-            "invalid id {id:?}: use 1-253 characters of [A-Za-z0-9_.+@:-]"
-        )))
+        Err(Error::InvalidArgument(format!("invalid id {id:?}: use 1-253 characters of [A-Za-z0-9_.+@:-]")))
     }
 }
 
 /// Reads the init's pid a runtime wrote into `bundle` (0 when none).
 pub fn read_init_pid(bundle: &Path) -> u32 {
-    fs::read_to_string(bundle.join(INIT_PID_FILE))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+    fs::read_to_string(bundle.join(INIT_PID_FILE)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
 
 #[cfg(test)]

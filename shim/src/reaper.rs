@@ -53,12 +53,7 @@ impl Exit {
     /// its status is lost, so it is reported as [`UNKNOWN_EXIT`].
     fn lost(pid: i32, why: &str) -> Exit {
         log::warn!("pid {pid}: {why}; its exit status is unknown, reporting {UNKNOWN_EXIT}");
-        Exit {
-            pid,
-            status: UNKNOWN_EXIT << 8,
-            at: SystemTime::now(),
-            reaped: Instant::now(),
-        }
+        Exit { pid, status: UNKNOWN_EXIT << 8, at: SystemTime::now(), reaped: Instant::now() }
     }
 }
 
@@ -91,10 +86,7 @@ impl Inner {
     fn route(&mut self, exit: Exit) -> Option<(Callback, Exit)> {
         log::debug!("reaped pid {} status {:#x}", exit.pid, exit.status);
         // The crate's helpers (rootfs mounts) wait through their own monitor.
-        let _ = containerd_shim::monitor::monitor_notify_by_pid(
-            exit.pid,
-            tether_runtime::runc::exit_code(exit.status),
-        );
+        let _ = containerd_shim::monitor::monitor_notify_by_pid(exit.pid, tether_runtime::runc::exit_code(exit.status));
         match self.watchers.remove(&exit.pid) {
             Some(w) => Some((w.on_exit, exit)),
             None => {
@@ -155,7 +147,13 @@ impl Reaper {
 
     /// Watches `pid` unless its exit is known already; returns whether it is watched, and
     /// the exits to deliver.
-    fn register(&self, pid: i32, spawned: Instant, handle: Option<Arc<Handle>>, on_exit: Callback) -> (bool, Deliveries) {
+    fn register(
+        &self,
+        pid: i32,
+        spawned: Instant,
+        handle: Option<Arc<Handle>>,
+        on_exit: Callback,
+    ) -> (bool, Deliveries) {
         let mut inner = self.inner.lock().unwrap();
         if let Some(pos) = inner.unclaimed.iter().position(|e| e.pid == pid && e.reaped >= spawned) {
             let exit = inner.unclaimed.remove(pos);
@@ -178,10 +176,7 @@ impl Reaper {
     /// the caller's `vacated` evidence); returns whether it did.
     pub fn heal(&self, pid: i32, handle: &Arc<Handle>, vacated: impl FnOnce() -> bool) -> bool {
         let mut inner = self.inner.lock().unwrap();
-        let ours = inner
-            .watchers
-            .get(&pid)
-            .is_some_and(|w| w.handle.as_ref().is_some_and(|h| Arc::ptr_eq(h, handle)));
+        let ours = inner.watchers.get(&pid).is_some_and(|w| w.handle.as_ref().is_some_and(|h| Arc::ptr_eq(h, handle)));
         // Checked under the lock: the reaper cannot collect the exit meanwhile.
         if !ours || !handle.is_lost(vacated) {
             return false;
@@ -205,11 +200,7 @@ impl Reaper {
         // Looked at before it is reaped, while the pid still names it.
         let pid = waitid_peek(libc::P_ALL, 0)?;
         let mut deliveries = Deliveries::new();
-        let impostor = inner
-            .watchers
-            .get(&pid)
-            .and_then(|w| w.handle.as_ref())
-            .is_some_and(|h| !h.is_waiting_zombie());
+        let impostor = inner.watchers.get(&pid).and_then(|w| w.handle.as_ref()).is_some_and(|h| !h.is_waiting_zombie());
         if impostor {
             let watch = inner.watchers.remove(&pid).expect("checked above");
             let exit = Exit::lost(pid, "ended unseen, and another child of the shim with its pid exited");
@@ -220,12 +211,7 @@ impl Reaper {
             deliver(deliveries);
             return None;
         };
-        let exit = Exit {
-            pid,
-            status,
-            at: SystemTime::now(),
-            reaped: Instant::now(),
-        };
+        let exit = Exit { pid, status, at: SystemTime::now(), reaped: Instant::now() };
         deliveries.extend(inner.route(exit));
         Some(deliveries)
     }
@@ -258,6 +244,8 @@ impl ChildWaiter for Reaper {
     }
 }
 
+// The reaper under test reaps these children (waitpid -1), not their `Child`.
+#[allow(clippy::zombie_processes)]
 #[cfg(test)]
 pub(crate) mod tests {
     use std::{
@@ -279,12 +267,7 @@ pub(crate) mod tests {
     }
 
     fn exit(pid: i32, reaped: Instant) -> Exit {
-        Exit {
-            pid,
-            status: 7 << 8,
-            at: SystemTime::now(),
-            reaped,
-        }
+        Exit { pid, status: 7 << 8, at: SystemTime::now(), reaped }
     }
 
     /// As if the reaper had just reaped `exit`.
@@ -387,7 +370,11 @@ pub(crate) mod tests {
 
     /// A `sleep` supervised by `reaper` whose parent, a shell spawned as pid `shell`, reaps it
     /// when it is killed: returns its pid, free again by then, and its handle.
-    fn killed_elsewhere(reaper: &Reaper, shell: i32, on_exit: impl FnOnce(Exit) + Send + 'static) -> (i32, Arc<Handle>) {
+    fn killed_elsewhere(
+        reaper: &Reaper,
+        shell: i32,
+        on_exit: impl FnOnce(Exit) + Send + 'static,
+    ) -> (i32, Arc<Handle>) {
         let spawned = Instant::now();
         let pid = grandchild(shell, "wait");
         let handle = reaper.supervise(pid, spawned, on_exit);

@@ -35,7 +35,9 @@ fn invalid(message: String) -> Error {
 /// Checks the values the kernel would refuse. `online` is the host's online CPU list.
 fn check(r: &LinuxResources, online: Option<&str>) -> Result<()> {
     if let Some(mem) = r.memory() {
-        for (name, value) in [("memory.limit", mem.limit()), ("memory.reservation", mem.reservation()), ("memory.swap", mem.swap())] {
+        for (name, value) in
+            [("memory.limit", mem.limit()), ("memory.reservation", mem.reservation()), ("memory.swap", mem.swap())]
+        {
             if let Some(v) = value.filter(|&v| v != -1 && v <= 0) {
                 return Err(invalid(format!("{name} = {v}: must be positive, or -1 for no limit")));
             }
@@ -53,7 +55,9 @@ fn check(r: &LinuxResources, online: Option<&str>) -> Result<()> {
             return Err(invalid(format!("cpu.shares = {s}: must be at least {MIN_CPU_SHARES}")));
         }
         if let Some(q) = cpu.quota().filter(|&q| q != -1 && q < MIN_CPU_QUOTA_US) {
-            return Err(invalid(format!("cpu.quota = {q}: must be at least {MIN_CPU_QUOTA_US} µs, or -1 for no limit")));
+            return Err(invalid(format!(
+                "cpu.quota = {q}: must be at least {MIN_CPU_QUOTA_US} µs, or -1 for no limit"
+            )));
         }
         if let Some(p) = cpu.period().filter(|p| !CPU_PERIOD_US.contains(p)) {
             return Err(invalid(format!(
@@ -63,7 +67,8 @@ fn check(r: &LinuxResources, online: Option<&str>) -> Result<()> {
             )));
         }
         if let Some(cpus) = cpu.cpus().as_deref().filter(|c| !c.is_empty()) {
-            let wanted = parse_cpu_list(cpus).ok_or_else(|| invalid(format!("cpu.cpus = {cpus:?} is not a CPU list like \"0-2,4\"")))?;
+            let wanted = parse_cpu_list(cpus)
+                .ok_or_else(|| invalid(format!("cpu.cpus = {cpus:?} is not a CPU list like \"0-2,4\"")))?;
             if let Some(online) = online.and_then(parse_cpu_list) {
                 if let Some(bad) = wanted.iter().find(|c| !online.contains(c)) {
                     return Err(invalid(format!("cpu.cpus = {cpus:?}: CPU {bad} is not online")));
@@ -71,7 +76,8 @@ fn check(r: &LinuxResources, online: Option<&str>) -> Result<()> {
             }
         }
         if let Some(mems) = cpu.mems().as_deref().filter(|m| !m.is_empty()) {
-            parse_cpu_list(mems).ok_or_else(|| invalid(format!("cpu.mems = {mems:?} is not a node list like \"0-1\"")))?;
+            parse_cpu_list(mems)
+                .ok_or_else(|| invalid(format!("cpu.mems = {mems:?} is not a node list like \"0-1\"")))?;
         }
     }
     if let Some(pids) = r.pids() {

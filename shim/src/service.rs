@@ -1,12 +1,7 @@
 //! The ttrpc task service: decodes requests, validates them, calls the process table and
 //! encodes the answers. It holds no state of its own.
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    sync::Arc,
-    time::Instant,
-};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
 
 use tether_protos::{
     api,
@@ -133,7 +128,8 @@ impl Task for TaskService {
 
     fn checkpoint(&self, _: &TtrpcContext, req: api::CheckpointTaskRequest) -> ttrpc::Result<Empty> {
         traced("Checkpoint", &req.id, "", || {
-            let request = CheckpointRequest { path: PathBuf::from(&req.path), options: req.options.clone().into_option() };
+            let request =
+                CheckpointRequest { path: PathBuf::from(&req.path), options: req.options.clone().into_option() };
             self.table.checkpoint(&req.id, request).map(|()| Empty::new())
         })
     }
@@ -178,10 +174,8 @@ impl Task for TaskService {
 
     fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
         traced("Update", &req.id, "", || {
-            let resources = req
-                .resources
-                .as_ref()
-                .ok_or_else(|| Error::InvalidArgument("update needs resources".into()))?;
+            let resources =
+                req.resources.as_ref().ok_or_else(|| Error::InvalidArgument("update needs resources".into()))?;
             self.table.update(&req.id, resources).map(|()| Empty::new())
         })
     }

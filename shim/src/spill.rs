@@ -42,6 +42,11 @@ impl Spill {
         self.in_file + self.in_memory.len()
     }
 
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Appends a record.
     pub fn push(&mut self, record: Vec<u8>) {
         if self.in_memory.is_empty() {

@@ -102,16 +102,14 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
                 }
-            }
+                Err(_) => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             b => out.push(b),
         }
@@ -185,11 +183,8 @@ impl ConsoleSocket {
             .mode(0o700)
             .create(CONSOLE_DIR)
             .map_err(|e| Error::io(format!("creating {CONSOLE_DIR}"), e))?;
-        let path = Path::new(CONSOLE_DIR).join(format!(
-            "{}-{}.sock",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path =
+            Path::new(CONSOLE_DIR).join(format!("{}-{}.sock", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
         let _ = fs::remove_file(&path);
         let listener = UnixListener::bind(&path)
             .map_err(|e| Error::io(format!("binding console socket {}", path.display()), e))?;
@@ -204,12 +199,9 @@ impl ConsoleSocket {
     /// Takes the pty master the runtime sent. Call after the runtime call returned: by then
     /// the runtime has connected and sent it.
     fn receive(&self) -> Result<OwnedFd> {
-        self.listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("console socket", e))?;
-        let (conn, _) = self.listener.accept().map_err(|e| {
-            Error::io("the runtime did not connect to the console socket", e)
-        })?;
+        self.listener.set_nonblocking(true).map_err(|e| Error::io("console socket", e))?;
+        let (conn, _) =
+            self.listener.accept().map_err(|e| Error::io("the runtime did not connect to the console socket", e))?;
         conn.set_nonblocking(false).map_err(|e| Error::io("console socket", e))?;
         let mut buf = [0u8; 4096];
         let mut iov = [io::IoSliceMut::new(&mut buf)];
@@ -390,12 +382,7 @@ impl ProcessIo {
         let Some(console) = &self.console else {
             return Err(Error::FailedPrecondition("the process has no terminal".into()));
         };
-        let ws = libc::winsize {
-            ws_row: height as u16,
-            ws_col: width as u16,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
+        let ws = libc::winsize { ws_row: height as u16, ws_col: width as u16, ws_xpixel: 0, ws_ypixel: 0 };
         // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer on a pty master fd we own.
         if unsafe { libc::ioctl(console.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
             return Err(Error::io("resizing the pty", io::Error::last_os_error()));
@@ -417,8 +404,9 @@ fn open_sink(out: &Output, name: &str) -> Result<Option<File>> {
         Output::Fifo(path) => open_fifo(path, libc::O_RDWR, name).map(Some),
         Output::File(path) => {
             if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir)
-                    .map_err(|e| Error::InvalidArgument(format!("cannot create {name} log dir {}: {e}", dir.display())))?;
+                fs::create_dir_all(dir).map_err(|e| {
+                    Error::InvalidArgument(format!("cannot create {name} log dir {}: {e}", dir.display()))
+                })?;
             }
             OpenOptions::new()
                 .append(true)
@@ -439,8 +427,8 @@ fn pipe_inode(fd: &OwnedFd) -> Result<u64> {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| Error::io("creating a pipe", e.into()))?;
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::io("creating a pipe", e.into()))?;
     Ok((r, w))
 }
 
@@ -527,7 +515,14 @@ impl Relay {
         if self.splice {
             // SAFETY: splice between two descriptors we hold; pipes take no offsets.
             let n = unsafe {
-                libc::splice(from.as_raw_fd(), std::ptr::null_mut(), to.as_raw_fd(), std::ptr::null_mut(), SPLICE_LEN, libc::SPLICE_F_MOVE)
+                libc::splice(
+                    from.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    to.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    SPLICE_LEN,
+                    libc::SPLICE_F_MOVE,
+                )
             };
             if n >= 0 {
                 return Ok(n as usize);
@@ -554,10 +549,7 @@ impl Relay {
 fn copy_stdin(fifo: File, mut sink: File, cancel: OwnedFd, count: &AtomicU64) {
     let mut relay = Relay::copying();
     loop {
-        let mut fds = [
-            PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
-            PollFd::new(cancel.as_fd(), PollFlags::POLLIN),
-        ];
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN), PollFd::new(cancel.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
@@ -595,8 +587,7 @@ fn start_logger(path: &Path, args: &[String], id: &str, ns: &str, out: OwnedFd, 
         .stderr(std::process::Stdio::null());
     let passed = crate::sys::pass_fds(&mut cmd, &[&out, &err, &ready_w])
         .map_err(|e| Error::io("passing fds to the logging binary", e))?;
-    cmd.spawn()
-        .map_err(|e| Error::io(format!("starting logging binary {}", path.display()), e))?;
+    cmd.spawn().map_err(|e| Error::io(format!("starting logging binary {}", path.display()), e))?;
     drop((cmd, passed, ready_w, out, err));
     // The logger closes (or writes to) its fd 5 once ready: wait for that, bounded.
     let mut ready = File::from(ready_r);
@@ -635,7 +626,10 @@ mod tests {
         assert_eq!(parse_output("file:///var/log/c.log").unwrap(), Output::File("/var/log/c.log".into()));
         assert_eq!(
             parse_output("binary:///usr/bin/logger?tag=my%20app&debug").unwrap(),
-            Output::Binary { path: "/usr/bin/logger".into(), args: vec!["tag".into(), "my app".into(), "debug".into()] }
+            Output::Binary {
+                path: "/usr/bin/logger".into(),
+                args: vec!["tag".into(), "my app".into(), "debug".into()]
+            }
         );
         assert!(parse_output("http://x/y").is_err());
         assert!(parse_output("file://relative").is_err());

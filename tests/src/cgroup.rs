@@ -23,10 +23,7 @@ pub fn cgroup_dir(pid: u32, controller: &str) -> PathBuf {
 
 /// The trimmed contents of `file` in cgroup `dir`.
 pub fn read(dir: &Path, file: &str) -> String {
-    fs::read_to_string(dir.join(file))
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display()))
-        .trim()
-        .to_owned()
+    fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display())).trim().to_owned()
 }
 
 /// Whether this host runs the unified hierarchy alone (cgroup v2).

@@ -26,11 +26,7 @@ macro_rules! note {
 
 /// False when fd 2 is a pipe whose reader has gone (or is otherwise broken).
 fn stderr_writable() -> bool {
-    let mut pfd = libc::pollfd {
-        fd: 2,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd: 2, events: libc::POLLOUT, revents: 0 };
     // SAFETY: poll on one valid pollfd, no timeout.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     n >= 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) == 0
@@ -38,7 +34,8 @@ fn stderr_writable() -> bool {
 
 /// containerd's CRI plugins: off unless a test asks for them ([`Containerd::start_with_cri`]).
 /// 1.x has one; 2.x splits it into the API, the runtime and the image service.
-const CRI_PLUGINS: &[&str] = &["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"];
+const CRI_PLUGINS: &[&str] =
+    &["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"];
 
 /// Plugins that are not needed (legacy snapshotters, tracing) or would touch the host
 /// (`opt` creates /opt/containerd). `io.containerd.runtime.v1.linux` must stay: containerd
@@ -109,19 +106,13 @@ impl Containerd {
         }
         // containerd looks for shims on its PATH first: the host's Go shim is 1.x's.
         if let Some(go) = daemon.go_shim() {
-            std::os::unix::fs::symlink(go, path.join("bin").join(runtime::Runtime::new(runtime::GO_RUNC).shim_binary_name()))
+            std::os::unix::fs::symlink(go, path.join("bin").join(Runtime::new(runtime::GO_RUNC).shim_binary_name()))
                 .expect("symlink the Go shim into bin/");
         }
         let cri = with_cri.then(|| CriPlugin::prepare(&path));
-        fs::write(path.join("config.toml"), config_toml(&path, daemon, cri.as_ref(), level)).expect("write containerd config");
-        let mut c = Containerd {
-            dir: Some(dir),
-            path,
-            child: None,
-            daemon,
-            runtime: runtime.clone(),
-            cri,
-        };
+        fs::write(path.join("config.toml"), config_toml(&path, daemon, cri.as_ref(), level))
+            .expect("write containerd config");
+        let mut c = Containerd { dir: Some(dir), path, child: None, daemon, runtime: runtime.clone(), cri };
         c.spawn();
         c
     }
@@ -152,10 +143,7 @@ impl Containerd {
 
     /// The bundle containerd made for task `id` in `namespace`.
     pub fn bundle(&self, namespace: &str, id: &str) -> PathBuf {
-        self.path
-            .join("state/io.containerd.runtime.v2.task")
-            .join(namespace)
-            .join(id)
+        self.path.join("state/io.containerd.runtime.v2.task").join(namespace).join(id)
     }
 
     /// A ctr of this containerd's generation for `namespace` (FIFOs in this temp dir).
@@ -265,9 +253,7 @@ impl Containerd {
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
             let is_shim = argv.first().is_some_and(|a| a.contains("containerd-shim"));
-            let ours = argv
-                .windows(2)
-                .any(|w| w[0] == "-address" && w[1] == address);
+            let ours = argv.windows(2).any(|w| w[0] == "-address" && w[1] == address);
             if is_shim && ours {
                 found.push((pid, argv));
             }
@@ -285,11 +271,7 @@ impl Containerd {
 
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "containerd already running");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open containerd log");
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("open containerd log");
         let path_env = match std::env::var_os("PATH") {
             Some(p) => {
                 let mut v = vec![self.path.join("bin")];
@@ -317,28 +299,17 @@ impl Containerd {
         // containerd goes with it (its shims and tasks survive: they are in their own sessions).
         unsafe {
             cmd.pre_exec(|| {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGTERM as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0);
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start containerd: {e}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start containerd: {e}"));
         self.child = Some(child);
         let address = self.address();
         let started = Instant::now();
         loop {
             if !self.is_running() {
-                panic!(
-                    "containerd exited while starting; log:\n{}",
-                    tail(&self.log(), 60)
-                );
+                panic!("containerd exited while starting; log:\n{}", tail(&self.log(), 60));
             }
             if address.exists() {
                 let mut cmd = Command::new(self.daemon.ctr());
@@ -349,10 +320,7 @@ impl Containerd {
             }
             if started.elapsed() > START_TIMEOUT {
                 self.kill9();
-                panic!(
-                    "containerd did not answer within {START_TIMEOUT:?}; log:\n{}",
-                    tail(&self.log(), 60)
-                );
+                panic!("containerd did not answer within {START_TIMEOUT:?}; log:\n{}", tail(&self.log(), 60));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -387,21 +355,13 @@ impl Containerd {
             remove_empty_cgroups(ns);
             // tether's default runtime root is /run/tether/<namespace>; runc leaves it behind
             // (empty) once the namespace's last container is deleted. Only an empty dir goes.
-            if self.runtime.is_tether()
-                && !ns.is_empty()
-                && !ns.contains('/')
-                && !ns.starts_with('.')
-            {
+            if self.runtime.is_tether() && !ns.is_empty() && !ns.contains('/') && !ns.starts_with('.') {
                 let _ = fs::remove_dir(Path::new("/run/tether").join(ns));
             }
         }
         // Shims exit after their last task is deleted; give them a moment, then SIGKILL the
         // ones still serving this (now stopped) containerd: they were started for this test.
-        if wait_until(Duration::from_secs(5), || {
-            self.shim_processes().is_empty().then_some(())
-        })
-        .is_none()
-        {
+        if wait_until(Duration::from_secs(5), || self.shim_processes().is_empty().then_some(())).is_none() {
             for (pid, argv) in self.shim_processes() {
                 note!("teardown: killing leftover shim {pid}: {}", argv.join(" "));
                 // SAFETY: a plain kill of a pid we just read from /proc.
@@ -412,10 +372,7 @@ impl Containerd {
         }
         let remaining = unmount_below(&self.path);
         if !remaining.is_empty() {
-            note!(
-                "teardown: still mounted below {}, leaving the dir in place: {remaining:?}",
-                self.path.display()
-            );
+            note!("teardown: still mounted below {}, leaving the dir in place: {remaining:?}", self.path.display());
             if let Some(dir) = self.dir.take() {
                 let _ = dir.keep();
             }
@@ -432,10 +389,7 @@ impl Containerd {
 impl Drop for Containerd {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            note!(
-                "---- containerd log (last 80 lines) ----\n{}\n----",
-                tail(&self.log(), 80)
-            );
+            note!("---- containerd log (last 80 lines) ----\n{}\n----", tail(&self.log(), 80));
         }
         self.shutdown();
     }
@@ -540,10 +494,7 @@ pub fn cgroup_mount_points() -> Vec<PathBuf> {
 /// Mount points of this mount namespace (/proc/self/mountinfo, octal escapes decoded).
 pub fn mount_points() -> Vec<PathBuf> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_octal(p)))
-        .collect()
+    text.lines().filter_map(|l| l.split(' ').nth(4)).map(|p| PathBuf::from(unescape_octal(p))).collect()
 }
 
 fn unescape_octal(s: &str) -> String {
@@ -551,10 +502,7 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {

@@ -52,10 +52,7 @@ impl Ctr {
 
     /// The same, in another namespace.
     pub fn in_namespace(&self, namespace: &str) -> Ctr {
-        Ctr {
-            namespace: namespace.to_owned(),
-            ..self.clone()
-        }
+        Ctr { namespace: namespace.to_owned(), ..self.clone() }
     }
 
     /// The full argv (without the program) for `args`.
@@ -129,15 +126,9 @@ impl Ctr {
         let mut last = Vec::new();
         process::wait_until(timeout, || {
             last = self.tasks();
-            last.iter()
-                .find(|t| t.id == id && t.status == status)
-                .cloned()
+            last.iter().find(|t| t.id == id && t.status == status).cloned()
         })
-        .unwrap_or_else(|| {
-            panic!(
-                "task {id} did not reach {status} within {timeout:?}; last `ctr task ls`: {last:?}"
-            )
-        })
+        .unwrap_or_else(|| panic!("task {id} did not reach {status} within {timeout:?}; last `ctr task ls`: {last:?}"))
     }
 
     /// Waits until task `id` is no longer listed.
@@ -165,13 +156,7 @@ impl Ctr {
     }
 
     /// The ctr arguments for an exec, with extra `flags` (e.g. `-t`, `-d`).
-    pub fn exec_args<S: AsRef<str>>(
-        &self,
-        flags: &[&str],
-        id: &str,
-        exec_id: &str,
-        cmd: &[S],
-    ) -> Vec<String> {
+    pub fn exec_args<S: AsRef<str>>(&self, flags: &[&str], id: &str, exec_id: &str, cmd: &[S]) -> Vec<String> {
         let mut args: Vec<String> = vec!["task".into(), "exec".into(), "--fifo-dir".into()];
         args.push(self.fifo_dir.display().to_string());
         args.extend(flags.iter().map(|s| s.to_string()));
@@ -224,15 +209,8 @@ impl Ctr {
     /// Best-effort removal of every task and container in this namespace (for teardown):
     /// resume paused tasks, SIGKILL everything, force-delete tasks, delete containers.
     pub fn remove_everything(&self) {
-        let short = Ctr {
-            timeout: Duration::from_secs(20),
-            ..self.clone()
-        };
-        let Some(tasks) = short
-            .run(&["task", "ls"])
-            .ok_output()
-            .map(|o| parse_task_ls(&o.stdout))
-        else {
+        let short = Ctr { timeout: Duration::from_secs(20), ..self.clone() };
+        let Some(tasks) = short.run(&["task", "ls"]).ok_output().map(|o| parse_task_ls(&o.stdout)) else {
             return;
         };
         for t in &tasks {
@@ -246,10 +224,7 @@ impl Ctr {
         }
         for t in &tasks {
             process::wait_until(Duration::from_secs(5), || {
-                let rows = short
-                    .run(&["task", "ls"])
-                    .ok_output()
-                    .map(|o| parse_task_ls(&o.stdout))?;
+                let rows = short.run(&["task", "ls"]).ok_output().map(|o| parse_task_ls(&o.stdout))?;
                 (!rows.iter().any(|r| r.id == t.id && r.status != "STOPPED")).then_some(())
             });
             short.run(&["task", "rm", "-f", &t.id]);
@@ -268,31 +243,15 @@ impl Ctr {
     /// Starts `ctr events` and returns once it is subscribed (it has seen a probe event).
     pub fn subscribe(&self) -> Events {
         let proc = self.spawn(&["events"]);
-        let events = Events {
-            proc,
-            namespace: self.namespace.clone(),
-        };
+        let events = Events { proc, namespace: self.namespace.clone() };
         // ctr prints nothing when it is subscribed: provoke events until one shows up.
         let _ = self.run(&["namespaces", "create", &self.namespace]);
         let subscribed = process::wait_until(Duration::from_secs(15), || {
-            let _ = self.run(&[
-                "namespaces",
-                "label",
-                &self.namespace,
-                "tether-test-probe=1",
-            ]);
+            let _ = self.run(&["namespaces", "label", &self.namespace, "tether-test-probe=1"]);
             std::thread::sleep(Duration::from_millis(100));
-            events
-                .all()
-                .iter()
-                .any(|e| e.topic.starts_with("/namespaces/"))
-                .then_some(())
+            events.all().iter().any(|e| e.topic.starts_with("/namespaces/")).then_some(())
         });
-        assert!(
-            subscribed.is_some(),
-            "ctr events saw no event within 15 s: {}",
-            events.proc.stderr_so_far()
-        );
+        assert!(subscribed.is_some(), "ctr events saw no event within 15 s: {}", events.proc.stderr_so_far());
         events
     }
 }
@@ -319,43 +278,27 @@ impl Event {
 
     /// `exit_status` (absent means 0: protobuf's JSON leaves out zero values).
     pub fn exit_status(&self) -> u64 {
-        self.payload
-            .get("exit_status")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0)
+        self.payload.get("exit_status").and_then(|v| v.as_u64()).unwrap_or(0)
     }
 }
 
 impl Events {
     /// Every event seen so far, in all namespaces.
     pub fn all(&self) -> Vec<Event> {
-        self.proc
-            .stdout_so_far()
-            .lines()
-            .filter_map(parse_event)
-            .collect()
+        self.proc.stdout_so_far().lines().filter_map(parse_event).collect()
     }
 
     /// The task events (`/tasks/...`) of container `id` in this namespace.
     pub fn for_container(&self, id: &str) -> Vec<Event> {
         self.all()
             .into_iter()
-            .filter(|e| {
-                e.namespace == self.namespace
-                    && e.topic.starts_with("/tasks/")
-                    && e.str("container_id") == id
-            })
+            .filter(|e| e.namespace == self.namespace && e.topic.starts_with("/tasks/") && e.str("container_id") == id)
             .collect()
     }
 
     /// Waits until `pred` holds for the events of container `id`; returns them.
     #[track_caller]
-    pub fn wait_for(
-        &self,
-        id: &str,
-        timeout: Duration,
-        pred: impl Fn(&[Event]) -> bool,
-    ) -> Vec<Event> {
+    pub fn wait_for(&self, id: &str, timeout: Duration, pred: impl Fn(&[Event]) -> bool) -> Vec<Event> {
         let mut last = Vec::new();
         let got = process::wait_until(timeout, || {
             last = self.for_container(id);
@@ -364,10 +307,7 @@ impl Events {
         got.unwrap_or_else(|| {
             panic!(
                 "events of {id} did not match within {timeout:?}; seen:\n{}",
-                last.iter()
-                    .map(|e| format!("  {} {}", e.topic, e.payload))
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                last.iter().map(|e| format!("  {} {}", e.topic, e.payload)).collect::<Vec<_>>().join("\n")
             )
         })
     }
@@ -386,15 +326,8 @@ fn parse_event(line: &str) -> Option<Event> {
     if !topic.starts_with('/') {
         return None;
     }
-    let payload = parts
-        .next()
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or(serde_json::Value::Null);
-    Some(Event {
-        namespace,
-        topic,
-        payload,
-    })
+    let payload = parts.next().and_then(|j| serde_json::from_str(j).ok()).unwrap_or(serde_json::Value::Null);
+    Some(Event { namespace, topic, payload })
 }
 
 trait OkOutput {
@@ -414,11 +347,7 @@ pub fn parse_task_ls(text: &str) -> Vec<TaskRow> {
         .skip(1)
         .filter_map(|l| {
             let mut f = l.split_whitespace();
-            Some(TaskRow {
-                id: f.next()?.to_owned(),
-                pid: f.next()?.parse().ok()?,
-                status: f.next()?.to_owned(),
-            })
+            Some(TaskRow { id: f.next()?.to_owned(), pid: f.next()?.parse().ok()?, status: f.next()?.to_owned() })
         })
         .collect()
 }
@@ -431,10 +360,7 @@ pub fn parse_ps(text: &str) -> Vec<PsRow> {
         .filter_map(|l| {
             let l = l.trim();
             let (pid, info) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
-            Some(PsRow {
-                pid: pid.parse().ok()?,
-                info: info.trim().to_owned(),
-            })
+            Some(PsRow { pid: pid.parse().ok()?, info: info.trim().to_owned() })
         })
         .collect()
 }
@@ -447,11 +373,7 @@ pub fn exit_code_from_rm(id: &str, stderr: &str) -> i32 {
         .lines()
         .find_map(|l| {
             let rest = &l[l.find(&needle)? + needle.len()..];
-            rest.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .ok()
+            rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
         })
         .unwrap_or(0)
 }
@@ -470,22 +392,14 @@ mod tests {
         let text = "TASK    PID     STATUS    \nc1      5301    RUNNING\nc2      0       STOPPED\n";
         let rows = parse_task_ls(text);
         assert_eq!(rows.len(), 2);
-        assert_eq!(
-            rows[0],
-            TaskRow {
-                id: "c1".into(),
-                pid: 5301,
-                status: "RUNNING".into()
-            }
-        );
+        assert_eq!(rows[0], TaskRow { id: "c1".into(), pid: 5301, status: "RUNNING".into() });
         assert_eq!(rows[1].status, "STOPPED");
         assert!(parse_task_ls("TASK    PID    STATUS    \n").is_empty());
     }
 
     #[test]
     fn parses_ps() {
-        let text =
-            "PID      INFO\n12352    -\n12385    &ProcessDetails{ExecID:x,XXX_unrecognized:[],}\n";
+        let text = "PID      INFO\n12352    -\n12385    &ProcessDetails{ExecID:x,XXX_unrecognized:[],}\n";
         let rows = parse_ps(text);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].info, "-");

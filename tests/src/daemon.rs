@@ -49,7 +49,8 @@ impl Daemon {
                 if runtime::is_executable(&usr) {
                     return usr;
                 }
-                runtime::which("containerd").unwrap_or_else(|| panic!("containerd not found: apt-get install containerd"))
+                runtime::which("containerd")
+                    .unwrap_or_else(|| panic!("containerd not found: apt-get install containerd"))
             }
             Daemon::V2 => v2_binary("containerd"),
         }

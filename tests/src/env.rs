@@ -12,13 +12,13 @@ use tether_protos::{
 };
 
 use crate::containerd::Containerd;
-use crate::daemon::Daemon;
-use crate::Case;
-use crate::oci_image;
 use crate::ctr::{Ctr, CTR_TIMEOUT};
+use crate::daemon::Daemon;
+use crate::oci_image;
 use crate::process::{Output, Proc};
 use crate::rootfs;
 use crate::runtime::Runtime;
+use crate::Case;
 
 /// The name [`Env::image`] imports the busybox rootfs under.
 pub const IMAGE: &str = "docker.io/library/tether-busybox:latest";
@@ -84,15 +84,7 @@ impl Env {
         let ns = unique_namespace(test);
         let ctr = containerd.ctr(&ns);
         let rootfs = rootfs::build(&containerd.dir().join("rootfs"));
-        Env {
-            default_config: runtime.default_config(),
-            runtime,
-            executor: Executor::Runc,
-            ns,
-            ctr,
-            rootfs,
-            containerd,
-        }
+        Env { default_config: runtime.default_config(), runtime, executor: Executor::Runc, ns, ctr, rootfs, containerd }
     }
 
     /// A fresh containerd of `case.daemon` (as [`Env::new`]) whose tether runs containers with
@@ -214,8 +206,7 @@ impl Env {
     #[track_caller]
     pub fn shim_pid_of(&self, id: &str) -> u32 {
         let task = self.ctr.task(id).unwrap_or_else(|| panic!("no task {id}"));
-        let ppid = parent_pid(task.pid)
-            .unwrap_or_else(|| panic!("cannot read the parent of pid {}", task.pid));
+        let ppid = parent_pid(task.pid).unwrap_or_else(|| panic!("cannot read the parent of pid {}", task.pid));
         let shims = self.containerd.shim_processes();
         assert!(
             shims.iter().any(|(pid, _)| *pid == ppid),
@@ -258,10 +249,7 @@ pub fn usage(pid: u32) -> Usage {
 /// The parent pid of `pid` (/proc/PID/status).
 pub fn parent_pid(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|v| v.trim().parse().ok())
+    status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// The pids whose parent is `pid` (/proc/*/status).
@@ -278,9 +266,7 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/status")) {
         Err(_) => false,
-        Ok(s) => !s
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains('Z')),
+        Ok(s) => !s.lines().any(|l| l.starts_with("State:") && l.contains('Z')),
     }
 }
 
@@ -300,29 +286,17 @@ fn unique_namespace(test: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let base: String = test
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
         .collect::<String>()
         .trim_matches('-')
         .chars()
         .take(40)
         .collect();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!(
         "{}-{}-{}{:x}",
-        if base.is_empty() {
-            "t"
-        } else {
-            base.trim_end_matches('-')
-        },
+        if base.is_empty() { "t" } else { base.trim_end_matches('-') },
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed),
         nanos & 0xffff
@@ -566,10 +540,7 @@ impl<'a> RunBuilder<'a> {
 
     /// Runs it on a pseudo-terminal of `cols`×`rows` (add `.tty()` for a container tty).
     pub fn run_on_tty(self, cmd: &[&str], cols: u16, rows: u16) -> Output {
-        let ctr = Ctr {
-            timeout: self.timeout,
-            ..self.env.ctr.clone()
-        };
+        let ctr = Ctr { timeout: self.timeout, ..self.env.ctr.clone() };
         ctr.run_on_tty(&self.args(cmd), cols, rows)
     }
 }

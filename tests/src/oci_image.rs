@@ -151,7 +151,8 @@ pub fn write_archive(rootfs: &Path, images: &[Image], archive: &Path) {
         blobs.push(manifest);
     }
     blobs.push(layer);
-    let index = json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": index });
+    let index =
+        json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": index });
 
     let file = fs::File::create(archive).unwrap_or_else(|e| panic!("{}: {e}", archive.display()));
     let mut tar = tar::Builder::new(file);

@@ -67,11 +67,7 @@ impl Output {
 
     /// stdout with carriage returns removed (terminal output), split in lines.
     pub fn stdout_lines(&self) -> Vec<String> {
-        self.stdout
-            .replace('\r', "")
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        self.stdout.replace('\r', "").lines().map(str::to_owned).collect()
     }
 }
 
@@ -122,32 +118,18 @@ impl Proc {
             .chain(cmd.get_args())
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        cmd.stdin(if piped_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", args.join(" ")));
+        cmd.stdin(if piped_stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", args.join(" ")));
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let readers = vec![
             collect(child.stdout.take().expect("stdout"), stdout.clone()),
             collect(child.stderr.take().expect("stderr"), stderr.clone()),
         ];
-        Proc {
-            stdin: child.stdin.take(),
-            child: Some(child),
-            args,
-            stdout,
-            stderr,
-            readers,
-            result: None,
-        }
+        Proc { stdin: child.stdin.take(), child: Some(child), args, stdout, stderr, readers, result: None }
     }
 
     pub fn pid(&self) -> u32 {
@@ -361,10 +343,7 @@ pub fn wait_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
 
 /// Quotes `s` for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
         return s.to_owned();
     }
     format!("'{}'", s.replace('\'', "'\\''"))

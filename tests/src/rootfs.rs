@@ -14,11 +14,9 @@ pub fn host_busybox() -> PathBuf {
     if let Some(p) = std::env::var_os("TETHER_TEST_BUSYBOX").filter(|v| !v.is_empty()) {
         return PathBuf::from(p);
     }
-    let found = BUSYBOX_CANDIDATES
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("busybox not found: install Debian's busybox-static (apt-get install busybox-static)"));
+    let found = BUSYBOX_CANDIDATES.iter().map(PathBuf::from).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!("busybox not found: install Debian's busybox-static (apt-get install busybox-static)")
+    });
     assert!(
         is_static_elf(&found),
         "{} is dynamically linked: the test rootfs needs busybox-static (apt-get install busybox-static)",
@@ -53,10 +51,8 @@ fn is_static_elf(p: &Path) -> bool {
 
 /// The applets the host's busybox provides (`busybox --list`), without `busybox` itself.
 pub fn applets(busybox: &Path) -> Vec<String> {
-    let out = Command::new(busybox)
-        .arg("--list")
-        .output()
-        .unwrap_or_else(|e| panic!("{} --list: {e}", busybox.display()));
+    let out =
+        Command::new(busybox).arg("--list").output().unwrap_or_else(|e| panic!("{} --list: {e}", busybox.display()));
     assert!(out.status.success(), "{} --list failed", busybox.display());
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -74,9 +70,7 @@ pub fn build(dir: &Path) -> PathBuf {
     let busybox = host_busybox();
     let bin = dir.join("bin");
     fs::create_dir_all(&bin).expect("create rootfs/bin");
-    for d in [
-        "proc", "dev", "sys", "tmp", "run", "root", "etc", "sbin", "usr/bin", "var",
-    ] {
+    for d in ["proc", "dev", "sys", "tmp", "run", "root", "etc", "sbin", "usr/bin", "var"] {
         fs::create_dir_all(dir.join(d)).expect("create rootfs dir");
     }
     fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777)).expect("chmod /tmp");
@@ -89,11 +83,8 @@ pub fn build(dir: &Path) -> PathBuf {
             symlink("busybox", &link).expect("applet symlink");
         }
     }
-    fs::write(
-        dir.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-    )
-    .expect("write /etc/passwd");
+    fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+        .expect("write /etc/passwd");
     fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("write /etc/group");
     fs::write(dir.join("etc/hostname"), "tether-test\n").expect("write /etc/hostname");
     dir.to_path_buf()

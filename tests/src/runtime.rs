@@ -54,10 +54,7 @@ impl Runtime {
         let parts: Vec<&str> = self.name.split('.').collect();
         match parts.as_slice() {
             ["io", "containerd", name, version] => format!("containerd-shim-{name}-{version}"),
-            _ => panic!(
-                "runtime {:?} is not of the form io.containerd.NAME.VERSION",
-                self.name
-            ),
+            _ => panic!("runtime {:?} is not of the form io.containerd.NAME.VERSION", self.name),
         }
     }
 
@@ -66,9 +63,7 @@ impl Runtime {
         if !self.is_tether() {
             return None;
         }
-        std::env::var_os(RUNTIME_CONFIG_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
+        std::env::var_os(RUNTIME_CONFIG_ENV).filter(|v| !v.is_empty()).map(PathBuf::from)
     }
 }
 
@@ -89,11 +84,7 @@ pub fn target_profile_dir() -> Option<PathBuf> {
 pub fn tether_shim_binary() -> PathBuf {
     if let Some(p) = std::env::var_os(SHIM_BINARY_ENV).filter(|v| !v.is_empty()) {
         let p = PathBuf::from(p);
-        assert!(
-            is_executable(&p),
-            "{SHIM_BINARY_ENV}={} is not an executable file",
-            p.display()
-        );
+        assert!(is_executable(&p), "{SHIM_BINARY_ENV}={} is not an executable file", p.display());
         return absolute(&p);
     }
     let mut candidates = Vec::new();
@@ -114,11 +105,7 @@ pub fn tether_shim_binary() -> PathBuf {
          Build it first: `cargo build --workspace` (then `cargo test --workspace`),\n\
          or point {SHIM_BINARY_ENV} at it, or run the suite against containerd's Go shim with \
          {RUNTIME_ENV}={GO_RUNC}.",
-        candidates
-            .iter()
-            .map(|c| c.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
     );
 }
 
@@ -142,9 +129,7 @@ pub fn is_executable(p: &Path) -> bool {
 /// Looks `name` up on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
 }
 
 /// The host's runc.
@@ -167,11 +152,7 @@ fn write_script(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// A runc under another name: a wrapper that records each invocation, then runs the real runc.
 pub fn recording_runc(dir: &Path, name: &str, record: &Path) -> PathBuf {
-    let text = format!(
-        "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
-        record.display(),
-        host_runc().display()
-    );
+    let text = format!("#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n", record.display(), host_runc().display());
     write_script(dir, name, &text)
 }
 

@@ -12,8 +12,8 @@ use tether_protos::{
 };
 use tether_tests::containerd::mounted_below;
 use tether_tests::env::Env;
-use tether_tests::shim::{code_of, exec_request, message_of, ShimClient};
 use tether_tests::secs;
+use tether_tests::shim::{code_of, exec_request, message_of, ShimClient};
 use tether_tests::Case;
 
 tether_tests::for_each_executor!(
@@ -84,51 +84,117 @@ fn bad_requests_get_clear_codes_and_the_shim_serves_on(case: Case) {
     // Create: the bundle, its config, its rootfs, its process, its stdio, its id.
     let missing = env.work().join("no-such-bundle");
     expect("missing bundle", call_create(&create(&env, "b1", &missing, vec![])), Code::INVALID_ARGUMENT, "config.json");
-    expect("empty bundle path", call_create(&create(&env, "b1", Path::new(""), vec![])), Code::INVALID_ARGUMENT, "bundle");
+    expect(
+        "empty bundle path",
+        call_create(&create(&env, "b1", Path::new(""), vec![])),
+        Code::INVALID_ARGUMENT,
+        "bundle",
+    );
     let garbled = bundle(&env, "garbled", |_| {});
     fs::write(garbled.join("config.json"), "{\"ociVersion\": ").unwrap();
-    expect("config.json that does not parse", call_create(&create(&env, "b2", &garbled, vec![])), Code::INVALID_ARGUMENT, "does not parse");
+    expect(
+        "config.json that does not parse",
+        call_create(&create(&env, "b2", &garbled, vec![])),
+        Code::INVALID_ARGUMENT,
+        "does not parse",
+    );
     let no_root = bundle(&env, "no-root", |_| {});
     fs::remove_dir(no_root.join("rootfs")).unwrap();
     expect("rootfs dir missing", call_create(&create(&env, "b3", &no_root, vec![])), Code::INVALID_ARGUMENT, "rootfs");
     let b4 = bundle(&env, "bad-mount", |_| {});
     let gone = env.work().join("no-such-rootfs");
-    expect("rootfs mount source missing", call_create(&create(&env, "b4", &b4, vec![rootfs_mount(&gone)])), Code::INVALID_ARGUMENT, "does not exist");
+    expect(
+        "rootfs mount source missing",
+        call_create(&create(&env, "b4", &b4, vec![rootfs_mount(&gone)])),
+        Code::INVALID_ARGUMENT,
+        "does not exist",
+    );
     let b5 = bundle(&env, "no-binary", |s| s["process"]["args"] = serde_json::json!(["/no/such/binary"]));
-    expect("binary missing in the container", call_create(&create(&env, "b5", &b5, vec![rootfs_mount(&env.rootfs)])), Code::INVALID_ARGUMENT, "/no/such/binary");
+    expect(
+        "binary missing in the container",
+        call_create(&create(&env, "b5", &b5, vec![rootfs_mount(&env.rootfs)])),
+        Code::INVALID_ARGUMENT,
+        "/no/such/binary",
+    );
     let b6 = bundle(&env, "bad-stdio", |_| {});
     let mut req = create(&env, "b6", &b6, vec![rootfs_mount(&env.rootfs)]);
     req.stdout = env.work().join("no-such-dir/stdout").display().to_string();
     expect("stdio path that cannot be opened", call_create(&req), Code::INVALID_ARGUMENT, "stdout");
     expect("empty id", call_create(&create(&env, "", &b6, vec![])), Code::INVALID_ARGUMENT, "invalid id");
-    expect("path traversal in the id", call_create(&create(&env, "../x", &b6, vec![])), Code::INVALID_ARGUMENT, "invalid id");
+    expect(
+        "path traversal in the id",
+        call_create(&create(&env, "../x", &b6, vec![])),
+        Code::INVALID_ARGUMENT,
+        "invalid id",
+    );
     let anchor_bundle = env.containerd.bundle(&env.ns, "anchor");
-    expect("duplicate id", call_create(&create(&env, "anchor", &anchor_bundle, vec![])), Code::ALREADY_EXISTS, "anchor");
+    expect(
+        "duplicate id",
+        call_create(&create(&env, "anchor", &anchor_bundle, vec![])),
+        Code::ALREADY_EXISTS,
+        "anchor",
+    );
     for dir in [&b4, &b5, &b6] {
         assert!(mounted_below(dir).is_empty(), "a failed create left mounts: {:?}", mounted_below(dir));
     }
 
     // Exec ids, unknown processes, wrong states.
     shim.call::<Empty>("Exec", &exec_request("anchor", "e1", &["sleep", "1000"])).unwrap();
-    shim.call::<api::StartResponse>("Start", &api::StartRequest { id: "anchor".into(), exec_id: "e1".into(), ..Default::default() })
-        .unwrap();
-    expect("duplicate exec id", shim.call::<Empty>("Exec", &exec_request("anchor", "e1", &["true"])), Code::ALREADY_EXISTS, "e1");
-    expect("exec id with a slash", shim.call::<Empty>("Exec", &exec_request("anchor", "a/b", &["true"])), Code::INVALID_ARGUMENT, "invalid id");
-    let unknown = || api::KillRequest { id: "anchor".into(), exec_id: "nosuch".into(), signal: 9, ..Default::default() };
+    shim.call::<api::StartResponse>(
+        "Start",
+        &api::StartRequest { id: "anchor".into(), exec_id: "e1".into(), ..Default::default() },
+    )
+    .unwrap();
+    expect(
+        "duplicate exec id",
+        shim.call::<Empty>("Exec", &exec_request("anchor", "e1", &["true"])),
+        Code::ALREADY_EXISTS,
+        "e1",
+    );
+    expect(
+        "exec id with a slash",
+        shim.call::<Empty>("Exec", &exec_request("anchor", "a/b", &["true"])),
+        Code::INVALID_ARGUMENT,
+        "invalid id",
+    );
+    let unknown =
+        || api::KillRequest { id: "anchor".into(), exec_id: "nosuch".into(), signal: 9, ..Default::default() };
     expect("kill of an unknown exec", shim.call::<Empty>("Kill", &unknown()), Code::NOT_FOUND, "nosuch");
-    let resize = |exec_id: &str| api::ResizePtyRequest { id: "anchor".into(), exec_id: exec_id.into(), width: 80, height: 25, ..Default::default() };
+    let resize = |exec_id: &str| api::ResizePtyRequest {
+        id: "anchor".into(),
+        exec_id: exec_id.into(),
+        width: 80,
+        height: 25,
+        ..Default::default()
+    };
     expect("resize of an unknown exec", shim.call::<Empty>("ResizePty", &resize("nosuch")), Code::NOT_FOUND, "nosuch");
-    let close = api::CloseIORequest { id: "anchor".into(), exec_id: "nosuch".into(), stdin: true, ..Default::default() };
+    let close =
+        api::CloseIORequest { id: "anchor".into(), exec_id: "nosuch".into(), stdin: true, ..Default::default() };
     expect("close-io of an unknown exec", shim.call::<Empty>("CloseIO", &close), Code::NOT_FOUND, "nosuch");
-    expect("resize of a process without a terminal", shim.call::<Empty>("ResizePty", &resize("")), Code::FAILED_PRECONDITION, "terminal");
+    expect(
+        "resize of a process without a terminal",
+        shim.call::<Empty>("ResizePty", &resize("")),
+        Code::FAILED_PRECONDITION,
+        "terminal",
+    );
     let start = api::StartRequest { id: "anchor".into(), ..Default::default() };
     expect("start twice", shim.call::<api::StartResponse>("Start", &start), Code::FAILED_PRECONDITION, "Running");
     let delete = api::DeleteRequest { id: "anchor".into(), ..Default::default() };
-    expect("delete of a running task", shim.call::<api::DeleteResponse>("Delete", &delete), Code::FAILED_PRECONDITION, "running");
+    expect(
+        "delete of a running task",
+        shim.call::<api::DeleteResponse>("Delete", &delete),
+        Code::FAILED_PRECONDITION,
+        "running",
+    );
     let state = api::StateRequest { id: "nosuch".into(), ..Default::default() };
     expect("state of an unknown task", shim.call::<api::StateResponse>("State", &state), Code::NOT_FOUND, "nosuch");
     let unwritable = CheckpointOptions { image_path: "/proc/tether-cannot-write/image".into(), ..Default::default() };
-    expect("checkpoint to a path that is not writable", shim.checkpoint("anchor", &unwritable), Code::INVALID_ARGUMENT, "/proc/tether-cannot-write");
+    expect(
+        "checkpoint to a path that is not writable",
+        shim.checkpoint("anchor", &unwritable),
+        Code::INVALID_ARGUMENT,
+        "/proc/tether-cannot-write",
+    );
 
     // None of it hurt: the shim serves the anchor as before.
     assert_eq!(ctr.status("anchor").as_deref(), Some("RUNNING"));

@@ -45,9 +45,8 @@ impl Started {
     /// The shim answers on its socket, then exits on Shutdown and removes the socket.
     fn check_serves_and_shut_down(self) {
         let client = ShimClient::connect(&self.address).unwrap_or_else(|e| panic!("dial {}: {e}", self.address));
-        let connect: api::ConnectResponse = client
-            .call("Connect", &api::ConnectRequest { id: "c1".into(), ..Default::default() })
-            .expect("Connect");
+        let connect: api::ConnectResponse =
+            client.call("Connect", &api::ConnectRequest { id: "c1".into(), ..Default::default() }).expect("Connect");
         assert!(connect.shim_pid > 0, "{connect:?}");
         client
             .call::<Empty>("Shutdown", &api::ShutdownRequest { id: "c1".into(), ..Default::default() })
@@ -139,9 +138,8 @@ fn start_right_after_shutdown_gets_a_new_shim() {
     let ns = namespace("again");
     let shim_pid = |address: &str| {
         let client = ShimClient::connect(address).unwrap_or_else(|e| panic!("dial {address}: {e}"));
-        let connect: api::ConnectResponse = client
-            .call("Connect", &api::ConnectRequest { id: "c1".into(), ..Default::default() })
-            .expect("Connect");
+        let connect: api::ConnectResponse =
+            client.call("Connect", &api::ConnectRequest { id: "c1".into(), ..Default::default() }).expect("Connect");
         (client, connect.shim_pid)
     };
     let first = String::from_utf8(start(dir.path(), &ns, None, &[])).unwrap();
@@ -206,14 +204,16 @@ fn info_without_options_reports_runcs_features() {
 #[test]
 fn info_with_a_native_config_reports_libcontainers_features() {
     let dir = tempfile::tempdir().unwrap();
-    let config = TetherConfig { executor: Some("native".into()), ..Default::default() }.write(&dir.path().join("native.toml"));
+    let config =
+        TetherConfig { executor: Some("native".into()), ..Default::default() }.write(&dir.path().join("native.toml"));
     let options = config_path_options(&config);
     let (info, features) = decoded(&info(&options.write_to_bytes().unwrap()));
     assert_eq!(info.options.as_ref(), Some(&options));
     assert_eq!(features["ociVersionMin"], "1.0.0", "{features}");
     assert!(features["linux"]["namespaces"].as_array().is_some_and(|n| n.contains(&"user".into())), "{features}");
     assert_eq!(features["linux"]["mountExtensions"]["idmap"]["enabled"], false, "{features}");
-    let runc: serde_json::Value = serde_json::from_slice(&Command::new("runc").arg("features").output().unwrap().stdout).unwrap();
+    let runc: serde_json::Value =
+        serde_json::from_slice(&Command::new("runc").arg("features").output().unwrap().stdout).unwrap();
     assert_ne!(features, runc, "the native executor reports its own features, not runc's");
 }
 

@@ -219,10 +219,7 @@ fn checkpoint_and_restore_round_trip(daemon: Daemon) {
     shim.start("c1-restored").unwrap_or_else(|e| panic!("start restored: {e}"));
     let resumed = wait_until(secs(10), || read_count(&env.rootfs).filter(|&n| n > stopped_at))
         .expect("the restored counter counts on");
-    assert!(
-        resumed <= stopped_at + 20,
-        "it resumed from {stopped_at}, not from the start: now {resumed}"
-    );
+    assert!(resumed <= stopped_at + 20, "it resumed from {stopped_at}, not from the start: now {resumed}");
     drop(cleanup);
     ctr.rm_task("c1");
 }

@@ -7,12 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tether_tests::env::{usage, Env};
-use tether_tests::{secs, wait_until};
 use tether_tests::Case;
+use tether_tests::{secs, wait_until};
 
-tether_tests::for_each_executor!(
-    churn_of_containers_and_execs_leaves_nothing_behind,
-);
+tether_tests::for_each_executor!(churn_of_containers_and_execs_leaves_nothing_behind,);
 
 const CONTAINERS: usize = 500;
 const EXECS: usize = 1000;
@@ -69,11 +67,7 @@ fn churn_of_containers_and_execs_leaves_nothing_behind(case: Case) {
     let container = |i: usize| {
         let id = format!("c{i}");
         let code = i % 200;
-        env.run(&id)
-            .detach()
-            .annotation(GROUP, "churn")
-            .run(&["sh", "-c", &format!("exit {code}")])
-            .expect_ok();
+        env.run(&id).detach().annotation(GROUP, "churn").run(&["sh", "-c", &format!("exit {code}")]).expect_ok();
         ctr.wait_status(&id, "STOPPED", secs(60));
         assert_eq!(ctr.rm_task(&id), code as i32, "exit code of {id}");
         ctr.rm_container(&id).expect_ok();

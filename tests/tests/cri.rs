@@ -10,8 +10,8 @@ use tether_tests::cgroup::{cgroup_dir, is_v2, read};
 use tether_tests::cri::config::inline_handler_for;
 use tether_tests::cri::{with_pid_namespace, CriEnv, Pod, Stream, K8S_NAMESPACE};
 use tether_tests::env::skip;
-use tether_tests::runtime::tether_ctl_binary;
 use tether_tests::env::{children_of, parent_pid, pid_alive};
+use tether_tests::runtime::tether_ctl_binary;
 use tether_tests::{secs, wait_until, Case, Executor, Runtime};
 
 tether_tests::for_each_executor!(
@@ -59,7 +59,7 @@ fn shim_of(env: &CriEnv, pod: &Pod) -> u32 {
 
 /// The network namespace of `pid`.
 fn net_ns(pid: &str) -> String {
-    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+    fs::read_link(format!("/proc/{pid}/ns/net"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/ns/net: {e}"))
         .display()
         .to_string()
@@ -106,7 +106,7 @@ fn pod_sandbox_lifecycle(case: Case) {
         "the pod's shim exits once the pod is removed: {:?}",
         env.containerd.shim_processes()
     );
-    let leftover = env.containerd.ctr(tether_tests::cri::K8S_NAMESPACE).containers();
+    let leftover = env.containerd.ctr(K8S_NAMESPACE).containers();
     assert!(leftover.is_empty(), "no containerd container is left: {leftover:?}");
 }
 
@@ -151,7 +151,11 @@ fn one_shim_per_pod(case: Case) {
 
     env.client.stop_pod_sandbox(&pod2.id).expect("StopPodSandbox");
     env.client.remove_pod_sandbox(&pod2.id).expect("RemovePodSandbox");
-    assert!(wait_until(secs(10), || env.shim_pids().is_empty().then_some(())).is_some(), "{:?}", env.containerd.shim_processes());
+    assert!(
+        wait_until(secs(10), || env.shim_pids().is_empty().then_some(())).is_some(),
+        "{:?}",
+        env.containerd.shim_processes()
+    );
 }
 
 /// CreateContainer / StartContainer / StopContainer / RemoveContainer. Stop sends SIGTERM
@@ -440,8 +444,10 @@ fn stop_with_a_worker(case: Case, test: &str, pid_namespace: NamespaceMode) {
     env.wait_running(&id, secs(30));
     logged(&log, "ready");
     let init = env.container_pid(&id);
-    let is_worker = |pid: &u32| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\x00100000"));
-    let worker = children_of(init).into_iter().find(is_worker).unwrap_or_else(|| panic!("no worker under the init {init}"));
+    let is_worker =
+        |pid: &u32| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\x00100000"));
+    let worker =
+        children_of(init).into_iter().find(is_worker).unwrap_or_else(|| panic!("no worker under the init {init}"));
 
     let grace = 10;
     let started = std::time::Instant::now();
@@ -476,6 +482,7 @@ fn runtime_config_inline_in_the_handler(case: Case) {
     let out = tether_tests::process::run(ctl, None, secs(30));
     let dump: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
     let expected = if case.executor == Executor::Native { "libcontainer" } else { "runc" };
-    let executors: Vec<&serde_json::Value> = dump["containers"].as_array().expect("containers").iter().map(|c| &c["executor"]).collect();
+    let executors: Vec<&serde_json::Value> =
+        dump["containers"].as_array().expect("containers").iter().map(|c| &c["executor"]).collect();
     assert_eq!(executors, [expected, expected], "the sandbox and the container: {dump}");
 }

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tether_tests::env::{Env, Executor, TetherConfig};
-use tether_tests::{Case, Daemon};
 use tether_tests::process::{run, run_on_tty, Output, Proc};
 use tether_tests::runtime::tether_ctl_binary;
 use tether_tests::{secs, wait_until};
+use tether_tests::{Case, Daemon};
 
 tether_tests::for_each_executor!(
     ctl_inspects_and_drives_a_shim_under_containerd,
@@ -72,7 +72,10 @@ fn ctl_inspects_and_drives_a_shim_under_containerd(case: Case) {
         },
         false,
     );
-    let out = ctl(&["--bundle", &b, "exec", "c1", "--exec-id", "x1", "--", "sh", "-c", "read l; echo got $l; echo e >&2; exit 3"], Some(b"line\n"));
+    let out = ctl(
+        &["--bundle", &b, "exec", "c1", "--exec-id", "x1", "--", "sh", "-c", "read l; echo got $l; echo e >&2; exit 3"],
+        Some(b"line\n"),
+    );
     out.expect_code(3);
     assert_eq!(out.stdout, "got line\n", "{out}");
     assert!(out.stderr.contains('e'), "{out}");
@@ -85,7 +88,13 @@ fn ctl_inspects_and_drives_a_shim_under_containerd(case: Case) {
     // dump: the process table, stdio with bytes copied, the queue, the fds.
     let out = ctl(&["--bundle", &b, "dump"], None);
     out.expect_ok();
-    for needle in ["container c1", &format!("init: pid {}, running", task.pid), "executor", "events not yet delivered: 0", "open fds:"] {
+    for needle in [
+        "container c1",
+        &format!("init: pid {}, running", task.pid),
+        "executor",
+        "events not yet delivered: 0",
+        "open fds:",
+    ] {
         assert!(out.stdout.contains(needle), "{needle:?} in dump:\n{out}");
     }
     let out = ctl(&["--bundle", &b, "--json", "dump"], None);
@@ -186,7 +195,19 @@ fn ctl_attaches_a_terminal(case: Case) {
     env.run("c1").detach().run(&["sh", "-c", LOOP_UNTIL_TERM]).expect_ok();
     env.ctr.wait_status("c1", "RUNNING", secs(10));
     let b = env.containerd.bundle(&env.ns, "c1").display().to_string();
-    let exec: Vec<String> = [tether_ctl_binary().display().to_string(), "--bundle".into(), b, "exec".into(), "-t".into(), "c1".into(), "--".into(), "sh".into(), "-c".into(), probe.into()].to_vec();
+    let exec: Vec<String> = [
+        tether_ctl_binary().display().to_string(),
+        "--bundle".into(),
+        b,
+        "exec".into(),
+        "-t".into(),
+        "c1".into(),
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        probe.into(),
+    ]
+    .to_vec();
     let out = run_on_tty(&exec, 111, 33, secs(60));
     out.expect_code(5);
     assert!(out.stdout.contains("tty-yes") && out.stdout.contains("size=33 111"), "{out}");
@@ -251,7 +272,12 @@ fn ctl_runs_a_bundle_without_containerd(case: Case) {
     assert!(out.stdout.contains("init: pid") && out.stdout.contains("stopped, exit status 4"), "{out}");
     assert!(out.stdout.contains("(5 bytes)"), "stdout bytes copied (\"kept\\n\"): {out}");
     // With no containerd to deliver it to, the exit waits in the journal.
-    assert!(out.stdout.contains("exit journal: 1") && out.stdout.contains("/tasks/exit") && out.stdout.contains("exit_status: 4"), "{out}");
+    assert!(
+        out.stdout.contains("exit journal: 1")
+            && out.stdout.contains("/tasks/exit")
+            && out.stdout.contains("exit_status: 4"),
+        "{out}"
+    );
     // --detach: started in the background, driven by later calls.
     let out = ctl(&run_args("sa4", &["--detach"], &b4), None);
     out.expect_ok();
@@ -295,7 +321,8 @@ fn hooks_run_after_start_and_at_delete(case: Case) {
     out.expect_ok();
     assert_eq!(out.stdout, "ran\n", "{out}");
     for kind in ["poststart", "poststop"] {
-        let state = fs::read_to_string(marker(kind)).unwrap_or_else(|e| panic!("the {kind} hook did not run: {e}\n{out}"));
+        let state =
+            fs::read_to_string(marker(kind)).unwrap_or_else(|e| panic!("the {kind} hook did not run: {e}\n{out}"));
         assert!(state.contains("\"hk1\""), "the {kind} hook got the container's state: {state}");
     }
 }
@@ -333,7 +360,10 @@ fn dump_names_who_holds_an_exited_process_output(case: Case) {
     let exec = &dump["containers"][0]["execs"][0];
     assert_eq!(exec["execId"], "x1", "{dump}");
     assert_eq!(exec["outputHolders"][0]["pid"], sleeper, "{dump}");
-    assert!(dump["containers"][0]["init"]["outputHolders"].as_array().is_none_or(|h| h.is_empty()), "the running init has none: {dump}");
+    assert!(
+        dump["containers"][0]["init"]["outputHolders"].as_array().is_none_or(|h| h.is_empty()),
+        "the running init has none: {dump}"
+    );
 
     env.ctr.kill("c1", "SIGKILL", true).expect_ok();
     env.ctr.wait_status("c1", "STOPPED", secs(10));
@@ -350,7 +380,8 @@ fn the_node_default_config_applies_without_runtime_options() {
         return;
     }
     fs::create_dir_all(env.work()).unwrap();
-    let native = TetherConfig { executor: Some("native".into()), ..Default::default() }.write(&env.work().join("node.toml"));
+    let native =
+        TetherConfig { executor: Some("native".into()), ..Default::default() }.write(&env.work().join("node.toml"));
     let broken = env.work().join("broken.toml");
     fs::write(&broken, "executor = \"jail\"\n").unwrap();
     let bundle = standalone_bundle(&env, "dc1", LOOP_UNTIL_TERM);

@@ -7,8 +7,8 @@ use tether_protos::ttrpc::Code;
 use tether_tests::cgroup::{cgroup_dir, is_v2, read};
 use tether_tests::env::{usage, Env};
 use tether_tests::shim::{code_of, message_of, ShimClient};
-use tether_tests::{secs, wait_until, Event};
 use tether_tests::Case;
+use tether_tests::{secs, wait_until, Event};
 
 tether_tests::for_each_executor!(
     metrics_and_update,
@@ -27,8 +27,8 @@ fn metrics_and_update(case: Case) {
     // ctr task metrics: the whole metrics message for this host's cgroup mode.
     let out = ctr.run(&["task", "metrics", "--format", "json", "c1"]);
     out.expect_ok();
-    let m: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("metrics are not JSON ({e}):\n{out}"));
+    let m: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("metrics are not JSON ({e}):\n{out}"));
     // protobuf's JSON leaves out zero values: absent reads as 0.
     let num = |path: &[&str]| -> u64 { path.iter().fold(&m, |v, k| &v[*k]).as_u64().unwrap_or(0) };
     if is_v2() {
@@ -117,12 +117,7 @@ fn oom_kill_is_reported_before_the_exit(case: Case) {
     let events = ctr.subscribe();
 
     // The init itself exceeds the limit: /tasks/oom, then /tasks/exit with 137.
-    env.run("hog")
-        .detach()
-        .flag("--memory-limit")
-        .flag("16777216")
-        .run(&["tail", "/dev/zero"])
-        .expect_ok();
+    env.run("hog").detach().flag("--memory-limit").flag("16777216").run(&["tail", "/dev/zero"]).expect_ok();
     ctr.wait_status("hog", "STOPPED", secs(60));
     let seen = events.wait_for("hog", secs(15), |evs| position(evs, "/tasks/exit").is_some());
     let topics: Vec<&str> = seen.iter().map(|e| e.topic.as_str()).collect();
@@ -185,7 +180,8 @@ fn deleted_containers_leave_no_watcher_behind(case: Case) {
     assert!(
         settled.is_some(),
         "fds/threads back to {fds}/{threads}; now {fds_after}/{threads_after}: {:?}",
-        fs::read_dir(format!("/proc/{shim}/fd")).map(|d| d.filter_map(|e| fs::read_link(e.ok()?.path()).ok()).collect::<Vec<_>>())
+        fs::read_dir(format!("/proc/{shim}/fd"))
+            .map(|d| d.filter_map(|e| fs::read_link(e.ok()?.path()).ok()).collect::<Vec<_>>())
     );
     assert_eq!(ctr.status("anchor").as_deref(), Some("RUNNING"));
 }

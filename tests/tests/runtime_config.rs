@@ -31,11 +31,7 @@ fn runtime_binary_under_another_name(daemon: Daemon) {
     // By path, outside any PATH.
     let record = env.work().join("my-runc.calls");
     let my_runc = recording_runc(&env.work().join("alt-bin"), "my-runc", &record);
-    env.run("c1")
-        .detach()
-        .runtime_binary(&my_runc.display().to_string())
-        .run(&["sleep", "1000"])
-        .expect_ok();
+    env.run("c1").detach().runtime_binary(&my_runc.display().to_string()).run(&["sleep", "1000"]).expect_ok();
     ctr.wait_status("c1", "RUNNING", secs(10));
     env.exec("c1", "e1", &["echo", "exec-ok"]).expect_ok();
     ctr.kill("c1", "SIGKILL", false).expect_ok();
@@ -44,9 +40,7 @@ fn runtime_binary_under_another_name(daemon: Daemon) {
     let calls = subcommands(&record);
     for sub in ["create", "start", "exec", "kill", "delete"] {
         assert!(
-            calls
-                .lines()
-                .any(|l| l.split_whitespace().any(|w| w == sub)),
+            calls.lines().any(|l| l.split_whitespace().any(|w| w == sub)),
             "my-runc was used for `{sub}`; calls:\n{calls}"
         );
     }
@@ -54,43 +48,22 @@ fn runtime_binary_under_another_name(daemon: Daemon) {
     // By name, looked up on containerd's PATH (which the shim inherits).
     let record2 = env.work().join("runc-by-name.calls");
     recording_runc(&env.containerd.dir().join("bin"), "runc-by-name", &record2);
-    env.run("c2")
-        .rm()
-        .runtime_binary("runc-by-name")
-        .run(&["sh", "-c", "exit 3"])
-        .expect_code(3);
-    assert!(
-        subcommands(&record2).contains("create"),
-        "runc-by-name was used: {}",
-        subcommands(&record2)
-    );
+    env.run("c2").rm().runtime_binary("runc-by-name").run(&["sh", "-c", "exit 3"]).expect_code(3);
+    assert!(subcommands(&record2).contains("create"), "runc-by-name was used: {}", subcommands(&record2));
 }
 
 fn runtime_root_is_honoured(daemon: Daemon) {
     let env = Env::new("runtime_root", daemon);
     let root = env.work().join("rt-root");
-    env.run("c1")
-        .detach()
-        .runtime_root(&root)
-        .run(&["sleep", "1000"])
-        .expect_ok();
+    env.run("c1").detach().runtime_root(&root).run(&["sleep", "1000"]).expect_ok();
     env.ctr.wait_status("c1", "RUNNING", secs(10));
     // runc keeps ROOT/[namespace/]ID/state.json (the Go shim adds the namespace).
     let state = find_state(&root, "c1");
-    assert!(
-        state.is_some(),
-        "runc state of c1 under {}: {:?}",
-        root.display(),
-        list(&root)
-    );
+    assert!(state.is_some(), "runc state of c1 under {}: {:?}", root.display(), list(&root));
     env.ctr.kill("c1", "SIGKILL", false).expect_ok();
     env.ctr.wait_status("c1", "STOPPED", secs(10));
     env.ctr.rm_task("c1");
-    assert!(
-        find_state(&root, "c1").is_none(),
-        "runc state removed with the task: {:?}",
-        list(&root)
-    );
+    assert!(find_state(&root, "c1").is_none(), "runc state removed with the task: {:?}", list(&root));
 }
 
 fn find_state(root: &Path, id: &str) -> Option<PathBuf> {
@@ -98,11 +71,7 @@ fn find_state(root: &Path, id: &str) -> Option<PathBuf> {
     if direct.exists() {
         return Some(direct);
     }
-    fs::read_dir(root)
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join(id).join("state.json"))
-        .find(|p| p.exists())
+    fs::read_dir(root).ok()?.flatten().map(|e| e.path().join(id).join("state.json")).find(|p| p.exists())
 }
 
 fn list(root: &Path) -> Vec<String> {
@@ -124,19 +93,14 @@ fn crun_binary(daemon: Daemon) {
     if which("crun").is_none() {
         panic!("crun not found: apt-get install crun");
     }
-    let out = env
-        .run("c1")
-        .detach()
-        .runtime_binary("crun")
-        .run(&["sleep", "1000"]);
+    let out = env.run("c1").detach().runtime_binary("crun").run(&["sleep", "1000"]);
     if !out.ok() {
         // crun 1.8 (Debian 12) refuses cgroup v1 "hybrid" hosts, and the runtime-spec version
         // (1.2) of containerd 2.x's specs. Only these may skip the test.
-        if out.stderr.contains("cgroups in hybrid mode not supported") || out.stderr.contains("unknown version specified") {
-            skip(
-                "crun_binary",
-                &format!("crun refuses this host: {}", out.stderr.trim()),
-            );
+        if out.stderr.contains("cgroups in hybrid mode not supported")
+            || out.stderr.contains("unknown version specified")
+        {
+            skip("crun_binary", &format!("crun refuses this host: {}", out.stderr.trim()));
             return;
         }
         panic!("crun run failed:\n{out}");
@@ -156,21 +120,10 @@ fn tether_config_file_and_defaults(daemon: Daemon) {
     let ctr = &env.ctr;
 
     // No runtime options at all: runc on PATH, state under /run/tether/<namespace>.
-    env.run("c0")
-        .detach()
-        .no_options()
-        .run(&["sleep", "1000"])
-        .expect_ok();
+    env.run("c0").detach().no_options().run(&["sleep", "1000"]).expect_ok();
     ctr.wait_status("c0", "RUNNING", secs(10));
-    let default_state = Path::new("/run/tether")
-        .join(&env.ns)
-        .join("c0")
-        .join("state.json");
-    assert!(
-        default_state.exists(),
-        "default runc root: {} exists",
-        default_state.display()
-    );
+    let default_state = Path::new("/run/tether").join(&env.ns).join("c0").join("state.json");
+    assert!(default_state.exists(), "default runc root: {} exists", default_state.display());
     ctr.kill("c0", "SIGKILL", false).expect_ok();
     ctr.wait_status("c0", "STOPPED", secs(10));
     assert_eq!(ctr.rm_task("c0"), 137);
@@ -186,11 +139,7 @@ fn tether_config_file_and_defaults(daemon: Daemon) {
         ..Default::default()
     }
     .write(&env.work().join("all-keys.toml"));
-    let out = env
-        .run("c1")
-        .rm()
-        .config_path(&config)
-        .run(&["sh", "-c", "echo configured; exit 4"]);
+    let out = env.run("c1").rm().config_path(&config).run(&["sh", "-c", "echo configured; exit 4"]);
     out.expect_code(4);
     assert_eq!(out.stdout, "configured\n");
     assert!(root.exists(), "[runc] root was used: {}", root.display());
@@ -207,30 +156,21 @@ fn tether_bad_config_is_a_clear_error(daemon: Daemon) {
     let bad_type = env.work().join("bad-type.toml");
     fs::write(&bad_type, "[runc]\nbinary = 42\n").unwrap();
     let out = env.run("c1").detach().config_path(&bad_type).run(&["true"]);
-    out.expect_failure()
-        .expect_stderr(&bad_type.display().to_string())
-        .expect_stderr("binary");
+    out.expect_failure().expect_stderr(&bad_type.display().to_string()).expect_stderr("binary");
 
     // A misspelt key is not silently ignored.
     let typo = env.work().join("typo.toml");
     fs::write(&typo, "[runc]\nbinnary = \"runc\"\n").unwrap();
     let out = env.run("c2").detach().config_path(&typo).run(&["true"]);
-    out.expect_failure()
-        .expect_stderr(&typo.display().to_string())
-        .expect_stderr("binnary");
+    out.expect_failure().expect_stderr(&typo.display().to_string()).expect_stderr("binnary");
 
     // A config file that does not exist.
     let missing = env.work().join("missing.toml");
     let out = env.run("c3").detach().config_path(&missing).run(&["true"]);
-    out.expect_failure()
-        .expect_stderr(&missing.display().to_string());
+    out.expect_failure().expect_stderr(&missing.display().to_string());
 
     // A runtime binary that does not exist: Create fails, nothing is left running.
-    let out = env
-        .run("c4")
-        .detach()
-        .runtime_binary("/no/such/runc")
-        .run(&["true"]);
+    let out = env.run("c4").detach().runtime_binary("/no/such/runc").run(&["true"]);
     out.expect_failure();
     assert!(ctr.task("c4").is_none(), "no task after a failed create");
 
@@ -238,12 +178,7 @@ fn tether_bad_config_is_a_clear_error(daemon: Daemon) {
     env.run("c5").rm().run(&["echo", "fine"]).expect_ok();
     // The failed creates left no shim behind.
     assert!(
-        wait_until(secs(10), || env
-            .containerd
-            .shim_processes()
-            .is_empty()
-            .then_some(()))
-        .is_some(),
+        wait_until(secs(10), || env.containerd.shim_processes().is_empty().then_some(())).is_some(),
         "shims still running: {:?}",
         env.containerd.shim_processes()
     );
@@ -283,10 +218,9 @@ fn native_executor_runs_containers_without_a_runtime_binary(daemon: Daemon) {
     let task = ctr.wait_status("c1", "RUNNING", secs(10));
     // libcontainer's own state, under [native] root.
     let state_file = root.join("c1").join("state.json");
-    let state: serde_json::Value = serde_json::from_slice(
-        &fs::read(&state_file).unwrap_or_else(|e| panic!("{}: {e}", state_file.display())),
-    )
-    .unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(&state_file).unwrap_or_else(|e| panic!("{}: {e}", state_file.display())))
+            .unwrap();
     assert_eq!(state["id"], "c1", "{state}");
     assert_eq!(state["pid"], task.pid, "{state}");
     let out = env.exec("c1", "e1", &["sh", "-c", "echo native-exec; exit 5"]);
@@ -306,9 +240,8 @@ fn native_executor_runs_containers_without_a_runtime_binary(daemon: Daemon) {
 
     // An idle helper leaves (the container runs on without it), and the next call that needs
     // one starts another.
-    let helper_left = wait_until(secs(15), || {
-        (!children(shim).iter().any(|(_, cmd)| cmd.contains("native-helper"))).then_some(())
-    });
+    let helper_left =
+        wait_until(secs(15), || (!children(shim).iter().any(|(_, cmd)| cmd.contains("native-helper"))).then_some(()));
     assert!(helper_left.is_some(), "the idle helper stayed: {:?}", children(shim));
     assert_eq!(ctr.status("c1").as_deref(), Some("RUNNING"));
     let out = env.exec("c1", "e2", &["sh", "-c", "echo again; exit 6"]);
@@ -323,11 +256,17 @@ fn native_executor_runs_containers_without_a_runtime_binary(daemon: Daemon) {
     assert!(!record.exists(), "the runtime binary was run: {}", subcommands(&record));
     // The helper goes with its shim.
     assert!(
-        wait_until(secs(10), || kids.iter().all(|(pid, _)| !Path::new(&format!("/proc/{pid}")).exists()).then_some(())).is_some(),
+        wait_until(secs(10), || kids.iter().all(|(pid, _)| !Path::new(&format!("/proc/{pid}")).exists()).then_some(()))
+            .is_some(),
         "the shim's children outlived it: {kids:?}"
     );
     assert!(
-        wait_until(secs(10), || env.containerd.log().contains("cleaning up after shim disconnected\" id=c1").then_some(())).is_some(),
+        wait_until(secs(10), || env
+            .containerd
+            .log()
+            .contains("cleaning up after shim disconnected\" id=c1")
+            .then_some(()))
+        .is_some(),
         "containerd cleaned up after the shim"
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -348,14 +287,19 @@ fn log_level_from_the_config_file(daemon: Daemon) {
         "no debug line for c1's Start in containerd's log"
     );
     // A config's log_level rules from its container's creation on.
-    let quiet = TetherConfig { log_level: Some("warn".into()), ..Default::default() }.write(&env.work().join("quiet.toml"));
+    let quiet =
+        TetherConfig { log_level: Some("warn".into()), ..Default::default() }.write(&env.work().join("quiet.toml"));
     env.run("c2").rm().config_path(&quiet).run(&["true"]).expect_ok();
     env.run("c3").rm().run(&["true"]).expect_ok();
     assert!(
         wait_until(secs(10), || logged("Start id=c3 exec= took=").then_some(())).is_some(),
         "c3's shim logs at debug level"
     );
-    assert!(!logged("id=c2 exec="), "c2's shim logged below warn:\n{}", tether_tests::containerd::tail(&env.containerd.log(), 30));
+    assert!(
+        !logged("id=c2 exec="),
+        "c2's shim logged below warn:\n{}",
+        tether_tests::containerd::tail(&env.containerd.log(), 30)
+    );
 }
 
 fn an_idle_shim_trims_its_memory_and_goes_on_serving(daemon: Daemon) {
@@ -410,9 +354,11 @@ fn containerd2_inspects_the_runtime_and_its_executor() {
         return;
     }
     fs::create_dir_all(env.work()).unwrap();
-    let native = TetherConfig { executor: Some("native".into()), ..Default::default() }.write(&env.work().join("native.toml"));
+    let native =
+        TetherConfig { executor: Some("native".into()), ..Default::default() }.write(&env.work().join("native.toml"));
     let inspect = |config: Option<&Path>| -> serde_json::Value {
-        let mut args = vec!["plugins".to_string(), "inspect-runtime".into(), "--runtime".into(), env.runtime.name.clone()];
+        let mut args =
+            vec!["plugins".to_string(), "inspect-runtime".into(), "--runtime".into(), env.runtime.name.clone()];
         if let Some(c) = config {
             args.extend(["--runtime-config-path".into(), c.display().to_string()]);
         }
@@ -421,7 +367,8 @@ fn containerd2_inspects_the_runtime_and_its_executor() {
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"))
     };
     let runc_features: serde_json::Value = {
-        let out = std::process::Command::new(which("runc").expect("runc")).arg("features").output().expect("runc features");
+        let out =
+            std::process::Command::new(which("runc").expect("runc")).arg("features").output().expect("runc features");
         serde_json::from_slice(&out.stdout).expect("runc features prints JSON")
     };
 
@@ -432,6 +379,7 @@ fn containerd2_inspects_the_runtime_and_its_executor() {
 
     let info = inspect(Some(&native));
     assert_ne!(info["Features"], runc_features, "{info:#}");
-    let namespaces = info["Features"]["linux"]["namespaces"].as_array().unwrap_or_else(|| panic!("no namespaces: {info:#}"));
+    let namespaces =
+        info["Features"]["linux"]["namespaces"].as_array().unwrap_or_else(|| panic!("no namespaces: {info:#}"));
     assert!(namespaces.iter().any(|n| n == "pid"), "{info:#}");
 }

@@ -14,8 +14,8 @@ use tether_tests::containerd::mounted_below;
 use tether_tests::env::{pid_alive, pid_exists, Env};
 use tether_tests::runtime::{tether_ctl_binary, tether_shim_binary};
 use tether_tests::shim::{exec_request, ShimClient};
-use tether_tests::{secs, wait_until};
 use tether_tests::Case;
+use tether_tests::{secs, wait_until};
 
 tether_tests::for_each_executor!(
     grouped_containers_share_one_shim,
@@ -28,10 +28,7 @@ tether_tests::for_each_executor!(
 
 fn address_of(env: &Env, id: &str) -> String {
     let path = env.containerd.bundle(&env.ns, id).join("address");
-    fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .to_owned()
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_owned()
 }
 
 fn grouped_containers_share_one_shim(case: Case) {
@@ -40,59 +37,25 @@ fn grouped_containers_share_one_shim(case: Case) {
     let group = "io.containerd.runc.v2.group";
     let sandbox = "io.kubernetes.cri.sandbox-id";
 
-    env.run("a1")
-        .detach()
-        .annotation(group, "g1")
-        .run(&["sleep", "1000"])
-        .expect_ok();
-    env.run("a2")
-        .detach()
-        .annotation(group, "g1")
-        .run(&["sleep", "1000"])
-        .expect_ok();
-    env.run("b1")
-        .detach()
-        .annotation(sandbox, "sb1")
-        .run(&["sleep", "1000"])
-        .expect_ok();
-    env.run("b2")
-        .detach()
-        .annotation(sandbox, "sb1")
-        .run(&["sleep", "1000"])
-        .expect_ok();
+    env.run("a1").detach().annotation(group, "g1").run(&["sleep", "1000"]).expect_ok();
+    env.run("a2").detach().annotation(group, "g1").run(&["sleep", "1000"]).expect_ok();
+    env.run("b1").detach().annotation(sandbox, "sb1").run(&["sleep", "1000"]).expect_ok();
+    env.run("b2").detach().annotation(sandbox, "sb1").run(&["sleep", "1000"]).expect_ok();
     env.run("solo").detach().run(&["sleep", "1000"]).expect_ok();
     for id in ["a1", "a2", "b1", "b2", "solo"] {
         ctr.wait_status(id, "RUNNING", secs(10));
     }
 
     let a = address_of(&env, "a1");
-    assert!(
-        a.starts_with("unix://"),
-        "address file holds a unix:// address: {a}"
-    );
+    assert!(a.starts_with("unix://"), "address file holds a unix:// address: {a}");
     assert_eq!(address_of(&env, "a2"), a, "same group, same shim socket");
     let b = address_of(&env, "b1");
-    assert_eq!(
-        address_of(&env, "b2"),
-        b,
-        "same sandbox id, same shim socket"
-    );
+    assert_eq!(address_of(&env, "b2"), b, "same sandbox id, same shim socket");
     let solo = address_of(&env, "solo");
-    assert!(
-        a != b && a != solo && b != solo,
-        "different groups, different shims: {a} {b} {solo}"
-    );
+    assert!(a != b && a != solo && b != solo, "different groups, different shims: {a} {b} {solo}");
 
-    assert_eq!(
-        env.shim_pid_of("a1"),
-        env.shim_pid_of("a2"),
-        "one shim process for group g1"
-    );
-    assert_eq!(
-        env.shim_pid_of("b1"),
-        env.shim_pid_of("b2"),
-        "one shim process for sandbox sb1"
-    );
+    assert_eq!(env.shim_pid_of("a1"), env.shim_pid_of("a2"), "one shim process for group g1");
+    assert_eq!(env.shim_pid_of("b1"), env.shim_pid_of("b2"), "one shim process for sandbox sb1");
     assert_ne!(env.shim_pid_of("a1"), env.shim_pid_of("solo"));
     let shim_a = env.shim_pid_of("a1");
 
@@ -107,7 +70,8 @@ fn grouped_containers_share_one_shim(case: Case) {
     // Shutdown after each delete: with a task left, the shim serves on, on that connection.
     let shim = ShimClient::for_task(&env, "a2");
     shim.call::<Empty>("Shutdown", &api::ShutdownRequest { id: "a1".into(), ..Default::default() }).expect("Shutdown");
-    let state: api::StateResponse = shim.call("State", &api::StateRequest { id: "a2".into(), ..Default::default() }).expect("State after Shutdown");
+    let state: api::StateResponse =
+        shim.call("State", &api::StateRequest { id: "a2".into(), ..Default::default() }).expect("State after Shutdown");
     assert_eq!(state.status.enum_value(), Ok(api::Status::RUNNING));
     assert!(pid_alive(shim_a), "Shutdown with a task left does not end the shim");
 
@@ -152,13 +116,8 @@ fn dead_shim_is_cleaned_up(case: Case) {
             "the container's {what} {pid} was killed by the cleanup"
         );
     }
-    let seen = events.wait_for("k1", secs(15), |evs| {
-        evs.iter().any(|e| e.topic == "/tasks/delete")
-    });
-    let exit = seen
-        .iter()
-        .find(|e| e.topic == "/tasks/exit")
-        .expect("an exit event");
+    let seen = events.wait_for("k1", secs(15), |evs| evs.iter().any(|e| e.topic == "/tasks/delete"));
+    let exit = seen.iter().find(|e| e.topic == "/tasks/exit").expect("an exit event");
     assert_eq!(exit.exit_status(), 137, "{:?}", exit.payload);
     assert_eq!(exit.payload["pid"].as_u64(), Some(task.pid as u64));
     assert!(!bundle.exists(), "bundle {} removed", bundle.display());
@@ -181,26 +140,14 @@ fn containerd_restart_keeps_tasks_and_exit_statuses(case: Case) {
     let ctr = env.ctr.clone();
     env.run("r1").detach().run(&["sleep", "1000"]).expect_ok();
     // r2 exits with 9 when the test creates /tmp/go in the (shared, host-visible) rootfs.
-    env.run("r2")
-        .detach()
-        .run(&[
-            "sh",
-            "-c",
-            "while [ ! -e /tmp/go-r2 ]; do sleep 0.05; done; exit 9",
-        ])
-        .expect_ok();
+    env.run("r2").detach().run(&["sh", "-c", "while [ ! -e /tmp/go-r2 ]; do sleep 0.05; done; exit 9"]).expect_ok();
     env.run("r3").detach().run(&["sleep", "1000"]).expect_ok();
     let r1 = ctr.wait_status("r1", "RUNNING", secs(10));
     let r2 = ctr.wait_status("r2", "RUNNING", secs(10));
     ctr.wait_status("r3", "RUNNING", secs(10));
     ctr.run(&["task", "pause", "r3"]).expect_ok();
     ctr.wait_status("r3", "PAUSED", secs(10));
-    let shims_before: Vec<u32> = env
-        .containerd
-        .shim_processes()
-        .iter()
-        .map(|(p, _)| *p)
-        .collect();
+    let shims_before: Vec<u32> = env.containerd.shim_processes().iter().map(|(p, _)| *p).collect();
 
     env.containerd.kill9();
     assert!(pid_alive(r1.pid), "tasks survive containerd");
@@ -209,10 +156,7 @@ fn containerd_restart_keeps_tasks_and_exit_statuses(case: Case) {
     }
     // r2 exits while containerd is down.
     fs::write(env.rootfs.join("tmp/go-r2"), "").unwrap();
-    assert!(
-        wait_until(secs(10), || (!pid_alive(r2.pid)).then_some(())).is_some(),
-        "r2 exited during the downtime"
-    );
+    assert!(wait_until(secs(10), || (!pid_alive(r2.pid)).then_some(())).is_some(), "r2 exited during the downtime");
 
     let log_before = env.containerd.log().len();
     env.containerd.restart();
@@ -280,7 +224,7 @@ fn journal(bundle: &Path) -> Vec<(String, u64)> {
 /// How many events the shim serving the task of `bundle` has not delivered yet (its debug
 /// dump, through tether-ctl: JSON leaves an empty list out).
 fn pending_events(bundle: &Path) -> usize {
-    let mut cmd = std::process::Command::new(tether_ctl_binary());
+    let mut cmd = Command::new(tether_ctl_binary());
     cmd.arg("--bundle").arg(bundle).args(["--json", "dump"]);
     let out = tether_tests::process::run(cmd, None, secs(30));
     let dump: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
@@ -301,11 +245,7 @@ fn exits_survive_a_long_containerd_outage(case: Case) {
     let ctr = env.ctr.clone();
     // One shim for all: one event queue to overflow.
     let group = "io.containerd.runc.v2.group";
-    env.run("keeper")
-        .detach()
-        .annotation(group, "outage")
-        .run(&["sleep", "1000"])
-        .expect_ok();
+    env.run("keeper").detach().annotation(group, "outage").run(&["sleep", "1000"]).expect_ok();
     let tasks: Vec<(String, u32)> = (0..10).map(|i| (format!("x{i}"), 3 + 11 * i)).collect();
     for (id, code) in &tasks {
         env.run(id)
@@ -341,7 +281,8 @@ fn exits_survive_a_long_containerd_outage(case: Case) {
             journal(&bundle)
         );
         // The shim answers from its table all along.
-        let state: api::StateResponse = shim.call("State", &api::StateRequest { id: id.clone(), ..Default::default() }).unwrap();
+        let state: api::StateResponse =
+            shim.call("State", &api::StateRequest { id: id.clone(), ..Default::default() }).unwrap();
         assert_eq!((state.status.enum_value(), state.exit_status), (Ok(api::Status::STOPPED), *code));
         assert_eq!(shim.wait(id).unwrap(), *code);
     }
@@ -476,25 +417,12 @@ fn shim_logs_reach_containerd(case: Case) {
     let shim = env.shim_pid_of("c1");
     // containerd starts shims with -debug when its own level is debug, and copies what they
     // write to the bundle's `log` FIFO into its log.
-    let argv = env
-        .containerd
-        .shim_processes()
-        .into_iter()
-        .find(|(p, _)| *p == shim)
-        .map(|(_, a)| a)
-        .unwrap_or_default();
-    assert!(
-        argv.iter().any(|a| a == "-debug"),
-        "shim started with -debug: {argv:?}"
-    );
+    let argv =
+        env.containerd.shim_processes().into_iter().find(|(p, _)| *p == shim).map(|(_, a)| a).unwrap_or_default();
+    assert!(argv.iter().any(|a| a == "-debug"), "shim started with -debug: {argv:?}");
     let needle = format!("pid={shim}");
     assert!(
-        wait_until(secs(10), || env
-            .containerd
-            .log()
-            .contains(&needle)
-            .then_some(()))
-        .is_some(),
+        wait_until(secs(10), || env.containerd.log().contains(&needle).then_some(())).is_some(),
         "containerd's log has a line from the shim ({needle})"
     );
 }

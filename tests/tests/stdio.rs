@@ -11,8 +11,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use tether_protos::{api, protobuf::well_known_types::empty::Empty};
 use tether_tests::env::Env;
 use tether_tests::shim::{exec_request, ShimClient};
-use tether_tests::{secs, wait_until};
 use tether_tests::Case;
+use tether_tests::{secs, wait_until};
 
 tether_tests::for_each_executor!(
     tty_run_and_resize,
@@ -35,50 +35,25 @@ fn tty_probe(want: &str) -> String {
 
 fn tty_run_and_resize(case: Case) {
     let Some(env) = Env::for_case("tty_run", case) else { return };
-    let out = env
-        .run("t1")
-        .rm()
-        .tty()
-        .run_on_tty(&["sh", "-c", &tty_probe("45 123")], 123, 45);
+    let out = env.run("t1").rm().tty().run_on_tty(&["sh", "-c", &tty_probe("45 123")], 123, 45);
     out.expect_code(6);
     let lines = out.stdout_lines();
-    assert!(
-        lines.iter().any(|l| l == "tty-yes"),
-        "the init has a terminal: {out}"
-    );
-    assert!(
-        lines.iter().any(|l| l == "size=45 123"),
-        "ResizePty reached the pty: {out}"
-    );
+    assert!(lines.iter().any(|l| l == "tty-yes"), "the init has a terminal: {out}");
+    assert!(lines.iter().any(|l| l == "size=45 123"), "ResizePty reached the pty: {out}");
 }
 
 fn tty_exec_and_resize(case: Case) {
     let Some(env) = Env::for_case("tty_exec", case) else { return };
     env.run("c1").detach().run(&["sleep", "1000"]).expect_ok();
     env.ctr.wait_status("c1", "RUNNING", secs(10));
-    let args = env.ctr.exec_args(
-        &["--tty"],
-        "c1",
-        "tty-exec",
-        &["sh", "-c", &tty_probe("30 100")],
-    );
+    let args = env.ctr.exec_args(&["--tty"], "c1", "tty-exec", &["sh", "-c", &tty_probe("30 100")]);
     let out = env.ctr.run_on_tty(&args, 100, 30);
     out.expect_code(6);
     let lines = out.stdout_lines();
-    assert!(
-        lines.iter().any(|l| l == "tty-yes"),
-        "the exec has a terminal: {out}"
-    );
-    assert!(
-        lines.iter().any(|l| l == "size=30 100"),
-        "ResizePty reached the exec's pty: {out}"
-    );
+    assert!(lines.iter().any(|l| l == "tty-yes"), "the exec has a terminal: {out}");
+    assert!(lines.iter().any(|l| l == "size=30 100"), "ResizePty reached the exec's pty: {out}");
     // A non-tty exec next to it still gets pipes.
-    let out = env.exec(
-        "c1",
-        "plain",
-        &["sh", "-c", "[ -t 1 ] && echo tty || echo no-tty"],
-    );
+    let out = env.exec("c1", "plain", &["sh", "-c", "[ -t 1 ] && echo tty || echo no-tty"]);
     out.expect_ok();
     assert_eq!(out.stdout, "no-tty\n");
 }
@@ -96,11 +71,11 @@ fn wait_file(path: &Path, timeout: Duration, pred: impl Fn(&str) -> bool) -> Str
 fn log_uri_file(case: Case) {
     let Some(env) = Env::for_case("log_uri_file", case) else { return };
     let log = env.work().join("c1.log");
-    let out = env
-        .run("c1")
-        .rm()
-        .log_uri(&format!("file://{}", log.display()))
-        .run(&["sh", "-c", "echo out1; echo err1 >&2; exit 2"]);
+    let out = env.run("c1").rm().log_uri(&format!("file://{}", log.display())).run(&[
+        "sh",
+        "-c",
+        "echo out1; echo err1 >&2; exit 2",
+    ]);
     out.expect_code(2);
     assert_eq!(out.stdout, "", "output went to the file, not to ctr");
     let text = wait_file(&log, secs(5), |t| t.contains("out1") && t.contains("err1"));
@@ -108,19 +83,11 @@ fn log_uri_file(case: Case) {
 
     // A detached task's output, all of it.
     let log2 = env.work().join("c2.log");
-    env.run("c2")
-        .detach()
-        .log_uri(&format!("file://{}", log2.display()))
-        .run(&["seq", "1", "50000"])
-        .expect_ok();
+    env.run("c2").detach().log_uri(&format!("file://{}", log2.display())).run(&["seq", "1", "50000"]).expect_ok();
     env.ctr.wait_status("c2", "STOPPED", secs(20));
     let text = wait_file(&log2, secs(10), |t| t.ends_with("50000\n"));
     let expected: String = (1..=50000).map(|i| format!("{i}\n")).collect();
-    assert!(
-        text == expected,
-        "file log has all 50000 lines ({} bytes)",
-        text.len()
-    );
+    assert!(text == expected, "file log has all 50000 lines ({} bytes)", text.len());
     assert_eq!(env.ctr.rm_task("c2"), 0);
 }
 
@@ -146,20 +113,12 @@ fn log_uri_binary(case: Case) {
     fs::set_permissions(&logger, fs::Permissions::from_mode(0o755)).unwrap();
 
     let uri = format!("binary://{}?dir={}", logger.display(), dir.display());
-    let out = env.run("c1").rm().log_uri(&uri).run(&[
-        "sh",
-        "-c",
-        "echo out2; seq 1 20000; echo err2 >&2; exit 0",
-    ]);
+    let out = env.run("c1").rm().log_uri(&uri).run(&["sh", "-c", "echo out2; seq 1 20000; echo err2 >&2; exit 0"]);
     out.expect_ok();
     let meta = wait_file(&dir.join("meta"), secs(5), |t| !t.is_empty());
     assert_eq!(meta.trim(), format!("{}/c1", env.ns), "logger environment");
     let stdout = wait_file(&dir.join("stdout"), secs(5), |t| t.ends_with("20000\n"));
-    assert!(
-        stdout.starts_with("out2\n1\n2\n"),
-        "{}",
-        &stdout[..stdout.len().min(200)]
-    );
+    assert!(stdout.starts_with("out2\n1\n2\n"), "{}", &stdout[..stdout.len().min(200)]);
     assert_eq!(stdout.lines().count(), 20001);
     wait_file(&dir.join("stderr"), secs(5), |t| t == "err2\n");
 }
@@ -183,11 +142,7 @@ fn detached_output_waits_for_a_reader(case: Case) {
     let task = ctr.wait_status("c1", "RUNNING", secs(10));
     fs::write(env.rootfs.join("tmp/go"), "").unwrap();
     std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(
-        ctr.status("c1").as_deref(),
-        Some("RUNNING"),
-        "the task survives having no reader"
-    );
+    assert_eq!(ctr.status("c1").as_deref(), Some("RUNNING"), "the task survives having no reader");
     assert!(tether_tests::env::pid_alive(task.pid));
 
     let mut attach = ctr.spawn(&["task", "attach", "c1"]);
@@ -197,17 +152,12 @@ fn detached_output_waits_for_a_reader(case: Case) {
         attach.stdout_so_far().len()
     );
     let flag = env.rootfs.join("tmp/flag");
-    assert!(
-        wait_until(secs(10), || flag.exists().then_some(())).is_some(),
-        "the writer went on once drained"
-    );
+    assert!(wait_until(secs(10), || flag.exists().then_some(())).is_some(), "the writer went on once drained");
     // ctr attach waits for the task, then deletes it.
     ctr.kill("c1", "SIGTERM", false).expect_ok();
     let out = attach.finish(secs(15));
     out.expect_ok();
-    let expected: String = std::iter::once("early\n".to_owned())
-        .chain((1..=30000).map(|i| format!("{i}\n")))
-        .collect();
+    let expected: String = std::iter::once("early\n".to_owned()).chain((1..=30000).map(|i| format!("{i}\n"))).collect();
     assert!(
         out.stdout == expected,
         "all output, once, in order ({} bytes of {}; starts {:?})",
@@ -246,7 +196,8 @@ fn output_of_an_exited_process_waits_for_a_late_reader(case: Case) {
     let mut got = Vec::new();
     let mut reader = std::io::BufReader::new(reader);
     let deadline = std::time::Instant::now() + secs(10);
-    let expected: String = std::iter::once("written-before-exit\n".to_string()).chain((1..=2000).map(|i| format!("{i}\n"))).collect();
+    let expected: String =
+        std::iter::once("written-before-exit\n".to_string()).chain((1..=2000).map(|i| format!("{i}\n"))).collect();
     while got.len() < expected.len() && std::time::Instant::now() < deadline {
         let mut buf = [0u8; 8192];
         match reader.read(&mut buf) {

@@ -16,8 +16,23 @@ use oci_spec::runtime::{
 /// Mount options libcontainer applies recursively with mount_setattr(2), beyond the
 /// classic flags of [`MountOption::known_options`].
 const RECURSIVE_MOUNT_OPTIONS: [&str; 18] = [
-    "rro", "rrw", "rnosuid", "rsuid", "rnodev", "rdev", "rnoexec", "rexec", "rnodiratime", "rdiratime",
-    "rrelatime", "rnorelatime", "rnoatime", "ratime", "rstrictatime", "rnostrictatime", "rnosymfollow",
+    "rro",
+    "rrw",
+    "rnosuid",
+    "rsuid",
+    "rnodev",
+    "rdev",
+    "rnoexec",
+    "rexec",
+    "rnodiratime",
+    "rdiratime",
+    "rrelatime",
+    "rnorelatime",
+    "rnoatime",
+    "ratime",
+    "rstrictatime",
+    "rnostrictatime",
+    "rnosymfollow",
     "rsymfollow",
 ];
 

@@ -101,7 +101,12 @@ impl NativeExecutor {
             .create(&self.config.root)
             .map_err(|e| Error::io(format!("creating the state root {}", self.config.root.display()), e))?;
         let name = op.name();
-        let req = Request { id: id.to_string(), root: self.config.root.clone(), systemd_cgroup: self.config.systemd_cgroup, op };
+        let req = Request {
+            id: id.to_string(),
+            root: self.config.root.clone(),
+            systemd_cgroup: self.config.systemd_cgroup,
+            op,
+        };
         let stdio = [stream(stdio.stdin)?, stream(stdio.stdout)?, stream(stdio.stderr)?];
         let _serial = self.serial.lock().unwrap();
         let reply = match &self.runner {
@@ -237,7 +242,8 @@ impl Executor for NativeExecutor {
 
     fn exec(&self, id: &str, opts: ExecOpts) -> Result<i32> {
         complete_process_spec(&opts.process_spec)?;
-        let op = Op::Exec { process_spec: opts.process_spec, pid_file: opts.pid_file, console_socket: opts.console_socket };
+        let op =
+            Op::Exec { process_spec: opts.process_spec, pid_file: opts.pid_file, console_socket: opts.console_socket };
         self.run(id, op, opts.stdio, true)
     }
 
@@ -283,9 +289,17 @@ impl Executor for NativeExecutor {
     }
 
     fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
-        let resources: LinuxResources = serde_json::from_slice(resources)
-            .map_err(|e| Error::BadSpec { binary: NAME.into(), op: "update", message: format!("resources: {e}") })?;
-        let opts = ControllerOpt { resources: &resources, disable_oom_killer: false, oom_score_adj: None, freezer_state: None };
+        let resources: LinuxResources = serde_json::from_slice(resources).map_err(|e| Error::BadSpec {
+            binary: NAME.into(),
+            op: "update",
+            message: format!("resources: {e}"),
+        })?;
+        let opts = ControllerOpt {
+            resources: &resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        };
         self.with_cgroup(id, "update", |m| m.apply(&opts))
     }
 

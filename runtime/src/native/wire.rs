@@ -34,21 +34,10 @@ pub struct Request {
 /// The operations that fork (the container's processes or hooks) and so run in a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Op {
-    Create {
-        bundle: PathBuf,
-        pid_file: PathBuf,
-        console_socket: Option<PathBuf>,
-        no_pivot_root: bool,
-    },
-    Exec {
-        process_spec: PathBuf,
-        pid_file: PathBuf,
-        console_socket: Option<PathBuf>,
-    },
+    Create { bundle: PathBuf, pid_file: PathBuf, console_socket: Option<PathBuf>, no_pivot_root: bool },
+    Exec { process_spec: PathBuf, pid_file: PathBuf, console_socket: Option<PathBuf> },
     Start,
-    Delete {
-        force: bool,
-    },
+    Delete { force: bool },
     Checkpoint(CheckpointOpts),
 }
 
@@ -81,7 +70,7 @@ pub enum Failure {
 }
 
 /// A worker's answer: the pid the operation produced (0 when none), or why it failed.
-pub type Reply = std::result::Result<i32, (Failure, String)>;
+pub type Reply = Result<i32, (Failure, String)>;
 
 /// Sends `bytes` and `fds` as one datagram.
 pub fn send(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> nix::Result<()> {
@@ -125,12 +114,7 @@ pub fn recv(sock: RawFd) -> nix::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
 
 /// A connected pair of `SOCK_SEQPACKET` sockets, close-on-exec.
 pub fn pair() -> nix::Result<(OwnedFd, OwnedFd)> {
-    socket::socketpair(
-        socket::AddressFamily::Unix,
-        socket::SockType::SeqPacket,
-        None,
-        socket::SockFlag::SOCK_CLOEXEC,
-    )
+    socket::socketpair(socket::AddressFamily::Unix, socket::SockType::SeqPacket, None, socket::SockFlag::SOCK_CLOEXEC)
 }
 
 /// Sends a worker's reply.

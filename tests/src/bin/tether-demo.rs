@@ -21,10 +21,7 @@ fn show(title: &str, shown: &str, out: &Output) {
         println!("  (stderr) {line}");
     }
     if !out.ok() {
-        let status = out
-            .code
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "none".into());
+        let status = out.code.map(|c| c.to_string()).unwrap_or_else(|| "none".into());
         println!("  (exit status {status})");
     }
 }
@@ -36,10 +33,7 @@ fn main() {
         std::process::exit(1);
     }
     let runtime = Runtime::from_env();
-    println!(
-        "==> starting a private containerd (runtime under test: {})",
-        runtime.name
-    );
+    println!("==> starting a private containerd (runtime under test: {})", runtime.name);
     let env = Env::with_runtime("tether-demo", runtime.clone(), Daemon::V1);
     let result = demo(&env, &runtime);
     if let Err(why) = &result {
@@ -70,9 +64,7 @@ fn demo(env: &Env, runtime: &Runtime) -> Result<(), String> {
     let out = env.run("hello").rm().run(&["sh", "-c", &hello]);
     show(
         "a foreground container: output and exit status come back",
-        &format!(
-            "{sh} run --runtime {rt} --rm --rootfs ROOTFS hello sh -c 'echo hello ...; exit 3'"
-        ),
+        &format!("{sh} run --runtime {rt} --rm --rootfs ROOTFS hello sh -c 'echo hello ...; exit 3'"),
         &out,
     );
     if out.code != Some(3) {
@@ -84,11 +76,11 @@ fn demo(env: &Env, runtime: &Runtime) -> Result<(), String> {
         std::fs::create_dir_all(env.work()).map_err(|e| format!("creating the work dir: {e}"))?;
         let config = TetherConfig { executor: Some("native".into()), ..Default::default() }
             .write(&env.work().join("native.toml"));
-        let out = env
-            .run("hello-native")
-            .rm()
-            .config_path(&config)
-            .run(&["sh", "-c", "echo hello from libcontainer inside tether; exit 4"]);
+        let out = env.run("hello-native").rm().config_path(&config).run(&[
+            "sh",
+            "-c",
+            "echo hello from libcontainer inside tether; exit 4",
+        ]);
         show(
             "the same with tether's native executor (config: executor = \"native\")",
             &format!("{sh} run --runtime {rt} --runtime-config-path native.toml --rm --rootfs ROOTFS hello-native sh -c '...; exit 4'"),
@@ -99,66 +91,30 @@ fn demo(env: &Env, runtime: &Runtime) -> Result<(), String> {
         }
     }
 
-    let out = env.run("demo").detach().run(&[
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; while :; do sleep 1; done",
-    ]);
-    show(
-        "a detached container",
-        &format!("{sh} run --runtime {rt} -d --rootfs ROOTFS demo sh -c '...'"),
-        &out,
-    );
+    let out = env.run("demo").detach().run(&["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]);
+    show("a detached container", &format!("{sh} run --runtime {rt} -d --rootfs ROOTFS demo sh -c '...'"), &out);
     if !out.ok() {
         return Err("ctr run -d failed".into());
     }
     ctr.wait_status("demo", "RUNNING", Duration::from_secs(10));
-    show(
-        "the task list",
-        &format!("{sh} task ls"),
-        &ctr.run(&["task", "ls"]),
-    );
+    show("the task list", &format!("{sh} task ls"), &ctr.run(&["task", "ls"]));
 
     let out = ctr.exec(
         "demo",
         "look",
-        &[
-            "sh",
-            "-c",
-            "echo \"inside: hostname $(hostname), pid 1 is $(cat /proc/1/comm)\"; ps",
-        ],
+        &["sh", "-c", "echo \"inside: hostname $(hostname), pid 1 is $(cat /proc/1/comm)\"; ps"],
     );
-    show(
-        "exec into it",
-        &format!("{sh} task exec --exec-id look demo sh -c '...; ps'"),
-        &out,
-    );
-    show(
-        "its processes, seen from the host",
-        &format!("{sh} task ps demo"),
-        &ctr.run(&["task", "ps", "demo"]),
-    );
+    show("exec into it", &format!("{sh} task exec --exec-id look demo sh -c '...; ps'"), &out);
+    show("its processes, seen from the host", &format!("{sh} task ps demo"), &ctr.run(&["task", "ps", "demo"]));
 
     ctr.run(&["task", "pause", "demo"]);
-    show(
-        "paused",
-        &format!("{sh} task pause demo && {sh} task ls"),
-        &ctr.run(&["task", "ls"]),
-    );
+    show("paused", &format!("{sh} task pause demo && {sh} task ls"), &ctr.run(&["task", "ls"]));
     ctr.run(&["task", "resume", "demo"]);
-    show(
-        "resumed",
-        &format!("{sh} task resume demo && {sh} task ls"),
-        &ctr.run(&["task", "ls"]),
-    );
+    show("resumed", &format!("{sh} task resume demo && {sh} task ls"), &ctr.run(&["task", "ls"]));
 
     ctr.run(&["task", "kill", "demo"]);
     ctr.wait_status("demo", "STOPPED", Duration::from_secs(10));
-    show(
-        "stopped (SIGTERM)",
-        &format!("{sh} task kill demo && {sh} task ls"),
-        &ctr.run(&["task", "ls"]),
-    );
+    show("stopped (SIGTERM)", &format!("{sh} task kill demo && {sh} task ls"), &ctr.run(&["task", "ls"]));
     let code = ctr.rm_task("demo");
     println!("\n==> removed the task (exit status {code}) and the container");
     ctr.rm_container("demo");

@@ -25,10 +25,7 @@ pub struct CriClient {
 impl CriClient {
     /// Connects to the CRI API on containerd's gRPC socket.
     pub fn connect(socket: &Path) -> CriClient {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
         let path: PathBuf = socket.to_path_buf();
         // The URI is a placeholder: the connector dials the socket.
         let endpoint = Endpoint::from_static("http://[::]:50051");
@@ -107,7 +104,12 @@ impl CriClient {
     }
 
     /// CreateContainer in pod `pod` (created from `pod_config`); the container id.
-    pub fn create_container(&self, pod: &str, config: cri::ContainerConfig, pod_config: &cri::PodSandboxConfig) -> Result<String, Status> {
+    pub fn create_container(
+        &self,
+        pod: &str,
+        config: cri::ContainerConfig,
+        pod_config: &cri::PodSandboxConfig,
+    ) -> Result<String, Status> {
         let req = cri::CreateContainerRequest {
             pod_sandbox_id: pod.into(),
             config: Some(config),
@@ -153,7 +155,13 @@ impl CriClient {
 
     /// Exec: the streaming server's URL for `cmd` (stdout and stderr, no stdin, no tty).
     pub fn exec_url(&self, id: &str, cmd: &[&str]) -> Result<String, Status> {
-        let req = cri::ExecRequest { container_id: id.into(), cmd: strings(cmd), stdout: true, stderr: true, ..Default::default() };
+        let req = cri::ExecRequest {
+            container_id: id.into(),
+            cmd: strings(cmd),
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
         self.runtime_call(|mut c| async move { c.exec(req).await }).map(|r| r.url)
     }
 
@@ -165,12 +173,12 @@ impl CriClient {
 
     pub fn container_stats(&self, id: &str) -> Result<cri::ContainerStats, Status> {
         let req = cri::ContainerStatsRequest { container_id: id.into() };
-        self.runtime_call(|mut c| async move { c.container_stats(req).await })
-            .map(|r| r.stats.unwrap_or_default())
+        self.runtime_call(|mut c| async move { c.container_stats(req).await }).map(|r| r.stats.unwrap_or_default())
     }
 
     pub fn update_container_resources(&self, id: &str, linux: cri::LinuxContainerResources) -> Result<(), Status> {
-        let req = cri::UpdateContainerResourcesRequest { container_id: id.into(), linux: Some(linux), ..Default::default() };
+        let req =
+            cri::UpdateContainerResourcesRequest { container_id: id.into(), linux: Some(linux), ..Default::default() };
         self.runtime_call(|mut c| async move { c.update_container_resources(req).await }).map(drop)
     }
 

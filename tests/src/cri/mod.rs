@@ -78,7 +78,13 @@ impl CriEnv {
         oci_image::write_archive(&rootfs::build(&work.join("rootfs")), &images, &archive);
         oci_image::import(&containerd.ctr(K8S_NAMESPACE), &archive);
         let client = CriClient::connect(&containerd.address());
-        let env = CriEnv { handler: config::handler_for(executor, runtime.is_go_runc()), runtime, executor, client, containerd };
+        let env = CriEnv {
+            handler: config::handler_for(executor, runtime.is_go_runc()),
+            runtime,
+            executor,
+            client,
+            containerd,
+        };
         // The plugin learns of imported images from containerd's events.
         for image in [SANDBOX_IMAGE, BUSYBOX_IMAGE] {
             wait_until(IMAGE_SYNC_TIMEOUT, || env.client.image_status(image).ok().flatten())
@@ -127,7 +133,10 @@ impl CriEnv {
     /// Its containers must ask for the same ([`with_pid_namespace`]).
     pub fn run_pod_with_pid(&self, name: &str, pid: cri::NamespaceMode) -> Pod {
         let mut config = self.pod_config(name);
-        set_pid(config.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut()), pid);
+        set_pid(
+            config.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut()),
+            pid,
+        );
         let id = self
             .client
             .run_pod_sandbox(config.clone(), self.handler)
@@ -181,7 +190,12 @@ impl CriEnv {
 
     /// Waits until container `id` is in `state`; its status.
     #[track_caller]
-    pub fn wait_container_state(&self, id: &str, state: cri::ContainerState, timeout: Duration) -> cri::ContainerStatus {
+    pub fn wait_container_state(
+        &self,
+        id: &str,
+        state: cri::ContainerState,
+        timeout: Duration,
+    ) -> cri::ContainerStatus {
         wait_until(timeout, || Some(self.container_status(id)).filter(|s| s.state == state as i32))
             .unwrap_or_else(|| panic!("container {id} never reached {state:?}: {:?}", self.container_status(id)))
     }
@@ -194,8 +208,9 @@ impl CriEnv {
         let status = self.wait_container_state(id, cri::ContainerState::ContainerRunning, timeout);
         let pid = self.container_pid(id);
         let cmdline = || std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        wait_until(timeout, || cmdline().starts_with(b"sh\0-c\0").then_some(()))
-            .unwrap_or_else(|| panic!("container {id} (pid {pid}) never ran its command: {:?}", String::from_utf8_lossy(&cmdline())));
+        wait_until(timeout, || cmdline().starts_with(b"sh\0-c\0").then_some(())).unwrap_or_else(|| {
+            panic!("container {id} (pid {pid}) never ran its command: {:?}", String::from_utf8_lossy(&cmdline()))
+        });
         status
     }
 
@@ -208,7 +223,8 @@ impl CriEnv {
     /// The host pid of pod `pod`'s sandbox (pause) process, and the sandbox's verbose info.
     pub fn sandbox_info(&self, pod: &str) -> (u32, serde_json::Value) {
         let resp = self.client.pod_sandbox_status(pod).unwrap_or_else(|e| panic!("PodSandboxStatus {pod}: {e}"));
-        let pid = info_pid(&resp.info).unwrap_or_else(|| panic!("no pid in PodSandboxStatus info of {pod}: {:?}", resp.info));
+        let pid =
+            info_pid(&resp.info).unwrap_or_else(|| panic!("no pid in PodSandboxStatus info of {pod}: {:?}", resp.info));
         (pid, parse_info(&resp.info))
     }
 
@@ -231,8 +247,12 @@ impl CriEnv {
     pub fn leftovers(&self) -> Vec<String> {
         let now = || {
             let plugin = self.plugin();
-            let mut left: Vec<String> =
-                self.containerd.shim_processes().into_iter().map(|(pid, argv)| format!("shim {pid}: {}", argv.join(" "))).collect();
+            let mut left: Vec<String> = self
+                .containerd
+                .shim_processes()
+                .into_iter()
+                .map(|(pid, argv)| format!("shim {pid}: {}", argv.join(" ")))
+                .collect();
             left.extend(mounted_below(self.containerd.dir()).into_iter().map(|m| format!("mount {}", m.display())));
             for hierarchy in cgroup_mount_points() {
                 let parent = hierarchy.join(plugin.cgroup_parent().trim_start_matches('/'));
@@ -266,7 +286,10 @@ impl Drop for CriEnv {
 
 /// `config` with the PID namespace `pid` (see [`CriEnv::run_pod_with_pid`]).
 pub fn with_pid_namespace(mut config: cri::ContainerConfig, pid: cri::NamespaceMode) -> cri::ContainerConfig {
-    set_pid(config.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut()), pid);
+    set_pid(
+        config.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut()),
+        pid,
+    );
     config
 }
 

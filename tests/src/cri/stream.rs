@@ -42,10 +42,7 @@ impl StreamOutput {
         if status["status"] == "Success" {
             return Some(0);
         }
-        status["details"]["causes"]
-            .as_array()?
-            .iter()
-            .find(|c| c["reason"] == "ExitCode")?["message"]
+        status["details"]["causes"].as_array()?.iter().find(|c| c["reason"] == "ExitCode")?["message"]
             .as_str()?
             .parse()
             .ok()
@@ -73,13 +70,10 @@ impl Stream {
         tcp.set_read_timeout(Some(Duration::from_millis(200))).expect("a read timeout");
         let mut request = ws_url.as_str().into_client_request().expect("a WebSocket request");
         request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOL));
-        let (ws, response) = tungstenite::client(request, tcp).unwrap_or_else(|e| panic!("WebSocket handshake with {url}: {e}"));
-        let protocol = response
-            .headers()
-            .get("Sec-WebSocket-Protocol")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+        let (ws, response) =
+            tungstenite::client(request, tcp).unwrap_or_else(|e| panic!("WebSocket handshake with {url}: {e}"));
+        let protocol =
+            response.headers().get("Sec-WebSocket-Protocol").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         Stream { ws, protocol, output: StreamOutput::default() }
     }
 
@@ -119,7 +113,8 @@ impl Stream {
             STDOUT => self.output.stdout.push_str(&text),
             STDERR => self.output.stderr.push_str(&text),
             STATUS if !data.is_empty() => {
-                self.output.status = Some(serde_json::from_slice(data).unwrap_or_else(|_| Value::String(text.into_owned())))
+                self.output.status =
+                    Some(serde_json::from_slice(data).unwrap_or_else(|_| Value::String(text.into_owned())))
             }
             _ => {}
         }

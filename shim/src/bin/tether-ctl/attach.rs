@@ -45,7 +45,8 @@ impl Fifos {
         std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let make = |name: &str| -> Result<PathBuf, String> {
             let path = dir.join(name);
-            nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).map_err(|e| format!("mkfifo {}: {e}", path.display()))?;
+            nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600))
+                .map_err(|e| format!("mkfifo {}: {e}", path.display()))?;
             Ok(path)
         };
         let stdin = make("stdin")?;
@@ -229,7 +230,8 @@ pub fn forward_signals(shim: Arc<Shim>, id: &str, exec_id: &str, terminal: bool)
                 resize(&shim, &id, &exec_id);
                 continue;
             }
-            let req = api::KillRequest { id: id.clone(), exec_id: exec_id.clone(), signal: sig as u32, ..Default::default() };
+            let req =
+                api::KillRequest { id: id.clone(), exec_id: exec_id.clone(), signal: sig as u32, ..Default::default() };
             if let Err(e) = shim.task.kill(ctx(), &req) {
                 eprintln!("tether-ctl: forwarding signal {sig}: {}", describe(e));
             }

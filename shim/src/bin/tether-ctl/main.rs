@@ -151,7 +151,13 @@ fn run(args: Vec<String>) -> Result<u8, String> {
         "stats" => stats(&shim, &o.id()?, cli.json),
         "kill" => {
             let signal = parse_signal(o.signal.as_deref().unwrap_or("SIGTERM"))?;
-            let req = api::KillRequest { id: o.id()?, exec_id: o.exec_id.clone(), signal, all: o.has("--all"), ..Default::default() };
+            let req = api::KillRequest {
+                id: o.id()?,
+                exec_id: o.exec_id.clone(),
+                signal,
+                all: o.has("--all"),
+                ..Default::default()
+            };
             shim.task.kill(ctx(), &req).map_err(|e| format!("kill: {}", describe(e)))?;
             Ok(0)
         }
@@ -209,11 +215,8 @@ fn pids(shim: &Shim, id: &str, json: bool) -> Result<u8, String> {
     let req = api::PidsRequest { id: id.into(), ..Default::default() };
     let resp = shim.task.pids(ctx(), &req).map_err(|e| format!("pids: {}", describe(e)))?;
     if json {
-        let rows: Vec<String> = resp
-            .processes
-            .iter()
-            .map(|p| format!("{{\"pid\":{},\"execId\":{:?}}}", p.pid, exec_id_of(p)))
-            .collect();
+        let rows: Vec<String> =
+            resp.processes.iter().map(|p| format!("{{\"pid\":{},\"execId\":{:?}}}", p.pid, exec_id_of(p))).collect();
         println!("[{}]", rows.join(","));
         return Ok(0);
     }
@@ -326,8 +329,11 @@ mod tests {
 
     #[test]
     fn options_split_flags_values_and_words() {
-        let o = options(["--exec-id", "e1", "--all", "c1", "--", "sh", "-c", "x"].map(String::from).to_vec(), &["--exec-id"])
-            .unwrap();
+        let o = options(
+            ["--exec-id", "e1", "--all", "c1", "--", "sh", "-c", "x"].map(String::from).to_vec(),
+            &["--exec-id"],
+        )
+        .unwrap();
         assert_eq!(o.exec_id, "e1");
         assert!(o.has("--all"));
         assert_eq!(o.words, ["c1", "sh", "-c", "x"]);
@@ -335,6 +341,10 @@ mod tests {
         assert_eq!(cli.target.namespace, "k8s.io");
         assert!(cli.json);
         assert_eq!(cli.command, "state");
-        assert_eq!(cli.target.address(Some("c1")).unwrap_err().contains("/run/containerd/io.containerd.runtime.v2.task/k8s.io/c1/address"), true);
+        assert!(cli
+            .target
+            .address(Some("c1"))
+            .unwrap_err()
+            .contains("/run/containerd/io.containerd.runtime.v2.task/k8s.io/c1/address"));
     }
 }

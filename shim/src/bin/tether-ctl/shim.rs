@@ -42,7 +42,9 @@ impl Target {
         let bundle = match (&self.bundle, id) {
             (Some(b), _) => b.clone(),
             (None, Some(id)) => self.state_dir.join(&self.namespace).join(id),
-            (None, None) => return Err("name the shim: --address ADDR, --bundle DIR, or a task id (with -n NAMESPACE)".into()),
+            (None, None) => {
+                return Err("name the shim: --address ADDR, --bundle DIR, or a task id (with -n NAMESPACE)".into())
+            }
         };
         read_address(&bundle)
     }
@@ -66,7 +68,8 @@ pub struct Shim {
 impl Shim {
     pub fn connect(address: &str) -> Result<Shim, String> {
         let socket = if address.starts_with("unix://") { address.to_string() } else { format!("unix://{address}") };
-        let client = ttrpc::Client::connect(&socket).map_err(|e| format!("connecting to the shim at {address}: {e}"))?;
+        let client =
+            ttrpc::Client::connect(&socket).map_err(|e| format!("connecting to the shim at {address}: {e}"))?;
         Ok(Shim { task: TaskClient::new(client.clone()), debug: DebugClient::new(client), address: socket })
     }
 }

@@ -48,7 +48,9 @@ pub fn run(o: Opts, json: bool) -> Result<u8, String> {
     let bundle = fs::canonicalize(bundle).map_err(|e| format!("bundle {bundle}: {e}"))?;
     let spec = read_spec(&bundle)?;
     let terminal = spec["process"]["terminal"].as_bool().unwrap_or(false);
-    let id = o.value("--id").unwrap_or_else(|| bundle.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let id = o
+        .value("--id")
+        .unwrap_or_else(|| bundle.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     let namespace = o.value("--namespace").or(o.value("-n")).unwrap_or_else(|| "tether".into());
     let detach = o.has("--detach") || o.has("-d");
 
@@ -75,7 +77,11 @@ pub fn run(o: Opts, json: bool) -> Result<u8, String> {
     let (stdin, stdout, stderr) = fifos.as_ref().map(Fifos::uris).unwrap_or_default();
     let options = o.value("--config").map(|path| {
         let opts = runtimeoptions::Options { config_path: path, ..Default::default() };
-        Any { type_url: type_urls::RUNTIME_OPTIONS.into(), value: opts.write_to_bytes().unwrap_or_default(), ..Default::default() }
+        Any {
+            type_url: type_urls::RUNTIME_OPTIONS.into(),
+            value: opts.write_to_bytes().unwrap_or_default(),
+            ..Default::default()
+        }
     });
     let create = api::CreateTaskRequest {
         id: id.clone(),
@@ -137,4 +143,3 @@ pub fn attached(shim: &Arc<Shim>, id: &str, exec_id: &str, fifos: &Fifos, termin
 pub fn shutdown_if_idle(shim: &Shim) {
     let _ = shim.task.shutdown(ctx(), &api::ShutdownRequest::default());
 }
-
