@@ -20,8 +20,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tether_protos::{events::task::TaskExit, protobuf::Message, shim::event::Envelope, topics};
 
-/// The journal's file in a bundle: one JSON [`Entry`] per line.
-pub const JOURNAL_FILE: &str = "exit-journal";
+use crate::bundle::EXIT_JOURNAL;
 
 /// One exit, named as its /tasks/exit event names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +61,7 @@ impl ExitJournal {
     /// Stops journaling `container` (deleted: containerd has its exit) and removes its file.
     pub fn close(&self, container: &str) {
         if let Some(bundle) = self.bundles.lock().unwrap().remove(container) {
-            let _ = fs::remove_file(bundle.join(JOURNAL_FILE));
+            let _ = fs::remove_file(bundle.join(EXIT_JOURNAL));
         }
     }
 
@@ -76,7 +75,7 @@ impl ExitJournal {
             .create(true)
             .append(true)
             .mode(0o600)
-            .open(bundle.join(JOURNAL_FILE))
+            .open(bundle.join(EXIT_JOURNAL))
             .and_then(|mut f| f.write_all(&line));
         if let Err(e) = written {
             log::warn!("{container}: journaling the exit of pid {}: {e}", entry.pid);
@@ -106,7 +105,7 @@ impl ExitJournal {
 
 /// The journal of `bundle` (empty when there is none).
 pub fn read(bundle: &Path) -> Vec<Entry> {
-    fs::read_to_string(bundle.join(JOURNAL_FILE))
+    fs::read_to_string(bundle.join(EXIT_JOURNAL))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -115,7 +114,7 @@ pub fn read(bundle: &Path) -> Vec<Entry> {
 
 /// Replaces the journal of `bundle` with `entries` (removes it when there are none).
 fn rewrite(bundle: &Path, entries: &[&Entry]) -> io::Result<()> {
-    let path = bundle.join(JOURNAL_FILE);
+    let path = bundle.join(EXIT_JOURNAL);
     if entries.is_empty() {
         return fs::remove_file(path);
     }
@@ -125,7 +124,7 @@ fn rewrite(bundle: &Path, entries: &[&Entry]) -> io::Result<()> {
         text.push(b'\n');
     }
     // A crash leaves either the old journal or the new one.
-    let tmp = bundle.join(format!("{JOURNAL_FILE}.tmp"));
+    let tmp = bundle.join(format!("{EXIT_JOURNAL}.tmp"));
     fs::write(&tmp, text)?;
     fs::rename(tmp, path)
 }
@@ -163,7 +162,7 @@ mod tests {
         assert_eq!(left, vec![Entry::new("c1", 10, 9, at)]);
         assert_eq!(left[0].at(), at);
         journal.settle(&exit_event("c1", "c1", 10));
-        assert!(!dir.path().join(JOURNAL_FILE).exists(), "an empty journal is removed");
+        assert!(!dir.path().join(EXIT_JOURNAL).exists(), "an empty journal is removed");
     }
 
     #[test]
@@ -173,8 +172,8 @@ mod tests {
         journal.open("c1", dir.path());
         journal.record("c1", &Entry::new("c1", 10, 9, SystemTime::now()));
         journal.close("c1");
-        assert!(!dir.path().join(JOURNAL_FILE).exists());
+        assert!(!dir.path().join(EXIT_JOURNAL).exists());
         journal.record("c1", &Entry::new("c1", 10, 9, SystemTime::now()));
-        assert!(!dir.path().join(JOURNAL_FILE).exists(), "a closed journal takes no more");
+        assert!(!dir.path().join(EXIT_JOURNAL).exists(), "a closed journal takes no more");
     }
 }

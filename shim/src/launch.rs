@@ -16,11 +16,11 @@ use std::{
 use tether_protos::{api, protobuf::Message};
 
 use crate::{
+    bundle::{self, read_init_pid},
     cli::Args,
     config::Settings,
     events::timestamp,
     journal, mount,
-    process::{read_init_pid, SETTINGS_FILE},
 };
 
 /// Annotations that group containers into one shim (one shim per pod), in order of precedence.
@@ -123,7 +123,7 @@ pub fn start(args: &Args) -> Result<Vec<u8>> {
         cmd.spawn().map_err(|e| format!("spawning the serving shim: {e}"))?;
         drop(passed);
     }
-    fs::write(bundle.join("address"), &address).map_err(|e| format!("writing the address file: {e}"))?;
+    fs::write(bundle.join(bundle::ADDRESS), &address).map_err(|e| format!("writing the address file: {e}"))?;
     caller.reply(&address)
 }
 
@@ -136,11 +136,11 @@ pub fn delete(args: &Args) -> Result<Vec<u8>> {
     // The settings are written before the executor creates anything and removed once the
     // shim deleted the container: without them there is nothing for an executor to remove
     // (containerd runs `delete` after every shim exit, a clean one too).
-    match fs::read(bundle.join(SETTINGS_FILE)) {
+    match fs::read(bundle.join(bundle::SETTINGS)) {
         Err(_) => log::debug!("{}: no executor settings in the bundle; nothing to force-delete", args.id),
         Ok(bytes) => {
             let settings = serde_json::from_slice::<Settings>(&bytes).unwrap_or_else(|e| {
-                log::warn!("{}: unreadable {SETTINGS_FILE} ({e}); force-deleting with the defaults", args.id);
+                log::warn!("{}: unreadable {} ({e}); force-deleting with the defaults", args.id, bundle::SETTINGS);
                 Settings::defaults(&args.namespace)
             });
             match settings.standalone_executor() {
@@ -169,7 +169,7 @@ pub fn delete(args: &Args) -> Result<Vec<u8>> {
 /// Removes the socket named by the bundle's address file if no shim listens on it any more
 /// (a killed shim cannot remove it itself).
 fn remove_dead_socket(bundle: &Path) {
-    let Ok(address) = fs::read_to_string(bundle.join("address")) else { return };
+    let Ok(address) = fs::read_to_string(bundle.join(bundle::ADDRESS)) else { return };
     let path = socket_path(address.trim());
     if let Err(e) = UnixStream::connect(path) {
         if e.kind() == std::io::ErrorKind::ConnectionRefused {

@@ -2,6 +2,7 @@
 //! with `tether-ctl`, which reads the shim's state over its debug service.
 
 pub mod bootstrap;
+pub mod bundle;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

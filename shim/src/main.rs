@@ -20,7 +20,7 @@ use tether_shim::{
     events::Publisher,
     idle, launch, logger,
     oom::OomMonitor,
-    process::Table,
+    process::{Runtimes, Table},
     reaper::Reaper,
     service::TaskService,
 };
@@ -107,7 +107,7 @@ fn serve(args: &cli::Args) -> Result<(), String> {
     let reaper = Reaper::start().map_err(|e| format!("starting the reaper: {e}"))?;
     let events = Publisher::start(std::env::var("TTRPC_ADDRESS").ok(), &args.namespace);
     let oom = OomMonitor::start(events.clone()).map_err(|e| format!("starting the OOM monitor: {e}"))?;
-    let table = Table::new(&args.namespace, reaper, events.clone(), oom);
+    let table = Table::new(&args.namespace, Arc::new(Runtimes::new(reaper.clone())), reaper, events.clone(), oom);
     let debug = Arc::new(DebugService::new(table.clone(), events.clone(), &args.namespace));
     dump_on_sigusr1(debug.clone()).map_err(|e| format!("installing the SIGUSR1 handler: {e}"))?;
     let socket = args.socket.clone();

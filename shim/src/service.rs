@@ -119,11 +119,11 @@ impl Task for TaskService {
     }
 
     fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> ttrpc::Result<Empty> {
-        traced("Pause", &req.id, "", || self.table.pause(&req.id, true).map(|()| Empty::new()))
+        traced("Pause", &req.id, "", || self.table.pause(&req.id).map(|()| Empty::new()))
     }
 
     fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> ttrpc::Result<Empty> {
-        traced("Resume", &req.id, "", || self.table.pause(&req.id, false).map(|()| Empty::new()))
+        traced("Resume", &req.id, "", || self.table.resume(&req.id).map(|()| Empty::new()))
     }
 
     fn checkpoint(&self, _: &TtrpcContext, req: api::CheckpointTaskRequest) -> ttrpc::Result<Empty> {

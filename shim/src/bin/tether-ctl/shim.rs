@@ -52,7 +52,7 @@ impl Target {
 
 /// The shim address a bundle's `address` file holds.
 pub fn read_address(bundle: &Path) -> Result<String, String> {
-    let file = bundle.join("address");
+    let file = bundle.join(tether_shim::bundle::ADDRESS);
     fs::read_to_string(&file)
         .map(|a| a.trim().to_string())
         .map_err(|e| format!("no live shim found at {}: {e}", file.display()))
