@@ -1,4 +1,4 @@
-//! The goals of issue 6, checked against a run's figures. They are the benchmark's verdict,
+//! The benchmark's goals, checked against a run's figures. They are the benchmark's verdict,
 //! printed as one summary line; nothing fails because of them (benchmarks are not tests).
 
 use crate::results::{Results, GO, RAW_PIPE, TETHER_NATIVE, TETHER_RUNC};

@@ -3,7 +3,7 @@
 //!
 //!     cargo dist && cargo run --release -p tether-bench -- [--quick]
 //!
-//! Prints a table (median, tail, ratio to Go) and the goals of issue 6, and writes
+//! Prints a table (median, tail, ratio to Go) and the goals, and writes
 //! `tether-bench.json` (every sample) and `tether-bench.svg` (latency distributions). Needs
 //! root, containerd, runc and busybox-static, like the integration tests whose harness it uses.
 

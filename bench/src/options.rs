@@ -54,7 +54,7 @@ pub struct Options {
 }
 
 impl Default for Options {
-    /// The counts of issue 6.
+    /// The default counts.
     fn default() -> Options {
         Options {
             lifecycle: 200,

@@ -18,8 +18,8 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    CheckpointOpts, ChildWaiter, ContainerState, CreateOpts, CriuOpts, Error, ExecOpts, Executor, RestoreOpts, Result,
-    Stdio,
+    exit_code, CheckpointOpts, ChildWaiter, ContainerState, CreateOpts, CriuOpts, Error, ExecOpts, Executor,
+    RestoreOpts, Result, Stdio,
 };
 
 /// Settings of a [`RuncExecutor`].
@@ -215,17 +215,6 @@ pub fn features(binary: &Path) -> Result<serde_json::Value> {
         op: "features",
         message: e.to_string(),
     })
-}
-
-/// The exit code of a raw wait status; a death by signal counts as 128 + signal.
-pub fn exit_code(status: i32) -> i32 {
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else if libc::WIFSIGNALED(status) {
-        128 + libc::WTERMSIG(status)
-    } else {
-        255
-    }
 }
 
 fn describe_status(status: i32) -> String {
@@ -471,12 +460,6 @@ mod tests {
     fn error_message_falls_back_to_last_line() {
         assert_eq!(error_message("plain text failure\n\n").unwrap(), "plain text failure");
         assert_eq!(error_message(""), None);
-    }
-
-    #[test]
-    fn exit_codes_follow_shell_convention() {
-        assert_eq!(exit_code(3 << 8), 3);
-        assert_eq!(exit_code(libc::SIGKILL), 137);
     }
 
     #[test]

@@ -21,6 +21,8 @@ use tether_protos::{
     protobuf::Message,
 };
 
+use crate::error::{Error, Result};
+
 /// The environment variable containerd 1.7+ sets for the shim versions it understands.
 pub const MAX_SHIM_VERSION_ENV: &str = "MAX_SHIM_VERSION";
 /// containerd's log level for debug (trace is lower still).
@@ -83,7 +85,7 @@ impl Caller {
     }
 
     /// The bytes to print for a shim serving at `address`.
-    pub fn reply(&self, address: &str) -> Result<Vec<u8>, String> {
+    pub fn reply(&self, address: &str) -> Result<Vec<u8>> {
         match self {
             Caller::Bare => Ok(address.as_bytes().to_vec()),
             Caller::Json => serde_json::to_vec(&serde_json::json!({
@@ -91,7 +93,7 @@ impl Caller {
                 "address": address,
                 "protocol": PROTOCOL,
             }))
-            .map_err(|e| format!("encoding the start reply: {e}")),
+            .map_err(|e| Error::io("encoding the start reply", std::io::Error::other(e))),
             Caller::Bootstrap(_) => BootstrapResult {
                 version: TASK_API_CURRENT,
                 address: address.to_string(),
@@ -99,7 +101,7 @@ impl Caller {
                 ..Default::default()
             }
             .write_to_bytes()
-            .map_err(|e| format!("encoding the BootstrapResult: {e}")),
+            .map_err(|e| Error::io("encoding the BootstrapResult", std::io::Error::other(e))),
         }
     }
 }

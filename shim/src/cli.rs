@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+use crate::error::{Error, Result};
+
 /// What the shim was asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -37,7 +39,7 @@ pub struct Args {
 }
 
 /// Parses `args` (without the program name).
-pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args> {
     let mut out = Args {
         action: Action::Serve,
         namespace: String::new(),
@@ -53,13 +55,13 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     while let Some(arg) = it.next() {
         let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
             if action.is_some() {
-                return Err(format!("unexpected argument {arg:?}"));
+                return Err(Error::InvalidArgument(format!("unexpected argument {arg:?}")));
             }
             action = Some(match arg.as_str() {
                 "start" => Action::Start,
                 "delete" => Action::Delete,
                 "serve" => Action::Serve,
-                other => return Err(format!("unknown action {other:?} (start, delete)")),
+                other => return Err(Error::InvalidArgument(format!("unknown action {other:?} (start, delete)"))),
             });
             continue;
         };
@@ -74,7 +76,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket" => {
                 let value = match inline {
                     Some(v) => v,
-                    None => it.next().ok_or_else(|| format!("flag -{name} needs a value"))?,
+                    None => it.next().ok_or_else(|| Error::InvalidArgument(format!("flag -{name} needs a value")))?,
                 };
                 match name {
                     "namespace" => out.namespace = value,
@@ -85,13 +87,13 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                     _ => out.socket = value,
                 }
             }
-            other => return Err(format!("unknown flag -{other}")),
+            other => return Err(Error::InvalidArgument(format!("unknown flag -{other}"))),
         }
     }
     out.action = action.unwrap_or(Action::Serve);
     let needs_task = !matches!(out.action, Action::Version | Action::Info);
     if needs_task && (out.namespace.is_empty() || out.id.is_empty()) {
-        return Err("-namespace and -id are required".into());
+        return Err(Error::InvalidArgument("-namespace and -id are required".into()));
     }
     Ok(out)
 }

@@ -3,7 +3,7 @@
 //! A shim spends almost all its life waiting: its container runs for days, and containerd calls
 //! it a few times. Yet every page of code and constants it ran once (creating the container,
 //! parsing its spec, starting the runtime) stays mapped, and counts in its RSS. After a quiet
-//! spell with no task call in flight, the shim unmaps the clean pages of its own executable
+//! spell with no task call in flight, the shim drops the clean pages of its own executable
 //! (and of any library) and hands free heap back to the kernel.
 //!
 //! What this frees: the shim's page-table entries, and it leaves the pages themselves as
@@ -12,7 +12,7 @@
 //! in from the page cache (minor faults, no I/O while the pages are cached).
 //!
 //! Only mappings that are private, not writable, backed by a file, and hold no page of their
-//! own (no copy-on-write page, resident or swapped) are unmapped, so nothing is lost: the
+//! own (no copy-on-write page, resident or swapped) are dropped, so nothing is lost: the
 //! kernel reads exactly the same bytes back from the file. A relocated RELRO segment, or code
 //! a debugger patched, keeps its mapping.
 
@@ -139,11 +139,12 @@ impl Idle {
     }
 }
 
-/// Unmaps the clean file-backed pages of this process and returns free heap to the kernel.
-/// Logs what it unmapped at debug level.
+/// Drops the clean file-backed pages of this process from its page tables
+/// (`madvise(MADV_DONTNEED)`: the mappings stay) and returns free heap to the kernel. Logs
+/// what it dropped at debug level.
 pub fn trim() {
     let started = Instant::now();
-    let mut unmapped_kib = 0;
+    let mut dropped_kib = 0;
     match std::fs::read_to_string("/proc/self/smaps") {
         Ok(smaps) => {
             for m in clean_file_mappings(&smaps) {
@@ -151,7 +152,7 @@ pub fn trim() {
                 // come from its file unchanged (see clean_file_mappings): dropping them only
                 // makes the next access read the same bytes back.
                 if unsafe { libc::madvise(m.start as *mut libc::c_void, m.end - m.start, libc::MADV_DONTNEED) } == 0 {
-                    unmapped_kib += m.rss_kib;
+                    dropped_kib += m.rss_kib;
                 }
             }
         }
@@ -159,7 +160,7 @@ pub fn trim() {
     }
     // SAFETY: malloc_trim only releases free memory of malloc's own arenas.
     unsafe { libc::malloc_trim(0) };
-    log::debug!("idle: unmapped {unmapped_kib} KiB of code and constants in {:?}", started.elapsed());
+    log::debug!("idle: dropped {dropped_kib} KiB of code and constants in {:?}", started.elapsed());
 }
 
 /// One mapping [`trim`] may drop.

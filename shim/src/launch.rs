@@ -19,6 +19,7 @@ use crate::{
     bundle::{self, read_init_pid},
     cli::Args,
     config::Settings,
+    error::{Error, Result},
     events::timestamp,
     journal, mount,
 };
@@ -26,13 +27,11 @@ use crate::{
 /// Annotations that group containers into one shim (one shim per pod), in order of precedence.
 const GROUP_ANNOTATIONS: [&str; 2] = ["io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"];
 
-type Result<T> = std::result::Result<T, String>;
-
 /// The bundle: `-bundle`, else the working directory containerd started us in.
 pub fn bundle_dir(args: &Args) -> Result<PathBuf> {
     match &args.bundle {
         Some(b) => Ok(b.clone()),
-        None => std::env::current_dir().map_err(|e| format!("cannot read the working directory: {e}")),
+        None => std::env::current_dir().map_err(|e| Error::io("cannot read the working directory", e)),
     }
 }
 
@@ -78,20 +77,21 @@ pub fn start(args: &Args) -> Result<Vec<u8>> {
                 .recursive(true)
                 .mode(0o711)
                 .create(dir)
-                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
         // Created 0600 from the start (start is single-threaded, so the umask is ours alone):
         // no moment in which another user could connect.
         let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
         let bound = UnixListener::bind(path);
         nix::sys::stat::umask(umask);
-        let l = bound.map_err(|e| format!("binding {path}: {e}"))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| format!("restricting {path}: {e}"))?;
+        let l = bound.map_err(|e| Error::io(format!("binding {path}"), e))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(format!("restricting {path}"), e))?;
         Some(l)
     };
 
     if let Some(listener) = listener {
-        let exe = std::env::current_exe().map_err(|e| format!("finding the shim binary: {e}"))?;
+        let exe = std::env::current_exe().map_err(|e| Error::io("finding the shim binary", e))?;
         let mut cmd = Command::new(exe);
         cmd.current_dir(&bundle)
             .args(["-namespace", &args.namespace, "-id", &args.id, "-address", &args.address])
@@ -109,7 +109,7 @@ pub fn start(args: &Args) -> Result<Vec<u8>> {
         cmd.arg("serve");
         let listener_fd = std::os::fd::OwnedFd::from(listener);
         let passed =
-            crate::sys::pass_fds(&mut cmd, &[&listener_fd]).map_err(|e| format!("passing the listener: {e}"))?;
+            crate::sys::pass_fds(&mut cmd, &[&listener_fd]).map_err(|e| Error::io("passing the listener", e))?;
         // SAFETY: setsid is async-signal-safe; the serving shim must outlive containerd's
         // process group and session.
         unsafe {
@@ -120,10 +120,10 @@ pub fn start(args: &Args) -> Result<Vec<u8>> {
                 Ok(())
             });
         }
-        cmd.spawn().map_err(|e| format!("spawning the serving shim: {e}"))?;
+        cmd.spawn().map_err(|e| Error::io("spawning the serving shim", e))?;
         drop(passed);
     }
-    fs::write(bundle.join(bundle::ADDRESS), &address).map_err(|e| format!("writing the address file: {e}"))?;
+    fs::write(bundle.join(bundle::ADDRESS), &address).map_err(|e| Error::io("writing the address file", e))?;
     caller.reply(&address)
 }
 
@@ -163,7 +163,7 @@ pub fn delete(args: &Args) -> Result<Vec<u8>> {
         .unwrap_or((128 + libc::SIGKILL as u32, SystemTime::now()));
     let resp =
         api::DeleteResponse { pid, exit_status, exited_at: Some(timestamp(exited_at)).into(), ..Default::default() };
-    resp.write_to_bytes().map_err(|e| format!("encoding the DeleteResponse: {e}"))
+    resp.write_to_bytes().map_err(|e| Error::io("encoding the DeleteResponse", std::io::Error::other(e)))
 }
 
 /// Removes the socket named by the bundle's address file if no shim listens on it any more
@@ -181,7 +181,7 @@ fn remove_dead_socket(bundle: &Path) {
 /// Writes `bytes` to stdout in full.
 pub fn print(bytes: &[u8]) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    out.write_all(bytes).and_then(|()| out.flush()).map_err(|e| format!("writing stdout: {e}"))
+    out.write_all(bytes).and_then(|()| out.flush()).map_err(|e| Error::io("writing stdout", e))
 }
 
 #[cfg(test)]

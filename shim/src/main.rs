@@ -17,6 +17,7 @@ use tether_shim::{
     cgroup,
     cli::{self, Action},
     debug::DebugService,
+    error::{Error, Result},
     events::Publisher,
     idle, launch, logger,
     oom::OomMonitor,
@@ -51,9 +52,7 @@ fn main() -> ExitCode {
             println!("containerd-shim-tether-v2 {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Action::Info => tether_shim::info::info(&mut std::io::stdin().lock())
-            .map_err(|e| e.to_string())
-            .and_then(|info| launch::print(&info)),
+        Action::Info => tether_shim::info::info(&mut std::io::stdin().lock()).and_then(|info| launch::print(&info)),
         Action::Start => launch::start(&args).and_then(|reply| launch::print(&reply)),
         Action::Delete => launch::delete(&args).and_then(|resp| launch::print(&resp)),
         Action::Serve => serve(&args),
@@ -91,7 +90,7 @@ fn dump_on_sigusr1(debug: Arc<DebugService>) -> std::io::Result<()> {
 }
 
 /// The serving shim: subreaper, reaper, events, the task service on the inherited socket.
-fn serve(args: &cli::Args) -> Result<(), String> {
+fn serve(args: &cli::Args) -> Result<()> {
     redirect_log();
     // One malloc arena per thread would keep memory from every burst of calls; a shim's
     // threads mostly wait, so two arenas cost nothing in speed.
@@ -99,17 +98,17 @@ fn serve(args: &cli::Args) -> Result<(), String> {
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     // SAFETY: prctl with plain integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
-        return Err(format!("becoming a subreaper: {}", std::io::Error::last_os_error()));
+        return Err(Error::io("becoming a subreaper", std::io::Error::last_os_error()));
     }
     // containerd starts a shim to create a task in it: moving that task's init into its
     // cgroup is milliseconds away, so its wait for the kernel can begin now.
     cgroup::start_migration_grace_period();
-    let reaper = Reaper::start().map_err(|e| format!("starting the reaper: {e}"))?;
+    let reaper = Reaper::start().map_err(|e| Error::io("starting the reaper", e))?;
     let events = Publisher::start(std::env::var("TTRPC_ADDRESS").ok(), &args.namespace);
-    let oom = OomMonitor::start(events.clone()).map_err(|e| format!("starting the OOM monitor: {e}"))?;
+    let oom = OomMonitor::start(events.clone()).map_err(|e| Error::io("starting the OOM monitor", e))?;
     let table = Table::new(&args.namespace, Arc::new(Runtimes::new(reaper.clone())), reaper, events.clone(), oom);
     let debug = Arc::new(DebugService::new(table.clone(), events.clone(), &args.namespace));
-    dump_on_sigusr1(debug.clone()).map_err(|e| format!("installing the SIGUSR1 handler: {e}"))?;
+    dump_on_sigusr1(debug.clone()).map_err(|e| Error::io("installing the SIGUSR1 handler", e))?;
     let socket = args.socket.clone();
     let service = Arc::new(TaskService::new(table, move || {
         // The address goes first: a `start` for the same id from now on (`ctr run --rm c1`
@@ -134,11 +133,11 @@ fn serve(args: &cli::Args) -> Result<(), String> {
         .set_thread_count_default(2)
         .set_thread_count_max(3)
         .add_listener(LISTENER_FD)
-        .map_err(|e| format!("using the inherited listener: {e}"))?
+        .map_err(|e| Error::io("using the inherited listener", std::io::Error::other(e)))?
         .register_service(service.methods())
         .register_service(debug.methods());
-    server.start().map_err(|e| format!("starting the ttrpc server: {e}"))?;
-    idle::SHIM.start().map_err(|e| format!("starting the idle trimmer: {e}"))?;
+    server.start().map_err(|e| Error::io("starting the ttrpc server", std::io::Error::other(e)))?;
+    idle::SHIM.start().map_err(|e| Error::io("starting the idle trimmer", e))?;
     log::info!("serving {} for namespace {} (pid {})", args.socket, args.namespace, std::process::id());
     loop {
         thread::park();

@@ -86,7 +86,7 @@ impl Inner {
     fn route(&mut self, exit: Exit) -> Option<(Callback, Exit)> {
         log::debug!("reaped pid {} status {:#x}", exit.pid, exit.status);
         // The crate's helpers (rootfs mounts) wait through their own monitor.
-        let _ = containerd_shim::monitor::monitor_notify_by_pid(exit.pid, tether_runtime::runc::exit_code(exit.status));
+        let _ = containerd_shim::monitor::monitor_notify_by_pid(exit.pid, tether_runtime::exit_code(exit.status));
         match self.watchers.remove(&exit.pid) {
             Some(w) => Some((w.on_exit, exit)),
             None => {
@@ -174,7 +174,7 @@ impl Reaper {
     /// Ends the watch of `pid` held with `handle` with an exit of unknown status if that
     /// process is gone without an exit for this reaper to collect ([`Handle::is_lost`], with
     /// the caller's `vacated` evidence); returns whether it did.
-    pub fn heal(&self, pid: i32, handle: &Arc<Handle>, vacated: impl FnOnce() -> bool) -> bool {
+    pub fn notice_vanished(&self, pid: i32, handle: &Arc<Handle>, vacated: impl FnOnce() -> bool) -> bool {
         let mut inner = self.inner.lock().unwrap();
         let ours = inner.watchers.get(&pid).is_some_and(|w| w.handle.as_ref().is_some_and(|h| Arc::ptr_eq(h, handle)));
         // Checked under the lock: the reaper cannot collect the exit meanwhile.
@@ -255,7 +255,7 @@ pub(crate) mod tests {
         sync::OnceLock,
     };
 
-    use tether_runtime::runc::exit_code;
+    use tether_runtime::exit_code;
 
     use super::*;
     use crate::pidfd::Pidfd;
@@ -432,9 +432,9 @@ pub(crate) mod tests {
         let (pid, gone) = killed_elsewhere(&reaper, 300, report("gone"));
         spawn_at(pid, &mut sleeper());
         assert!(!Handle::Pid(pid).is_lost(|| false), "by pid alone the process seems to run");
-        assert!(reaper.heal(pid, &gone, || false));
+        assert!(reaper.notice_vanished(pid, &gone, || false));
         assert_eq!(next(), ("gone", UNKNOWN_EXIT));
-        assert!(!reaper.heal(pid, &gone, || false), "healed once");
+        assert!(!reaper.notice_vanished(pid, &gone, || false), "vanished once");
         Handle::open(pid).signal(libc::SIGKILL).unwrap();
 
         // The same by pid alone (kernels without pidfds): a pid that runs again only counts
@@ -447,8 +447,8 @@ pub(crate) mod tests {
         by_pid.signal(libc::SIGKILL).unwrap();
         until_reaped(pid);
         spawn_at(pid, &mut sleeper());
-        assert!(!reaper.heal(pid, &by_pid, || false), "a live pid is taken for the process");
-        assert!(reaper.heal(pid, &by_pid, || true), "unless its cgroup is empty");
+        assert!(!reaper.notice_vanished(pid, &by_pid, || false), "a live pid is taken for the process");
+        assert!(reaper.notice_vanished(pid, &by_pid, || true), "unless its cgroup is empty");
         assert_eq!(next(), ("by pid", UNKNOWN_EXIT));
         Handle::open(pid).signal(libc::SIGKILL).unwrap();
 
@@ -463,7 +463,7 @@ pub(crate) mod tests {
             assert!(Instant::now() < deadline, "pid {pid} did not exit");
             thread::sleep(Duration::from_millis(10));
         }
-        assert!(!reaper.heal(pid, &orphan, || true), "a zombie is not lost");
+        assert!(!reaper.notice_vanished(pid, &orphan, || true), "a zombie is not lost");
         Handle::open(600).signal(libc::SIGKILL).unwrap();
         assert_eq!(next(), ("orphan", 137));
 

@@ -178,7 +178,12 @@ fn bad_requests_get_clear_codes_and_the_shim_serves_on(case: Case) {
         "terminal",
     );
     let start = api::StartRequest { id: "anchor".into(), ..Default::default() };
-    expect("start twice", shim.call::<api::StartResponse>("Start", &start), Code::FAILED_PRECONDITION, "Running");
+    expect(
+        "start twice",
+        shim.call::<api::StartResponse>("Start", &start),
+        Code::FAILED_PRECONDITION,
+        "cannot start a running container",
+    );
     let delete = api::DeleteRequest { id: "anchor".into(), ..Default::default() };
     expect(
         "delete of a running task",

@@ -43,7 +43,7 @@ fn an_init_the_shim_cannot_reap_still_exits(daemon: Daemon) {
     assert!(!shims.contains(&parent), "the init's parent {parent} is not a shim ({shims:?})");
 
     release("h1", task.pid);
-    // Nobody asks the shim anything: its own periodic check finds the init gone.
+    // Nobody asks the shim anything: its exits thread, polling the init's pidfd, finds it gone.
     let seen = events.wait_for("h1", secs(30), |evs| evs.iter().any(|e| e.topic == "/tasks/exit"));
     let exit = seen.iter().find(|e| e.topic == "/tasks/exit").unwrap();
     assert_eq!(exit.exit_status(), UNKNOWN_EXIT, "{:?}", exit.payload);
@@ -84,7 +84,7 @@ fn a_shim_whose_containers_just_run_does_not_wake_on_a_timer(daemon: Daemon) {
     let before = sleeps_of_thread(shim, "exits").expect("the shim's exits thread");
     std::thread::sleep(secs(7));
     assert_eq!(sleeps_of_thread(shim, "exits"), Some(before), "the exits thread woke while nothing happened");
-    // ...and an exit still wakes it at once.
+    // ...and an exit still wakes it at once, not after a timer's period.
     env.ctr.kill("c1", "SIGKILL", false).expect_ok();
-    env.ctr.wait_status("c1", "STOPPED", secs(10));
+    env.ctr.wait_status("c1", "STOPPED", secs(2));
 }

@@ -27,7 +27,7 @@ use std::{
 };
 
 use tether_protos::{events::task::TaskExit, topics};
-use tether_runtime::runc::exit_code;
+use tether_runtime::exit_code;
 
 use super::{state::Op, Exited, Table};
 use crate::{events::timestamp, journal::Entry, pidfd::Handle, reaper::Exit};
@@ -36,7 +36,7 @@ use crate::{events::timestamp, journal::Entry, pidfd::Handle, reaper::Exit};
 /// (a background child may hold the stream open forever).
 const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the exits thread looks again at a process that is gone without an exit from the
-/// reaper so far (see [`Table::heal`]), or that only a pid names.
+/// reaper so far (see [`Table::notice_vanished`]), or that only a pid names.
 const HEAL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// An exit on its way: container id, exec id (empty for the init), the exit.
@@ -107,14 +107,14 @@ pub(super) fn watch(table: Weak<Table>, intake: Intake) {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
-            t.heal_all();
+            t.notice_all_vanished();
         })
         .expect("spawning the exits thread");
 }
 
 impl Table {
     /// Supervises a process whose pid the runtime just reported; returns its handle, which
-    /// the caller stores in the process and then passes to [`Table::supervised`].
+    /// the caller stores in the process and then passes to [`Table::watch_new_handles`].
     pub(super) fn supervise(&self, id: &str, exec_id: &str, pid: i32, spawned: Instant) -> Arc<Handle> {
         let exits = self.exits.clone();
         let journal = self.journal.clone();
@@ -128,7 +128,7 @@ impl Table {
     }
 
     /// Has the exits thread watch the handles stored since it last looked.
-    pub(super) fn supervised(&self) {
+    pub(super) fn watch_new_handles(&self) {
         self.exits.wake();
     }
 
@@ -164,7 +164,7 @@ impl Table {
     /// Gives a process that is gone without an exit for the reaper (it was not the shim's
     /// child, or someone else reaped it) an exit of unknown status, so that its task does not
     /// seem to run forever; returns whether it did.
-    pub(super) fn heal(&self, id: &str, exec_id: &str) -> bool {
+    pub(super) fn notice_vanished(&self, id: &str, exec_id: &str) -> bool {
         let supervised = self.with(id, |c| {
             let p = c.process(exec_id)?;
             let cgroup = if exec_id.is_empty() { c.cgroup.clone() } else { None };
@@ -173,13 +173,13 @@ impl Table {
         let Ok(Some((pid, handle, cgroup))) = supervised else { return false };
         // Where only a pid names the init, an empty cgroup says it is gone even if its pid
         // was recycled.
-        self.reaper.heal(pid, &handle, || cgroup.is_some_and(|cg| !cg.populated()))
+        self.reaper.notice_vanished(pid, &handle, || cgroup.is_some_and(|cg| !cg.populated()))
     }
 
-    /// [`Table::heal`] for every process believed to run.
-    fn heal_all(&self) {
+    /// [`Table::notice_vanished`] for every process believed to run.
+    fn notice_all_vanished(&self) {
         for (id, exec_id, _) in self.running() {
-            self.heal(&id, &exec_id);
+            self.notice_vanished(&id, &exec_id);
         }
     }
 

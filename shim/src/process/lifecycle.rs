@@ -165,7 +165,7 @@ impl Table {
             c.init.handle = Some(handle);
             Ok(())
         });
-        self.supervised();
+        self.watch_new_handles();
         Ok(pid as u32)
     }
 
@@ -231,7 +231,7 @@ impl Table {
             );
             Ok(pid as u32)
         });
-        self.supervised();
+        self.watch_new_handles();
         self.release_early_exit(id, exec_id);
         // An init that exited while this exec started may have been waiting for it.
         self.release_init_exit(id);
@@ -309,7 +309,7 @@ impl Table {
     /// With `all`, whatever is left in the container's cgroup is signalled even after its init
     /// has exited.
     pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
-        let healed = self.heal(id, exec_id);
+        let vanished = self.notice_vanished(id, exec_id);
         let (executor, handle) = self.with(id, |c| {
             let p = c.process(exec_id)?;
             let whole_container = all && exec_id.is_empty();
@@ -320,12 +320,12 @@ impl Table {
         })?;
         let finished = || Error::NotFound(format!("process {exec_id:?} of {id} has already finished"));
         if exec_id.is_empty() {
-            if healed && !all {
+            if vanished && !all {
                 return Err(finished());
             }
             return Ok(executor.kill(id, signal, all)?);
         }
-        if healed {
+        if vanished {
             return Err(finished());
         }
         // An exec is not the runtime's to signal: it is our child, named by its handle so that

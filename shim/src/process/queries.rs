@@ -47,7 +47,7 @@ impl Table {
 
     /// The State response for a process.
     pub fn state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse> {
-        self.heal(id, exec_id);
+        self.notice_vanished(id, exec_id);
         self.with(id, |c| {
             let p = c.process(exec_id)?;
             let (code, at) = p.exit_fields();
@@ -70,7 +70,7 @@ impl Table {
 
     /// Blocks until the process has stopped, and reports how.
     pub fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
-        self.heal(id, exec_id);
+        self.notice_vanished(id, exec_id);
         let mut map = self.lock();
         loop {
             let c = map.get(id).ok_or_else(|| Error::NotFound(format!("container {id}")))?;
