@@ -143,8 +143,9 @@ impl Executor for Fake {
         Err(unsupported("checkpoint"))
     }
 
-    fn restore(&self, _: RestoreOpts) -> tether_runtime::Result<i32> {
-        Err(unsupported("restore"))
+    fn restore(&self, opts: RestoreOpts) -> tether_runtime::Result<i32> {
+        // The restored process runs at once, as CRIU's does.
+        self.create(opts.create)
     }
 }
 
@@ -176,6 +177,11 @@ impl World {
 
     /// Creates container `id` whose init runs `args`.
     fn create(&self, id: &str, args: &[&str]) -> u32 {
+        self.create_from(id, args, None)
+    }
+
+    /// [`World::create`], restored from the checkpoint image `checkpoint` when given.
+    fn create_from(&self, id: &str, args: &[&str], checkpoint: Option<PathBuf>) -> u32 {
         let bundle: PathBuf = self.dir.path().join(id);
         std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
         let config = serde_json::json!({
@@ -190,7 +196,7 @@ impl World {
             rootfs: Vec::new(),
             stdio: StdioSpec::default(),
             options: None,
-            checkpoint: None,
+            checkpoint,
         };
         self.table.create(req).unwrap_or_else(|e| panic!("create {id}: {e}"))
     }
@@ -404,4 +410,16 @@ fn kill_after_the_exit_is_not_found_and_all_still_reaches_the_cgroup() {
     w.table.delete("c1", "").unwrap();
     assert!(w.table.is_empty(), "Shutdown may end the shim now");
     assert_eq!(w.table.state("c1", "").unwrap_err().code(), Code::NOT_FOUND);
+}
+
+#[test]
+fn a_restored_container_that_exits_at_once_is_started_before_it_exits() {
+    let w = World::new();
+    // Restored, its process runs (and here ends) before containerd's Start.
+    w.create_from("c1", &["true"], Some(w.dir.path().join("image")));
+    assert_eq!(w.wait_within("c1", "", SECOND / 2), None, "no exit before the Start that announces the process");
+    w.table.start("c1", "").unwrap();
+    assert_eq!(w.wait_within("c1", "", 10 * SECOND), Some(0));
+    assert_eq!(w.topics_of("c1"), ["/tasks/create", "/tasks/start", "/tasks/exit"]);
+    w.table.delete("c1", "").unwrap();
 }
