@@ -26,6 +26,8 @@ use tether_protos::api;
 
 use crate::shim::{ctx, describe, no_timeout, Shim};
 
+use crate::{CtlError, Result};
+
 /// The signals a user means for the container, not for this tool.
 const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
 
@@ -40,13 +42,13 @@ pub struct Fifos {
 
 impl Fifos {
     /// Makes the FIFOs (mode 0600) for a process with or without a terminal.
-    pub fn new(terminal: bool) -> Result<Fifos, String> {
+    pub fn new(terminal: bool) -> Result<Fifos> {
         let dir = std::env::temp_dir().join(format!("tether-ctl-{}-{}", std::process::id(), unique()));
-        std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let make = |name: &str| -> Result<PathBuf, String> {
+        std::fs::create_dir(&dir).map_err(|e| CtlError::io(format!("creating {}", dir.display()), e))?;
+        let make = |name: &str| -> Result<PathBuf> {
             let path = dir.join(name);
             nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600))
-                .map_err(|e| format!("mkfifo {}: {e}", path.display()))?;
+                .map_err(|e| CtlError::io(format!("mkfifo {}", path.display()), e.into()))?;
             Ok(path)
         };
         let stdin = make("stdin")?;
@@ -73,13 +75,13 @@ fn unique() -> u64 {
 }
 
 /// Opens a FIFO read-write: never blocks on the other side, never sees EOF while we hold it.
-fn open_fifo(path: &Path) -> Result<File, String> {
+fn open_fifo(path: &Path) -> Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| format!("opening {}: {e}", path.display()))
+        .map_err(|e| CtlError::io(format!("opening {}", path.display()), e))
 }
 
 /// The copying between our stdio and a process's FIFOs, until [`Copiers::finish`].
@@ -91,7 +93,7 @@ pub struct Copiers {
 impl Copiers {
     /// Starts copying the process's stdout and stderr to ours (before it starts, so that no
     /// byte waits for us).
-    pub fn start(fifos: &Fifos) -> Result<Copiers, String> {
+    pub fn start(fifos: &Fifos) -> Result<Copiers> {
         let done = Arc::new(AtomicBool::new(false));
         let mut outputs = Vec::new();
         let out = open_fifo(&fifos.stdout)?;
@@ -108,7 +110,7 @@ impl Copiers {
     /// Starts copying our stdin to the started process; at our EOF, CloseIO closes its stdin.
     /// The FIFO stays open until the shim has taken what is still in it: the last close of a
     /// FIFO discards its contents.
-    pub fn feed_stdin(fifos: &Fifos, shim: Arc<Shim>, id: &str, exec_id: &str) -> Result<(), String> {
+    pub fn feed_stdin(fifos: &Fifos, shim: Arc<Shim>, id: &str, exec_id: &str) -> Result<()> {
         let stdin = open_fifo(&fifos.stdin)?;
         let (id, exec_id) = (id.to_string(), exec_id.to_string());
         // Not joined: a terminal's stdin never ends, and the process may exit first.
@@ -217,12 +219,12 @@ pub fn resize(shim: &Shim, id: &str, exec_id: &str) {
 }
 
 /// Forwards our signals to the process (and window changes to its terminal) from now on.
-pub fn forward_signals(shim: Arc<Shim>, id: &str, exec_id: &str, terminal: bool) -> Result<(), String> {
+pub fn forward_signals(shim: Arc<Shim>, id: &str, exec_id: &str, terminal: bool) -> Result<()> {
     let mut wanted = FORWARDED.to_vec();
     if terminal {
         wanted.push(SIGWINCH);
     }
-    let mut signals = Signals::new(&wanted).map_err(|e| format!("installing signal handlers: {e}"))?;
+    let mut signals = Signals::new(&wanted).map_err(|e| CtlError::io("installing signal handlers", e))?;
     let (id, exec_id) = (id.to_string(), exec_id.to_string());
     thread::spawn(move || {
         for sig in signals.forever() {
@@ -241,7 +243,7 @@ pub fn forward_signals(shim: Arc<Shim>, id: &str, exec_id: &str, terminal: bool)
 }
 
 /// Waits for the process to exit and returns its status.
-pub fn wait(shim: &Shim, id: &str, exec_id: &str) -> Result<u32, String> {
+pub fn wait(shim: &Shim, id: &str, exec_id: &str) -> Result<u32> {
     let req = api::WaitRequest { id: id.into(), exec_id: exec_id.into(), ..Default::default() };
-    shim.task.wait(no_timeout(), &req).map(|r| r.exit_status).map_err(|e| format!("wait: {}", describe(e)))
+    shim.task.wait(no_timeout(), &req).map(|r| r.exit_status).map_err(|e| CtlError::call("wait", e))
 }

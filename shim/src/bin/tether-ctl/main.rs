@@ -19,7 +19,7 @@ use tether_protos::{
 };
 use tether_shim::debug::{render, render_event};
 
-use crate::shim::{ctx, describe, no_timeout, Shim, Target, CONTAINERD_STATE};
+use crate::shim::{ctx, no_timeout, Shim, Target, CONTAINERD_STATE};
 
 const USAGE: &str = "\
 usage: tether-ctl [SHIM] [--json] COMMAND [ARGS]
@@ -59,6 +59,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// Why a tether-ctl command failed: one line for the person who ran it.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The command line is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// The shim could not be found or reached, or answered a call with an error.
+    #[error("{call}: {message}")]
+    Call { call: String, message: String },
+    /// A local resource (a FIFO, a file, a child process) failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CtlError {
+    /// The shim's answer to `call` was the error `e`.
+    pub fn call(call: &str, e: tether_protos::ttrpc::Error) -> CtlError {
+        CtlError::Call { call: call.into(), message: shim::describe(e) }
+    }
+
+    /// `source` failed while doing `context`.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> CtlError {
+        CtlError::Io { context: context.into(), source }
+    }
+}
+
+/// Result of a tether-ctl step.
+pub type Result<T> = std::result::Result<T, CtlError>;
+
 /// The parsed command line.
 struct Cli {
     target: Target,
@@ -67,23 +100,23 @@ struct Cli {
     rest: Vec<String>,
 }
 
-fn parse(args: Vec<String>) -> Result<Cli, String> {
+fn parse(args: Vec<String>) -> Result<Cli> {
     let mut target = Target { namespace: "default".into(), state_dir: CONTAINERD_STATE.into(), ..Default::default() };
     let mut json = false;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        let mut value = |name: &str| it.next().ok_or_else(|| CtlError::Usage(format!("{name} needs a value")));
         match arg.as_str() {
             "--address" | "-a" => target.address = Some(value(&arg)?),
             "--bundle" => target.bundle = Some(value(&arg)?.into()),
             "--namespace" | "-n" => target.namespace = value(&arg)?,
             "--state-dir" => target.state_dir = value(&arg)?.into(),
             "--json" => json = true,
-            _ if arg.starts_with('-') => return Err(format!("unknown option {arg}\n{USAGE}")),
+            _ if arg.starts_with('-') => return Err(CtlError::Usage(format!("unknown option {arg}\n{USAGE}"))),
             _ => return Ok(Cli { target, json, command: arg, rest: it.collect() }),
         }
     }
-    Err(USAGE.trim_end().to_string())
+    Err(CtlError::Usage(USAGE.trim_end().to_string()))
 }
 
 /// A command's own options: `--exec-id E`, flags, and the positional words.
@@ -95,7 +128,7 @@ struct Opts {
     words: Vec<String>,
 }
 
-fn options(rest: Vec<String>, with_value: &[&str]) -> Result<Opts, String> {
+fn options(rest: Vec<String>, with_value: &[&str]) -> Result<Opts> {
     let mut o = Opts::default();
     let mut it = rest.into_iter();
     while let Some(arg) = it.next() {
@@ -104,7 +137,7 @@ fn options(rest: Vec<String>, with_value: &[&str]) -> Result<Opts, String> {
             break;
         }
         if with_value.contains(&arg.as_str()) {
-            let v = it.next().ok_or_else(|| format!("{arg} needs a value"))?;
+            let v = it.next().ok_or_else(|| CtlError::Usage(format!("{arg} needs a value")))?;
             match arg.as_str() {
                 "--exec-id" => o.exec_id = v,
                 "-s" | "--signal" => o.signal = Some(v),
@@ -128,16 +161,16 @@ impl Opts {
         self.flags.iter().find_map(|f| f.strip_prefix(&format!("{flag}=")).map(String::from))
     }
 
-    fn id(&self) -> Result<String, String> {
-        self.words.first().cloned().ok_or_else(|| "a task id is needed".to_string())
+    fn id(&self) -> Result<String> {
+        self.words.first().cloned().ok_or_else(|| CtlError::Usage("a task id is needed".into()))
     }
 }
 
-fn json_of(m: &dyn MessageDyn) -> Result<String, String> {
-    print_to_string(m).map_err(|e| format!("encoding JSON: {e}"))
+fn json_of(m: &dyn MessageDyn) -> Result<String> {
+    print_to_string(m).map_err(|e| CtlError::io("encoding JSON", std::io::Error::other(e)))
 }
 
-fn run(args: Vec<String>) -> Result<u8, String> {
+fn run(args: Vec<String>) -> Result<u8> {
     let cli = parse(args)?;
     if cli.command == "run" {
         return standalone::run(options(cli.rest, &["--id", "--config", "--namespace", "-n"])?, cli.json);
@@ -158,7 +191,7 @@ fn run(args: Vec<String>) -> Result<u8, String> {
                 all: o.has("--all"),
                 ..Default::default()
             };
-            shim.task.kill(ctx(), &req).map_err(|e| format!("kill: {}", describe(e)))?;
+            shim.task.kill(ctx(), &req).map_err(|e| CtlError::call("kill", e))?;
             Ok(0)
         }
         "exec" => exec(shim, &o),
@@ -173,7 +206,7 @@ fn run(args: Vec<String>) -> Result<u8, String> {
         }
         "delete" => {
             let req = api::DeleteRequest { id: o.id()?, exec_id: o.exec_id.clone(), ..Default::default() };
-            let resp = shim.task.delete(ctx(), &req).map_err(|e| format!("delete: {}", describe(e)))?;
+            let resp = shim.task.delete(ctx(), &req).map_err(|e| CtlError::call("delete", e))?;
             if o.exec_id.is_empty() {
                 standalone::shutdown_if_idle(&shim);
             }
@@ -182,7 +215,7 @@ fn run(args: Vec<String>) -> Result<u8, String> {
         }
         "events" => follow_events(&shim, cli.json, |line| println!("{line}")),
         "dump" => {
-            let dump = shim.debug.dump(ctx(), &DumpRequest::new()).map_err(|e| format!("dump: {}", describe(e)))?;
+            let dump = shim.debug.dump(ctx(), &DumpRequest::new()).map_err(|e| CtlError::call("dump", e))?;
             if cli.json {
                 println!("{}", json_of(&dump)?);
             } else {
@@ -190,13 +223,13 @@ fn run(args: Vec<String>) -> Result<u8, String> {
             }
             Ok(0)
         }
-        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+        other => Err(CtlError::Usage(format!("unknown command {other:?}\n{USAGE}"))),
     }
 }
 
-fn state(shim: &Shim, id: &str, exec_id: &str, json: bool) -> Result<u8, String> {
+fn state(shim: &Shim, id: &str, exec_id: &str, json: bool) -> Result<u8> {
     let req = api::StateRequest { id: id.into(), exec_id: exec_id.into(), ..Default::default() };
-    let s = shim.task.state(ctx(), &req).map_err(|e| format!("state: {}", describe(e)))?;
+    let s = shim.task.state(ctx(), &req).map_err(|e| CtlError::call("state", e))?;
     if json {
         println!("{}", json_of(&s)?);
         return Ok(0);
@@ -211,9 +244,9 @@ fn state(shim: &Shim, id: &str, exec_id: &str, json: bool) -> Result<u8, String>
     Ok(0)
 }
 
-fn pids(shim: &Shim, id: &str, json: bool) -> Result<u8, String> {
+fn pids(shim: &Shim, id: &str, json: bool) -> Result<u8> {
     let req = api::PidsRequest { id: id.into(), ..Default::default() };
-    let resp = shim.task.pids(ctx(), &req).map_err(|e| format!("pids: {}", describe(e)))?;
+    let resp = shim.task.pids(ctx(), &req).map_err(|e| CtlError::call("pids", e))?;
     if json {
         let rows: Vec<String> =
             resp.processes.iter().map(|p| format!("{{\"pid\":{},\"execId\":{:?}}}", p.pid, exec_id_of(p))).collect();
@@ -233,14 +266,23 @@ fn exec_id_of(p: &api::ProcessInfo) -> String {
     p.info.as_ref().and_then(|a| ProcessDetails::parse_from_bytes(&a.value).ok()).map(|d| d.exec_id).unwrap_or_default()
 }
 
-fn stats(shim: &Shim, id: &str, json: bool) -> Result<u8, String> {
+fn stats(shim: &Shim, id: &str, json: bool) -> Result<u8> {
     let req = api::StatsRequest { id: id.into(), ..Default::default() };
-    let resp = shim.task.stats(ctx(), &req).map_err(|e| format!("stats: {}", describe(e)))?;
-    let any: &Any = resp.stats.as_ref().ok_or("the shim sent no metrics")?;
+    let resp = shim.task.stats(ctx(), &req).map_err(|e| CtlError::call("stats", e))?;
+    let any: &Any = resp
+        .stats
+        .as_ref()
+        .ok_or_else(|| CtlError::Call { call: "stats".into(), message: "the shim sent no metrics".into() })?;
     let metrics: Box<dyn MessageDyn> = if any.type_url.ends_with("cgroups.v2.Metrics") {
-        Box::new(cgroups_v2::metrics::Metrics::parse_from_bytes(&any.value).map_err(|e| e.to_string())?)
+        Box::new(
+            cgroups_v2::metrics::Metrics::parse_from_bytes(&any.value)
+                .map_err(|e| CtlError::io("decoding the metrics", std::io::Error::other(e)))?,
+        )
     } else {
-        Box::new(cgroups::metrics::Metrics::parse_from_bytes(&any.value).map_err(|e| e.to_string())?)
+        Box::new(
+            cgroups::metrics::Metrics::parse_from_bytes(&any.value)
+                .map_err(|e| CtlError::io("decoding the metrics", std::io::Error::other(e)))?,
+        )
     };
     if json {
         println!("{}", json_of(metrics.as_ref())?);
@@ -252,11 +294,11 @@ fn stats(shim: &Shim, id: &str, json: bool) -> Result<u8, String> {
 
 /// Follows the shim's events, calling `line` with each (rendered, or JSON with `json`),
 /// until the shim goes away.
-fn follow_events(shim: &Shim, json: bool, mut line: impl FnMut(String)) -> Result<u8, String> {
+fn follow_events(shim: &Shim, json: bool, mut line: impl FnMut(String)) -> Result<u8> {
     let mut after = 0;
     loop {
         let req = EventsRequest { after, wait_ms: 10_000, ..Default::default() };
-        let resp = shim.debug.events(no_timeout(), &req).map_err(|e| format!("events: {}", describe(e)))?;
+        let resp = shim.debug.events(no_timeout(), &req).map_err(|e| CtlError::call("events", e))?;
         for e in &resp.events {
             line(if json { json_of(e)? } else { render_event(e) });
             after = e.seq;
@@ -264,11 +306,11 @@ fn follow_events(shim: &Shim, json: bool, mut line: impl FnMut(String)) -> Resul
     }
 }
 
-fn exec(shim: Arc<Shim>, o: &Opts) -> Result<u8, String> {
+fn exec(shim: Arc<Shim>, o: &Opts) -> Result<u8> {
     let id = o.id()?;
     let cmd = &o.words[1..];
     if cmd.is_empty() {
-        return Err("exec needs a command: tether-ctl exec ID -- CMD...".into());
+        return Err(CtlError::Usage("exec needs a command: tether-ctl exec ID -- CMD...".into()));
     }
     let terminal = o.has("-t") || o.has("--tty");
     let exec_id = if o.exec_id.is_empty() { format!("tether-ctl-{}", std::process::id()) } else { o.exec_id.clone() };
@@ -276,7 +318,7 @@ fn exec(shim: Arc<Shim>, o: &Opts) -> Result<u8, String> {
     let state = shim
         .task
         .state(ctx(), &api::StateRequest { id: id.clone(), ..Default::default() })
-        .map_err(|e| format!("state: {}", describe(e)))?;
+        .map_err(|e| CtlError::call("state", e))?;
     let spec = standalone::read_spec(&PathBuf::from(&state.bundle))?;
     let mut process = spec.get("process").cloned().unwrap_or_else(|| serde_json::json!({}));
     process["args"] = serde_json::json!(cmd);
@@ -298,7 +340,7 @@ fn exec(shim: Arc<Shim>, o: &Opts) -> Result<u8, String> {
         .into(),
         ..Default::default()
     };
-    shim.task.exec(ctx(), &req).map_err(|e| format!("exec: {}", describe(e)))?;
+    shim.task.exec(ctx(), &req).map_err(|e| CtlError::call("exec", e))?;
     let code = standalone::attached(&shim, &id, &exec_id, &fifos, terminal);
     let delete = api::DeleteRequest { id, exec_id, ..Default::default() };
     let _ = shim.task.delete(ctx(), &delete);
@@ -306,13 +348,15 @@ fn exec(shim: Arc<Shim>, o: &Opts) -> Result<u8, String> {
 }
 
 /// A signal by name (`TERM`, `SIGTERM`) or number.
-fn parse_signal(s: &str) -> Result<u32, String> {
+fn parse_signal(s: &str) -> Result<u32> {
     if let Ok(n) = s.parse() {
         return Ok(n);
     }
     let name = s.to_uppercase();
     let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
-    name.parse::<nix::sys::signal::Signal>().map(|s| s as u32).map_err(|_| format!("unknown signal {s:?}"))
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as u32)
+        .map_err(|_| CtlError::Usage(format!("unknown signal {s:?}")))
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ use tether_protos::{
     ttrpc::{self, context},
 };
 
+use crate::{CtlError, Result};
+
 /// Where containerd 1.6+ keeps each task's bundle (`<dir>/<namespace>/<id>`).
 pub const CONTAINERD_STATE: &str = "/run/containerd/io.containerd.runtime.v2.task";
 /// How long one call may take, unless it waits on purpose.
@@ -35,7 +37,7 @@ impl Target {
     /// The socket of the shim serving task `id` (which may be absent for commands without
     /// one): `--address`, else the `address` file of `--bundle`, else of
     /// `<state dir>/<namespace>/<id>`.
-    pub fn address(&self, id: Option<&str>) -> Result<String, String> {
+    pub fn address(&self, id: Option<&str>) -> Result<String> {
         if let Some(a) = &self.address {
             return Ok(a.clone());
         }
@@ -43,7 +45,9 @@ impl Target {
             (Some(b), _) => b.clone(),
             (None, Some(id)) => self.state_dir.join(&self.namespace).join(id),
             (None, None) => {
-                return Err("name the shim: --address ADDR, --bundle DIR, or a task id (with -n NAMESPACE)".into())
+                return Err(CtlError::Usage(
+                    "name the shim: --address ADDR, --bundle DIR, or a task id (with -n NAMESPACE)".into(),
+                ))
             }
         };
         read_address(&bundle)
@@ -51,11 +55,11 @@ impl Target {
 }
 
 /// The shim address a bundle's `address` file holds.
-pub fn read_address(bundle: &Path) -> Result<String, String> {
+pub fn read_address(bundle: &Path) -> Result<String> {
     let file = bundle.join(tether_shim::bundle::ADDRESS);
     fs::read_to_string(&file)
         .map(|a| a.trim().to_string())
-        .map_err(|e| format!("no live shim found at {}: {e}", file.display()))
+        .map_err(|e| CtlError::io(format!("no live shim found at {}", file.display()), e))
 }
 
 /// Both services of one shim.
@@ -66,10 +70,10 @@ pub struct Shim {
 }
 
 impl Shim {
-    pub fn connect(address: &str) -> Result<Shim, String> {
+    pub fn connect(address: &str) -> Result<Shim> {
         let socket = if address.starts_with("unix://") { address.to_string() } else { format!("unix://{address}") };
-        let client =
-            ttrpc::Client::connect(&socket).map_err(|e| format!("connecting to the shim at {address}: {e}"))?;
+        let client = ttrpc::Client::connect(&socket)
+            .map_err(|e| CtlError::call(&format!("connecting to the shim at {address}"), e))?;
         Ok(Shim { task: TaskClient::new(client.clone()), debug: DebugClient::new(client), address: socket })
     }
 }

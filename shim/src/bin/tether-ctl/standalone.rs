@@ -19,9 +19,11 @@ use tether_protos::{
 
 use crate::{
     attach::{self, Copiers, Fifos, RawTerminal},
-    shim::{ctx, describe, Shim},
+    shim::{ctx, Shim},
     Opts,
 };
+
+use crate::{CtlError, Result};
 
 /// The "containerd address" a standalone shim is started with: only its socket's name is
 /// derived from it (no containerd is ever dialled).
@@ -30,10 +32,10 @@ const STANDALONE_ADDRESS: &str = "/run/tether/standalone";
 const SHIM_BINARY: &str = "containerd-shim-tether-v2";
 
 /// The bundle's OCI spec as JSON.
-pub fn read_spec(bundle: &Path) -> Result<serde_json::Value, String> {
+pub fn read_spec(bundle: &Path) -> Result<serde_json::Value> {
     let file = bundle.join("config.json");
-    let text = fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-    serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", file.display()))
+    let text = fs::read(&file).map_err(|e| CtlError::io(format!("{}", file.display()), e))?;
+    serde_json::from_slice(&text).map_err(|e| CtlError::io(format!("{}", file.display()), e.into()))
 }
 
 /// The shim binary: beside this tool, else on PATH.
@@ -43,9 +45,9 @@ fn shim_binary() -> PathBuf {
 }
 
 /// Runs the bundle named in `o` (see the module docs); returns the container's exit status.
-pub fn run(o: Opts, json: bool) -> Result<u8, String> {
-    let bundle = o.words.first().ok_or("run needs a bundle directory")?;
-    let bundle = fs::canonicalize(bundle).map_err(|e| format!("bundle {bundle}: {e}"))?;
+pub fn run(o: Opts, json: bool) -> Result<u8> {
+    let bundle = o.words.first().ok_or_else(|| CtlError::Usage("run needs a bundle directory".into()))?;
+    let bundle = fs::canonicalize(bundle).map_err(|e| CtlError::io(format!("bundle {bundle}"), e))?;
     let spec = read_spec(&bundle)?;
     let terminal = spec["process"]["terminal"].as_bool().unwrap_or(false);
     let id = o
@@ -56,7 +58,7 @@ pub fn run(o: Opts, json: bool) -> Result<u8, String> {
 
     // The shim's log goes to BUNDLE/log, as a file (containerd would read it as a FIFO).
     let log = bundle.join("log");
-    fs::write(&log, b"").map_err(|e| format!("creating {}: {e}", log.display()))?;
+    fs::write(&log, b"").map_err(|e| CtlError::io(format!("creating {}", log.display()), e))?;
     let mut start = Command::new(shim_binary());
     start
         .args(["-namespace", &namespace, "-id", &id, "-address", STANDALONE_ADDRESS, "-publish-binary", ""])
@@ -66,9 +68,12 @@ pub fn run(o: Opts, json: bool) -> Result<u8, String> {
         .env_remove("TTRPC_ADDRESS")
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());
-    let out = start.output().map_err(|e| format!("starting {}: {e}", shim_binary().display()))?;
+    let out = start.output().map_err(|e| CtlError::io(format!("starting {}", shim_binary().display()), e))?;
     if !out.status.success() {
-        return Err(format!("the shim's start failed ({})", out.status));
+        return Err(CtlError::Call {
+            call: "start".into(),
+            message: format!("the shim's start failed ({})", out.status),
+        });
     }
     let address = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let shim = Arc::new(Shim::connect(&address)?);
@@ -95,7 +100,7 @@ pub fn run(o: Opts, json: bool) -> Result<u8, String> {
     };
     if let Err(e) = shim.task.create(ctx(), &create) {
         shutdown_if_idle(&shim);
-        return Err(format!("create: {}", describe(e)));
+        return Err(CtlError::call("create", e));
     }
     if o.has("--events") {
         let s = shim.clone();
@@ -112,19 +117,19 @@ pub fn run(o: Opts, json: bool) -> Result<u8, String> {
         return Ok(code);
     }
     let delete = api::DeleteRequest { id, ..Default::default() };
-    shim.task.delete(ctx(), &delete).map_err(|e| format!("delete: {}", describe(e)))?;
+    shim.task.delete(ctx(), &delete).map_err(|e| CtlError::call("delete", e))?;
     shutdown_if_idle(&shim);
     Ok(code)
 }
 
-fn start_task(shim: &Shim, id: &str, exec_id: &str) -> Result<u32, String> {
+fn start_task(shim: &Shim, id: &str, exec_id: &str) -> Result<u32> {
     let req = api::StartRequest { id: id.into(), exec_id: exec_id.into(), ..Default::default() };
-    shim.task.start(ctx(), &req).map(|r| r.pid).map_err(|e| format!("start: {}", describe(e)))
+    shim.task.start(ctx(), &req).map(|r| r.pid).map_err(|e| CtlError::call("start", e))
 }
 
 /// Starts a created process with our stdio attached through `fifos` and waits for its exit;
 /// returns its status (as an exit code).
-pub fn attached(shim: &Arc<Shim>, id: &str, exec_id: &str, fifos: &Fifos, terminal: bool) -> Result<u8, String> {
+pub fn attached(shim: &Arc<Shim>, id: &str, exec_id: &str, fifos: &Fifos, terminal: bool) -> Result<u8> {
     let copiers = Copiers::start(fifos)?;
     let raw = terminal.then(RawTerminal::enter);
     attach::forward_signals(shim.clone(), id, exec_id, terminal)?;
