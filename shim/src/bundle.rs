@@ -88,15 +88,18 @@ pub fn owns_pid_namespace(spec: &serde_json::Value) -> bool {
 
 /// Ids name directories and runtime state: reject what could escape or confuse a path.
 pub fn validate_id(id: &str) -> Result<()> {
+    // Ids name files: the longest is an exec's `exec-<id>.json` (and `.pid`) in the bundle,
+    // and a file name holds at most NAME_MAX (255) bytes. 255 - "exec-" - ".json" = 245.
+    const MAX_LEN: usize = 245;
     let ok = !id.is_empty()
-        && id.len() <= 253
+        && id.len() <= MAX_LEN
         && id != "."
         && id != ".."
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+' | '@' | ':'));
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!("invalid id {id:?}: use 1-253 characters of [A-Za-z0-9_.+@:-]")))
+        Err(Error::InvalidArgument(format!("invalid id {id:?}: use 1-{MAX_LEN} characters of [A-Za-z0-9_.+@:-]")))
     }
 }
 

@@ -540,4 +540,28 @@ mod tests {
         let err = Settings::from_options("ns", Some(&any("example.Other", &opts))).unwrap_err();
         assert_eq!(err.code(), tether_protos::ttrpc::Code::INVALID_ARGUMENT);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// No runtime options panic the shim: any bytes under either type, and any config
+        /// text in them, give settings or a typed error.
+        #[test]
+        fn any_runtime_options_resolve_or_are_refused(
+            type_url in "(|x|runtimeoptions.v1.Options|containerd.runc.v1.Options)",
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            body in r#"((executor|log_level|idle_trim_ms|binary|root|criu|systemd_cgroup) = ("[a-z/.]{0,8}"|-?[0-9]{1,21}|true|\[\])\n|\[(runc|native)\]\n){0,6}"#,
+        ) {
+            let mut with_body = runtimeoptions::Options::new();
+            with_body.config_body = body;
+            let encoded = with_body.write_to_bytes().unwrap();
+            for value in [raw, encoded] {
+                let any = Any { type_url: type_url.clone(), value, ..Default::default() };
+                if let Err(e) = Settings::resolve("ns", Some(&any), None) {
+                    let code = e.code();
+                    proptest::prop_assert!(code == tether_protos::ttrpc::Code::INVALID_ARGUMENT, "{e}: {code:?}");
+                }
+            }
+        }
+    }
 }

@@ -1,9 +1,11 @@
 //! Task events to containerd: an ordered queue drained by one thread that publishes each event
-//! to containerd's ttrpc events service, retrying (never dropping) while containerd is away.
-//! The queue keeps a bounded number of events in memory and spills the rest to a file.
+//! to containerd's ttrpc events service, retrying (never dropping) while containerd is away,
+//! and giving up on an event that containerd itself refuses, after a few tries. The queue
+//! keeps a bounded number of events in memory and spills the rest to a file.
 
 use std::{
     collections::VecDeque,
+    path::PathBuf,
     sync::{Arc, Condvar, Mutex, OnceLock},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -29,10 +31,23 @@ use crate::spill::Spill;
 
 /// How long one publish attempt may take before it counts as failed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest pause between two attempts while containerd is unreachable.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The pauses between two attempts to publish an event: doubling from the first, up to the
+/// longest.
+#[derive(Clone, Copy)]
+struct Backoff {
+    first: Duration,
+    max: Duration,
+}
+
+const BACKOFF: Backoff = Backoff { first: Duration::from_millis(50), max: Duration::from_secs(2) };
 /// How many undelivered events are kept in memory; later ones wait in the spill file.
 pub const MEMORY_EVENTS: usize = 256;
+/// The most bytes of events the spill file holds: a few hundred thousand events, far more than
+/// a containerd restart leaves behind, and little disk.
+const SPILL_LIMIT: u64 = 64 << 20;
+/// How many times an event is offered to a containerd that answers it with an error before
+/// it is dropped: the first try and five more, as containerd's Go shim does.
+pub const MAX_ATTEMPTS: u32 = 6;
 
 /// A protobuf timestamp for `t`.
 pub fn timestamp(t: SystemTime) -> Timestamp {
@@ -117,13 +132,16 @@ impl Recorded {
 struct History {
     events: VecDeque<Recorded>,
     last_seq: u64,
-    /// The sequence number of the last event containerd accepted: events are queued in
-    /// sequence order and delivered in queue order, so every event up to it is delivered.
+    /// The sequence number of the last event that left the queue: events are queued in
+    /// sequence order and leave it in queue order, so every event up to it has left it.
     delivered_seq: u64,
+    /// Events never queued (the spill was full), in order: they count as gone already.
+    skipped: VecDeque<u64>,
 }
 
 impl History {
-    fn record(&mut self, topic: &str, at: SystemTime, event: Vec<u8>, text_of: fn(&[u8]) -> String) {
+    /// Remembers an event; returns its sequence number.
+    fn record(&mut self, topic: &str, at: SystemTime, event: Vec<u8>, text_of: fn(&[u8]) -> String) -> u64 {
         self.last_seq += 1;
         if self.events.len() == HISTORY {
             self.events.pop_front();
@@ -136,13 +154,19 @@ impl History {
             text_of,
             delivered: false,
         });
+        self.last_seq
     }
 
-    fn delivered_one(&mut self) {
+    /// The front event left the queue: accepted by containerd (`delivered`), or dropped.
+    fn settled_one(&mut self, delivered: bool) {
         self.delivered_seq += 1;
         let seq = self.delivered_seq;
         if let Some(r) = self.events.iter_mut().rev().find(|r| r.seq == seq) {
-            r.delivered = true;
+            r.delivered = delivered;
+        }
+        while self.skipped.front() == Some(&(self.delivered_seq + 1)) {
+            self.skipped.pop_front();
+            self.delivered_seq += 1;
         }
     }
 }
@@ -150,6 +174,8 @@ impl History {
 /// Undelivered events, oldest first: those in memory, then those spilled.
 struct Queue {
     memory: VecDeque<Envelope>,
+    /// Where the spill file is made.
+    spill_dir: PathBuf,
     /// Made at the first overflow.
     spill: Option<Spill>,
 }
@@ -159,21 +185,27 @@ impl Queue {
         self.memory.len() + self.spill.as_ref().map_or(0, Spill::len)
     }
 
-    fn push(&mut self, env: Envelope) {
+    /// Queues an event; returns false when it was dropped because the spill is full.
+    fn push(&mut self, env: Envelope) -> bool {
         let spilled = self.spill.as_ref().is_some_and(|s| !s.is_empty());
         if !spilled && self.memory.len() < MEMORY_EVENTS {
             self.memory.push_back(env);
-            return;
+            return true;
         }
+        let dir = &self.spill_dir;
         let spill = self.spill.get_or_insert_with(|| {
-            log::warn!("more than {MEMORY_EVENTS} events undelivered; spilling the rest to a file");
-            Spill::new(&std::env::temp_dir())
+            log::warn!(
+                "more than {MEMORY_EVENTS} events undelivered; spilling the rest to a file in {}",
+                dir.display()
+            );
+            Spill::new(dir, SPILL_LIMIT)
         });
-        spill.push(env.write_to_bytes().expect("an envelope encodes"));
+        spill.push(env.write_to_bytes().expect("an envelope encodes"))
     }
 
-    /// Drops the delivered front event and refills memory from the spill, in order.
-    fn pop_delivered(&mut self) {
+    /// Drops the front event (delivered, or given up on) and refills memory from the spill, in
+    /// order.
+    fn pop_front(&mut self) {
         self.memory.pop_front();
         let Some(spill) = &mut self.spill else { return };
         while self.memory.len() < MEMORY_EVENTS {
@@ -188,11 +220,14 @@ impl Queue {
 
 /// Publishes task events in the order they were queued.
 ///
-/// Guarantees: events are delivered one at a time in queue order; an event that fails to
-/// publish stays at the front and is retried with backoff until it is delivered (or the shim
-/// exits), so a containerd restart loses nothing, however long containerd is away: past
-/// [`MEMORY_EVENTS`] they wait in a file. Without an events address (standalone use) nothing
-/// is queued: events are only recorded, for the debug service's followers.
+/// Guarantees: events are delivered one at a time in queue order. An event that cannot reach
+/// containerd stays at the front and is retried with backoff until it is delivered (or the
+/// shim exits), so a containerd restart loses nothing, however long containerd is away: past
+/// [`MEMORY_EVENTS`] they wait in a file (itself bounded, see [`Spill`]). An event containerd
+/// answers with an error status is offered [`MAX_ATTEMPTS`] times, then dropped with a
+/// warning naming its topic, so that one bad event never holds up those after it. Without an
+/// events address (standalone use) nothing is queued: events are only recorded, for the debug
+/// service's followers.
 pub struct Publisher {
     namespace: String,
     /// Whether a thread publishes to containerd.
@@ -211,23 +246,28 @@ pub struct Publisher {
 type OnDelivered = dyn Fn(&Envelope) + Send + Sync;
 
 impl Publisher {
-    /// Starts the publishing thread for containerd's ttrpc address (`TTRPC_ADDRESS`).
-    pub fn start(address: Option<String>, namespace: &str) -> Arc<Publisher> {
-        let address = address.filter(|a| !a.is_empty());
+    /// Starts the publishing thread for containerd's ttrpc address (`TTRPC_ADDRESS`); events
+    /// that overflow memory are spilled to a file in `spill_dir`.
+    pub fn start(address: Option<String>, namespace: &str, spill_dir: PathBuf) -> Arc<Publisher> {
+        let sink = address.filter(|a| !a.is_empty()).map(|address| Containerd { address, client: None });
+        Publisher::with_sink(namespace, spill_dir, sink, BACKOFF)
+    }
+
+    fn with_sink(namespace: &str, spill_dir: PathBuf, sink: Option<impl Sink>, backoff: Backoff) -> Arc<Publisher> {
         let publisher = Arc::new(Publisher {
             namespace: namespace.to_string(),
-            publishing: address.is_some(),
-            queue: Mutex::new(Queue { memory: VecDeque::new(), spill: None }),
+            publishing: sink.is_some(),
+            queue: Mutex::new(Queue { memory: VecDeque::new(), spill_dir, spill: None }),
             history: Mutex::default(),
             changed: Condvar::new(),
             recorded: Condvar::new(),
             on_delivered: OnceLock::new(),
         });
-        if let Some(address) = address {
+        if let Some(mut sink) = sink {
             let p = publisher.clone();
             thread::Builder::new()
                 .name("events".into())
-                .spawn(move || p.run(&address))
+                .spawn(move || p.run(&mut sink, backoff))
                 .expect("spawning the events thread");
         }
         publisher
@@ -253,10 +293,12 @@ impl Publisher {
         env.event = Some(any).into();
         // Queue and record under the queue's lock, so that sequence order is queue order.
         let mut q = self.queue.lock().unwrap();
-        self.history.lock().unwrap().record(topic, at, recorded, text_of::<M>);
+        let seq = self.history.lock().unwrap().record(topic, at, recorded, text_of::<M>);
         self.recorded.notify_all();
         if self.publishing {
-            q.push(env);
+            if !q.push(env) {
+                self.history.lock().unwrap().skipped.push_back(seq);
+            }
             self.changed.notify_all();
         }
     }
@@ -305,9 +347,10 @@ impl Publisher {
         true
     }
 
-    fn run(&self, address: &str) {
-        let mut client: Option<EventsClient> = None;
-        let mut backoff = Duration::from_millis(50);
+    fn run(&self, sink: &mut impl Sink, pace: Backoff) {
+        let mut backoff = pace.first;
+        // Error answers containerd gave the front event so far.
+        let mut rejected = 0;
         loop {
             let env = {
                 let mut q = self.queue.lock().unwrap();
@@ -317,38 +360,96 @@ impl Publisher {
                 }
                 q.memory.front().cloned().expect("queue is not empty")
             };
-            let result = match &client {
-                Some(c) => forward(c, env.clone()),
-                None => match connect(address) {
-                    Ok(c) => {
-                        let r = forward(&c, env.clone());
-                        client = Some(c);
-                        r
-                    }
-                    Err(e) => Err(e),
-                },
-            };
+            let result = sink.forward(&env);
             if result.is_ok() {
                 if let Some(f) = self.on_delivered.get() {
                     f(&env);
                 }
             }
             let mut q = self.queue.lock().unwrap();
-            match result {
-                Ok(()) => {
-                    q.pop_delivered();
-                    self.history.lock().unwrap().delivered_one();
-                    backoff = Duration::from_millis(50);
+            let settled = match result {
+                Ok(()) => Some(true),
+                Err(Failure::Unreachable(e)) => {
+                    log::warn!("publishing event {} failed ({} queued), will retry: {e}", env.topic, q.len());
+                    None
+                }
+                Err(Failure::Rejected(e)) => {
+                    rejected += 1;
+                    if rejected < MAX_ATTEMPTS {
+                        log::warn!("containerd refused event {} ({rejected} of {MAX_ATTEMPTS} tries): {e}", env.topic);
+                        None
+                    } else {
+                        log::warn!(
+                            "dropping event {}: containerd refused it {MAX_ATTEMPTS} times, last with: {e}",
+                            env.topic
+                        );
+                        Some(false)
+                    }
+                }
+            };
+            match settled {
+                Some(delivered) => {
+                    q.pop_front();
+                    self.history.lock().unwrap().settled_one(delivered);
+                    backoff = pace.first;
+                    rejected = 0;
                     self.changed.notify_all();
                 }
-                Err(e) => {
-                    log::warn!("publishing event to {address} failed ({} queued), will retry: {e}", q.len());
-                    client = None;
+                None => {
                     drop(q);
                     thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = (backoff * 2).min(pace.max);
                 }
             }
+        }
+    }
+}
+
+/// Why an event did not reach containerd.
+#[derive(Debug)]
+enum Failure {
+    /// containerd could not be reached or did not answer (it is restarting, or down):
+    /// retried for as long as it takes.
+    Unreachable(String),
+    /// containerd answered with an error status for this event: retried a few times.
+    Rejected(String),
+}
+
+/// Where the publishing thread sends events: containerd's events service, or a test's fake.
+trait Sink: Send + 'static {
+    /// Offers one event; `Ok` once it was accepted.
+    fn forward(&mut self, env: &Envelope) -> Result<(), Failure>;
+}
+
+/// containerd's ttrpc events service at `address`, dialled on first use and again after a
+/// failure to reach it.
+struct Containerd {
+    address: String,
+    client: Option<EventsClient>,
+}
+
+impl Sink for Containerd {
+    fn forward(&mut self, env: &Envelope) -> Result<(), Failure> {
+        let client = match self.client.take() {
+            Some(c) => c,
+            None => connect(&self.address).map_err(|e| Failure::Unreachable(format!("{}: {e}", self.address)))?,
+        };
+        let mut req = ForwardRequest::new();
+        req.envelope = Some(env.clone()).into();
+        match client.forward(ttrpc::context::with_timeout(PUBLISH_TIMEOUT.as_nanos() as i64), &req) {
+            Ok(_) => {
+                self.client = Some(client);
+                Ok(())
+            }
+            // An answer: the connection works and containerd looked at the event. Only
+            // UNAVAILABLE and DEADLINE_EXCEEDED say it may take it later as it is.
+            Err(ttrpc::Error::RpcStatus(status))
+                if !matches!(status.code(), ttrpc::Code::UNAVAILABLE | ttrpc::Code::DEADLINE_EXCEEDED) =>
+            {
+                self.client = Some(client);
+                Err(Failure::Rejected(format!("{:?}: {}", status.code(), status.message())))
+            }
+            Err(e) => Err(Failure::Unreachable(e.to_string())),
         }
     }
 }
@@ -357,15 +458,6 @@ fn connect(address: &str) -> Result<EventsClient, String> {
     let fd = containerd_shim::util::connect(address).map_err(|e| e.to_string())?;
     let client = ttrpc::Client::new(fd).map_err(|e| e.to_string())?;
     Ok(EventsClient::new(client))
-}
-
-fn forward(client: &EventsClient, env: Envelope) -> Result<(), String> {
-    let mut req = ForwardRequest::new();
-    req.envelope = Some(env).into();
-    client
-        .forward(ttrpc::context::with_timeout(PUBLISH_TIMEOUT.as_nanos() as i64), &req)
-        .map(drop)
-        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -383,7 +475,8 @@ mod tests {
 
     #[test]
     fn overflow_is_spilled_and_comes_back_in_order() {
-        let mut q = Queue { memory: VecDeque::new(), spill: None };
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue { memory: VecDeque::new(), spill_dir: dir.path().into(), spill: None };
         let n = MEMORY_EVENTS * 3 + 7;
         for i in 0..n {
             let mut env = Envelope::new();
@@ -399,16 +492,76 @@ mod tests {
                 late.topic = "/test/late".into();
                 q.push(late);
             }
-            q.pop_delivered();
+            q.pop_front();
         }
         assert_eq!(q.memory.front().map(|e| e.topic.as_str()), Some("/test/late"));
-        q.pop_delivered();
+        q.pop_front();
         assert_eq!(q.len(), 0);
+    }
+
+    /// A containerd that answers each event as `answer` says, given its topic and how many
+    /// times it was offered before; it tells of every offer.
+    struct Fake {
+        answer: fn(&str, u32) -> Result<(), Failure>,
+        offers: std::sync::mpsc::Sender<(String, bool)>,
+        tries: std::collections::HashMap<String, u32>,
+    }
+
+    impl Sink for Fake {
+        fn forward(&mut self, env: &Envelope) -> Result<(), Failure> {
+            let tries = self.tries.entry(env.topic.clone()).or_default();
+            let result = (self.answer)(&env.topic, *tries);
+            *tries += 1;
+            let _ = self.offers.send((env.topic.clone(), result.is_ok()));
+            result
+        }
+    }
+
+    /// Publishes `topics` to a [`Fake`] answering with `answer`; returns every offer made
+    /// until the queue emptied, and the publisher.
+    fn offers(answer: fn(&str, u32) -> Result<(), Failure>, topics: &[&str]) -> (Vec<(String, bool)>, Arc<Publisher>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fake = Fake { answer, offers: tx, tries: Default::default() };
+        let quick = Backoff { first: Duration::from_millis(1), max: Duration::from_millis(2) };
+        let publisher = Publisher::with_sink("ns", std::env::temp_dir(), Some(fake), quick);
+        for topic in topics {
+            publisher.publish(topic, &TaskStart::default());
+        }
+        assert!(publisher.flush(Duration::from_secs(10)), "the queue empties");
+        (rx.try_iter().collect(), publisher)
+    }
+
+    #[test]
+    fn an_event_containerd_refuses_is_dropped_after_a_few_tries() {
+        let refuse_bad = |topic: &str, _| match topic {
+            "/bad" => Err(Failure::Rejected("InvalidArgument: no".into())),
+            _ => Ok(()),
+        };
+        let (offers, publisher) = offers(refuse_bad, &["/first", "/bad", "/after"]);
+        let bad = offers.iter().filter(|(t, _)| t == "/bad").count();
+        assert_eq!(bad, MAX_ATTEMPTS as usize, "offered a bounded number of times");
+        assert_eq!(offers.last(), Some(&("/after".to_string(), true)), "the next event still goes out");
+        assert!(publisher.undelivered().is_empty());
+        let delivered: Vec<bool> = publisher.recorded_after(0, Duration::ZERO).iter().map(|r| r.delivered).collect();
+        assert_eq!(delivered, [true, false, true]);
+    }
+
+    #[test]
+    fn an_event_is_retried_for_as_long_as_containerd_is_unreachable() {
+        // Far more failures than a refused event gets tries: the outage ends, and it goes out.
+        let down_for_a_while = |_: &str, tries| match tries {
+            0..20 => Err(Failure::Unreachable("connection refused".into())),
+            _ => Ok(()),
+        };
+        let (offers, publisher) = offers(down_for_a_while, &["/tasks/exit"]);
+        assert_eq!(offers.len(), 21);
+        assert_eq!(offers.last(), Some(&("/tasks/exit".to_string(), true)));
+        assert!(publisher.recorded_after(0, Duration::ZERO)[0].delivered);
     }
 
     #[test]
     fn events_are_recorded_in_order_for_followers() {
-        let publisher = Publisher::start(None, "ns");
+        let publisher = Publisher::start(None, "ns", std::env::temp_dir());
         assert!(publisher.recorded_after(0, Duration::from_millis(10)).is_empty());
         let start = |id: &str| TaskStart { container_id: id.into(), pid: 7, ..Default::default() };
         publisher.publish("/tasks/start", &start("a"));
@@ -425,7 +578,7 @@ mod tests {
 
     #[test]
     fn a_follower_is_woken_by_the_next_event() {
-        let publisher = Publisher::start(None, "ns");
+        let publisher = Publisher::start(None, "ns", std::env::temp_dir());
         let p = publisher.clone();
         let follower = thread::spawn(move || p.recorded_after(0, Duration::from_secs(10)));
         thread::sleep(Duration::from_millis(50));
@@ -437,7 +590,7 @@ mod tests {
 
     #[test]
     fn history_is_bounded() {
-        let publisher = Publisher::start(None, "ns");
+        let publisher = Publisher::start(None, "ns", std::env::temp_dir());
         for _ in 0..HISTORY + 5 {
             publisher.publish("/tasks/start", &TaskStart::default());
         }

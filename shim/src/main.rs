@@ -4,13 +4,17 @@
 use std::{
     fs::OpenOptions,
     os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
     thread,
     time::Duration,
 };
 
-use signal_hook::{consts::SIGUSR1, iterator::Signals};
+use signal_hook::{
+    consts::{SIGTERM, SIGUSR1},
+    iterator::Signals,
+};
 use tether_protos::ttrpc;
 
 use tether_shim::{
@@ -28,7 +32,7 @@ use tether_shim::{
 
 /// The listener `start` hands to `serve`.
 const LISTENER_FD: i32 = 3;
-/// How long Shutdown lets pending events go out before the shim exits.
+/// How long Shutdown and SIGTERM let pending events go out before the shim exits.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
@@ -89,9 +93,40 @@ fn dump_on_sigusr1(debug: Arc<DebugService>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Removes the shim's socket: from now on a `start` for its group binds a new shim rather than
+/// handing a task to this exiting one, and no new client can reach it.
+fn remove_address(socket: &str) {
+    let _ = std::fs::remove_file(socket.strip_prefix("unix://").unwrap_or(socket));
+}
+
+/// Lets the events still queued go out (for at most [`SHUTDOWN_FLUSH`]) and exits 0. The
+/// containers are left as they are: running ones keep running, and containerd finds them
+/// again through their bundles.
+fn exit_after_flush(events: &Publisher, why: &str) -> ! {
+    if !events.flush(SHUTDOWN_FLUSH) {
+        log::warn!("exiting with {} events undelivered", events.pending());
+    }
+    log::info!("{why}, exiting");
+    std::process::exit(0);
+}
+
+/// Where the event queue spills: beside the task's state on disk, in the `work` directory
+/// containerd links into the bundle (under its root, not its tmpfs state dir), else in the
+/// bundle (the shim's working directory) itself.
+fn spill_dir() -> PathBuf {
+    std::fs::canonicalize("work")
+        .ok()
+        .filter(|p| p.is_dir())
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| Path::new(".").into())
+}
+
 /// The serving shim: subreaper, reaper, events, the task service on the inherited socket.
 fn serve(args: &cli::Args) -> Result<()> {
     redirect_log();
+    // SIGTERM (a node shutting down, systemd stopping containerd's unit) ends the shim the way
+    // Shutdown does; installed first, so that none is missed while the shim sets up.
+    let mut term = Signals::new([SIGTERM]).map_err(|e| Error::io("installing the SIGTERM handler", e))?;
     // One malloc arena per thread would keep memory from every burst of calls; a shim's
     // threads mostly wait, so two arenas cost nothing in speed.
     // SAFETY: mallopt with integer arguments, before any other thread exists.
@@ -104,25 +139,22 @@ fn serve(args: &cli::Args) -> Result<()> {
     // cgroup is milliseconds away, so its wait for the kernel can begin now.
     cgroup::start_migration_grace_period();
     let reaper = Reaper::start().map_err(|e| Error::io("starting the reaper", e))?;
-    let events = Publisher::start(std::env::var("TTRPC_ADDRESS").ok(), &args.namespace);
+    let events = Publisher::start(std::env::var("TTRPC_ADDRESS").ok(), &args.namespace, spill_dir());
     let oom = OomMonitor::start(events.clone()).map_err(|e| Error::io("starting the OOM monitor", e))?;
     let table = Table::new(&args.namespace, Arc::new(Runtimes::new(reaper.clone())), reaper, events.clone(), oom);
     let debug = Arc::new(DebugService::new(table.clone(), events.clone(), &args.namespace));
     dump_on_sigusr1(debug.clone()).map_err(|e| Error::io("installing the SIGUSR1 handler", e))?;
     let socket = args.socket.clone();
+    let shutdown_events = events.clone();
     let service = Arc::new(TaskService::new(table, move || {
         // The address goes first: a `start` for the same id from now on (`ctr run --rm c1`
         // twice in a row) must bind a new shim, not hand its task to this exiting one.
-        let _ = std::fs::remove_file(socket.strip_prefix("unix://").unwrap_or(&socket));
-        let events = events.clone();
+        remove_address(&socket);
+        let events = shutdown_events.clone();
         thread::spawn(move || {
             // Let the Shutdown reply go out, then the events still queued.
             thread::sleep(Duration::from_millis(50));
-            if !events.flush(SHUTDOWN_FLUSH) {
-                log::warn!("exiting with {} events undelivered", events.pending());
-            }
-            log::info!("shutdown: no tasks left, exiting");
-            std::process::exit(0);
+            exit_after_flush(&events, "shutdown: no tasks left");
         });
     }));
     // Per connection, ttrpc keeps between `min` and `max` idle workers and starts `default`
@@ -139,7 +171,10 @@ fn serve(args: &cli::Args) -> Result<()> {
     server.start().map_err(|e| Error::io("starting the ttrpc server", std::io::Error::other(e)))?;
     idle::SHIM.start().map_err(|e| Error::io("starting the idle trimmer", e))?;
     log::info!("serving {} for namespace {} (pid {})", args.socket, args.namespace, std::process::id());
-    loop {
-        thread::park();
+    if term.forever().next().is_some() {
+        log::info!("SIGTERM: leaving the containers running and ending the shim");
+        remove_address(&args.socket);
+        exit_after_flush(&events, "SIGTERM");
     }
+    Err(Error::io("waiting for SIGTERM", std::io::Error::other("the signal iterator ended")))
 }

@@ -70,7 +70,7 @@ fn check(r: &LinuxResources, online: Option<&str>) -> Result<()> {
             let wanted = parse_cpu_list(cpus)
                 .ok_or_else(|| invalid(format!("cpu.cpus = {cpus:?} is not a CPU list like \"0-2,4\"")))?;
             if let Some(online) = online.and_then(parse_cpu_list) {
-                if let Some(bad) = wanted.iter().find(|c| !online.contains(c)) {
+                if let Some(bad) = first_missing(&wanted, &online) {
                     return Err(invalid(format!("cpu.cpus = {cpus:?}: CPU {bad} is not online")));
                 }
             }
@@ -92,8 +92,9 @@ fn online_cpus() -> Option<String> {
     std::fs::read_to_string("/sys/devices/system/cpu/online").ok().map(|s| s.trim().to_string())
 }
 
-/// A kernel list like `0-3,6` as its members; `None` when it does not parse.
-fn parse_cpu_list(list: &str) -> Option<Vec<u32>> {
+/// A kernel list like `0-3,6` as its inclusive ranges, as written; `None` when it does not
+/// parse. Ranges, not members: a list may span all of `u32` in a few bytes.
+fn parse_cpu_list(list: &str) -> Option<Vec<(u32, u32)>> {
     let mut out = Vec::new();
     for part in list.trim().split(',') {
         let (lo, hi): (u32, u32) = match part.split_once('-') {
@@ -106,9 +107,29 @@ fn parse_cpu_list(list: &str) -> Option<Vec<u32>> {
         if lo > hi {
             return None;
         }
-        out.extend(lo..=hi);
+        out.push((lo, hi));
     }
     Some(out)
+}
+
+/// The lowest member of `wanted` that no range of `have` holds. Walks range by range, so its
+/// cost follows the number of ranges, not of members.
+fn first_missing(wanted: &[(u32, u32)], have: &[(u32, u32)]) -> Option<u32> {
+    let mut missing: Option<u32> = None;
+    for &(lo, hi) in wanted {
+        let mut next = Some(lo);
+        while let Some(c) = next.filter(|&c| c <= hi) {
+            match have.iter().filter(|&&(a, b)| a <= c && c <= b).map(|&(_, b)| b).max() {
+                // Everything up to the end of the covering range is there; go on after it.
+                Some(end) => next = end.checked_add(1),
+                None => {
+                    missing = Some(missing.map_or(c, |m| m.min(c)));
+                    break;
+                }
+            }
+        }
+    }
+    missing
 }
 
 #[cfg(test)]
@@ -162,9 +183,48 @@ mod tests {
 
     #[test]
     fn cpu_lists_parse_like_the_kernel_writes_them() {
-        assert_eq!(parse_cpu_list("0-2,5"), Some(vec![0, 1, 2, 5]));
-        assert_eq!(parse_cpu_list("3"), Some(vec![3]));
+        assert_eq!(parse_cpu_list("0-2,5"), Some(vec![(0, 2), (5, 5)]));
+        assert_eq!(parse_cpu_list("3"), Some(vec![(3, 3)]));
         assert_eq!(parse_cpu_list("2-1"), None);
         assert_eq!(parse_cpu_list(""), None);
+    }
+
+    #[test]
+    fn missing_cpus_are_found_range_by_range() {
+        let online = [(0, 1), (4, 7)];
+        assert_eq!(first_missing(&[(0, 1), (5, 6)], &online), None);
+        assert_eq!(first_missing(&[(6, 9), (0, 3)], &online), Some(2));
+        assert_eq!(first_missing(&[(0, u32::MAX)], &[(0, u32::MAX)]), None);
+        assert_eq!(first_missing(&[(0, u32::MAX)], &online), Some(2));
+    }
+
+    #[test]
+    fn a_huge_cpu_range_is_refused_without_listing_it() {
+        // Listing the members of 0-4294967295 would take 16 GiB: the answer must come at once.
+        let started = std::time::Instant::now();
+        assert!(err_of(r#"{"cpu":{"cpus":"0-4294967295"}}"#).contains("CPU 2 is not online"));
+        let mems: LinuxResources = serde_json::from_str(r#"{"cpu":{"mems":"0-4294967295"}}"#).unwrap();
+        check(&mems, Some("0-1")).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// No Update panics the shim, or allocates by what a CPU list spans.
+        #[test]
+        fn any_resources_validate_or_are_refused(
+            json in proptest::prop_oneof![
+                proptest::prelude::any::<String>(),
+                r#"\{"(cpu|memory|pids)":\{"(cpus|mems|limit|shares|quota|period|swap)":("[0-9,-]{0,12}"|-?[0-9]{1,20})\}\}"#,
+            ],
+            cpus in "[0-9]{1,10}(-[0-9]{1,10})?(,[0-9]{1,10}(-[0-9]{1,10})?){0,3}",
+        ) {
+            for value in [json, format!(r#"{{"cpu":{{"cpus":"{cpus}","mems":"{cpus}"}}}}"#)] {
+                if let Err(e) = validate(&any(&value)) {
+                    proptest::prop_assert_eq!(e.code(), Code::INVALID_ARGUMENT);
+                }
+            }
+        }
     }
 }

@@ -69,6 +69,10 @@ fn parse_output(uri: &str) -> Result<Output> {
     if uri.is_empty() {
         return Ok(Output::Null);
     }
+    // No path or argument can hold a NUL: refuse it here rather than fail later in open or exec.
+    if uri.contains('\0') {
+        return Err(Error::InvalidArgument(format!("stdio uri {uri:?} contains a NUL byte")));
+    }
     let Some((scheme, rest)) = uri.split_once("://") else {
         return Ok(Output::Fifo(uri.into()));
     };
@@ -83,9 +87,9 @@ fn parse_output(uri: &str) -> Result<Output> {
             let mut args = Vec::new();
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                args.push(percent_decode(k));
+                args.push(percent_decode(uri, k)?);
                 if !v.is_empty() {
-                    args.push(percent_decode(v));
+                    args.push(percent_decode(uri, v)?);
                 }
             }
             Ok(Output::Binary { path: path.into(), args })
@@ -96,26 +100,38 @@ fn parse_output(uri: &str) -> Result<Output> {
     }
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes one part of a `binary://` query (`%XX` escapes, `+` for a space), as Go's
+/// `url.ParseQuery` does for containerd: a `%` without two hex digits after it is an error,
+/// as is an escape that decodes to a NUL (no program argument can hold one).
+fn percent_decode(uri: &str, s: &str) -> Result<String> {
+    let bad = |why: &str| Error::InvalidArgument(format!("stdio uri {uri:?}: {why} in {s:?}"));
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 3;
-                    continue;
+            b'%' => {
+                // Work on bytes: a multi-byte character after the `%` is no hex digit, and
+                // slicing the string there would split it.
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| Some((hex_digit(h[0])?, hex_digit(h[1])?)));
+                let Some((hi, lo)) = hex else { return Err(bad("a % not followed by two hex digits")) };
+                match hi << 4 | lo {
+                    0 => return Err(bad("an escaped NUL")),
+                    b => out.push(b),
                 }
-                Err(_) => out.push(b'%'),
-            },
+                i += 3;
+                continue;
+            }
             b'+' => out.push(b' '),
             b => out.push(b),
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
 }
 
 /// The output copiers of one process: counts those still copying, so that an exit is reported
@@ -361,7 +377,10 @@ impl ProcessIo {
             self.console = Some(master);
         }
         if let (Some(sink), Some(cancel)) = (self.stdin_sink.take(), self.stdin_cancel_rx.take()) {
-            let fifo = open_fifo(Path::new(&self.spec.stdin), libc::O_RDONLY | libc::O_NONBLOCK, "stdin")?;
+            // Read-write: the shim is then a writer of the FIFO itself, so a client that closes
+            // its writer (a detach) leaves no EOF behind, and its next open for writing (a
+            // reattach) finds a reader. Only CloseIO ends the process's stdin.
+            let fifo = open_fifo(Path::new(&self.spec.stdin), libc::O_RDWR | libc::O_NONBLOCK, "stdin")?;
             // stdin is not drained before an exit is reported: it is input, not output.
             let count = self.copied.stdin.clone();
             thread::Builder::new()
@@ -543,8 +562,9 @@ impl Relay {
     }
 }
 
-/// Copies the client's stdin FIFO to the process until the client closes it or CloseIO.
-/// The FIFO is opened non-blocking, so waiting for a writer is a poll that CloseIO (closing
+/// Copies the client's stdin FIFO to the process until CloseIO: clients may come and go in
+/// between, as the shim holds the FIFO open for writing too (see [`ProcessIo::start`]). The
+/// FIFO is opened non-blocking, so waiting for input is a poll that CloseIO (closing
 /// `cancel`'s other end) can interrupt.
 fn copy_stdin(fifo: File, mut sink: File, cancel: OwnedFd, count: &AtomicU64) {
     let mut relay = Relay::copying();
@@ -672,5 +692,71 @@ mod tests {
         let mut rest = Vec::new();
         proc_stdin.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn stdin_survives_a_detach_until_close_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("in");
+        mkfifo(&fifo).unwrap();
+        let spec = StdioSpec { stdin: fifo.display().to_string(), ..Default::default() };
+        let (mut io, stdio, _) = ProcessIo::prepare(&spec, "c", "ns").unwrap();
+        io.start(None).unwrap();
+        let mut proc_stdin = File::from(stdio.stdin.unwrap());
+        let mut got = [0u8; 4];
+        // Non-blocking opens: without a reader, the reattach fails (ENXIO) instead of hanging.
+        let attach = || OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo);
+        let mut client = attach().unwrap();
+        client.write_all(b"one\n").unwrap();
+        drop(client);
+        proc_stdin.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"one\n");
+        // Give the copier time to see the detach, as it would the end of the stream.
+        thread::sleep(Duration::from_millis(100));
+        let mut client = attach().expect("the FIFO still has its reader after a detach");
+        client.write_all(b"two\n").unwrap();
+        drop(client);
+        proc_stdin.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"two\n");
+        io.close_stdin();
+        let mut rest = Vec::new();
+        proc_stdin.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "CloseIO ends stdin");
+    }
+
+    #[test]
+    fn bad_percent_escapes_are_invalid_arguments() {
+        for uri in [
+            "binary:///usr/bin/logger?tag=%\u{e9}",
+            "binary:///usr/bin/logger?tag=%4\u{e9}x",
+            "binary:///usr/bin/logger?%",
+            "binary:///usr/bin/logger?a=%zz",
+            "binary:///usr/bin/logger?a=%00",
+            "binary:///usr/bin/log\0ger",
+        ] {
+            let e = parse_output(uri).unwrap_err();
+            assert_eq!(e.code(), tether_protos::ttrpc::Code::INVALID_ARGUMENT, "{uri}");
+        }
+        assert_eq!(
+            parse_output("binary:///l?tag=caf%C3%A9+%41").unwrap(),
+            Output::Binary { path: "/l".into(), args: vec!["tag".into(), "caf\u{e9} A".into()] }
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// No stdio URI panics the shim: each is a meaning or an InvalidArgument.
+        #[test]
+        fn any_output_uri_parses_or_is_refused(
+            uri in proptest::prop_oneof![
+                proptest::prelude::any::<String>(),
+                "(binary|file|fifo|x)://[/a-z%+=&?\\PC]{0,24}",
+            ]
+        ) {
+            if let Err(e) = parse_output(&uri) {
+                proptest::prop_assert_eq!(e.code(), tether_protos::ttrpc::Code::INVALID_ARGUMENT);
+            }
+        }
     }
 }

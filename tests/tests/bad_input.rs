@@ -201,10 +201,37 @@ fn bad_requests_get_clear_codes_and_the_shim_serves_on(case: Case) {
         "/proc/tether-cannot-write",
     );
 
+    // Inputs that once panicked the shim, and with it every container it serves.
+    let b7 = bundle(&env, "bad-logger-uri", |_| {});
+    let mut req = create(&env, "b7", &b7, vec![rootfs_mount(&env.rootfs)]);
+    req.stdout = "binary:///bin/true?tag=%\u{e9}t\u{e9}".into();
+    req.stderr = req.stdout.clone();
+    expect("a % escape before a multi-byte character", call_create(&req), Code::INVALID_ARGUMENT, "hex digits");
+    expect(
+        "an Update whose CPU list spans all of u32",
+        shim.update("anchor", r#"{"cpu":{"cpus":"0-4294967295"}}"#),
+        Code::INVALID_ARGUMENT,
+        "cpu.cpus",
+    );
+    let long = "e".repeat(253);
+    expect(
+        "an exec id too long to name its spec file",
+        shim.call::<Empty>("Exec", &exec_request("anchor", &long, &["true"])),
+        Code::INVALID_ARGUMENT,
+        "invalid id",
+    );
+    expect(
+        "a container id too long to name files",
+        call_create(&create(&env, &long, &b7, vec![rootfs_mount(&env.rootfs)])),
+        Code::INVALID_ARGUMENT,
+        "invalid id",
+    );
+    assert!(mounted_below(&b7).is_empty(), "a failed create left mounts: {:?}", mounted_below(&b7));
+
     // None of it hurt: the shim serves the anchor as before.
     assert_eq!(ctr.status("anchor").as_deref(), Some("RUNNING"));
     env.exec("anchor", "after", &["echo", "still-served"]).expect_ok();
-    for id in ["b1", "b2", "b3", "b4", "b5", "b6"] {
+    for id in ["b1", "b2", "b3", "b4", "b5", "b6", "b7"] {
         let state = api::StateRequest { id: id.into(), ..Default::default() };
         expect("a failed create leaves no task", shim.call::<api::StateResponse>("State", &state), Code::NOT_FOUND, id);
     }

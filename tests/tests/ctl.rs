@@ -17,6 +17,7 @@ tether_tests::for_each_executor!(
     ctl_attaches_a_terminal,
     hooks_run_after_start_and_at_delete,
     dump_names_who_holds_an_exited_process_output,
+    sigterm_ends_the_shim_gracefully,
 );
 
 const LOOP_UNTIL_TERM: &str = "trap 'exit 7' TERM; while :; do sleep 0.1; done";
@@ -405,4 +406,48 @@ fn the_node_default_config_applies_without_runtime_options() {
     ctl(&["--bundle", &b, "kill", "dc1"], None).expect_ok();
     ctl(&["--bundle", &b, "wait", "dc1"], None).expect_code(7);
     ctl(&["--bundle", &b, "delete", "dc1"], None).expect_ok();
+}
+
+/// SIGTERM to a serving shim (a node shutting down) ends it as Shutdown does: its socket is
+/// removed and it exits at once, and its container keeps running, for `shim delete` (what
+/// containerd runs for a shim that is gone) to clean up. A standalone shim, so that no
+/// containerd cleans up behind the test's back.
+fn sigterm_ends_the_shim_gracefully(case: Case) {
+    let Some(env) = Env::for_case("ctl_sigterm", case) else { return };
+    if !env.tether_only("sigterm_ends_the_shim_gracefully") {
+        return;
+    }
+    let bundle = standalone_bundle(&env, "term1", LOOP_UNTIL_TERM);
+    let cleanup = Standalone { namespace: &env.ns, bundles: vec![("term1", bundle.clone())] };
+    let b = bundle.display().to_string();
+    let mut args: Vec<String> = vec!["run".into(), "--namespace".into(), env.ns.clone(), "--id".into(), "term1".into()];
+    args.extend(config_args(&env));
+    args.extend(["--detach".into(), b.clone()]);
+    ctl(&args, None).expect_ok();
+    let state = ctl(&["--bundle", &b, "--json", "state", "term1"], None);
+    state.expect_ok();
+    let init = serde_json::from_str::<serde_json::Value>(&state.stdout).unwrap()["pid"].as_u64().unwrap() as u32;
+    let shim = tether_tests::env::parent_pid(init).expect("the init's parent, its shim");
+    let address = fs::read_to_string(bundle.join("address")).unwrap();
+    let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert!(socket.exists(), "{}", socket.display());
+
+    // SAFETY: a plain kill of the shim this test started.
+    assert_eq!(unsafe { libc::kill(shim as libc::pid_t, libc::SIGTERM) }, 0);
+    assert!(
+        wait_until(secs(5), || (!tether_tests::env::pid_exists(shim)).then_some(())).is_some(),
+        "the shim {shim} exits promptly"
+    );
+    assert!(!socket.exists(), "the shim removed its socket {}", socket.display());
+    assert!(tether_tests::env::pid_alive(init), "the container's init {init} outlives its shim");
+
+    // What containerd does for a shim that is gone: `shim delete` in the bundle.
+    let mut delete = Command::new(tether_tests::runtime::tether_shim_binary());
+    delete.args(["-namespace", &env.ns, "-id", "term1", "-bundle", &b, "delete"]).current_dir(&bundle);
+    run(delete, None, secs(30)).expect_ok();
+    assert!(
+        wait_until(secs(10), || (!tether_tests::env::pid_exists(init)).then_some(())).is_some(),
+        "shim delete ended the container"
+    );
+    drop(cleanup);
 }

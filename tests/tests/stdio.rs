@@ -21,6 +21,7 @@ tether_tests::for_each_executor!(
     log_uri_binary,
     detached_output_waits_for_a_reader,
     output_of_an_exited_process_waits_for_a_late_reader,
+    stdin_survives_detach_and_reattach,
 );
 
 /// Prints "tty-yes" if stdin is a terminal, then the terminal size once it is `want` (ctr
@@ -208,6 +209,83 @@ fn output_of_an_exited_process_waits_for_a_late_reader(case: Case) {
         }
     }
     assert_eq!(String::from_utf8_lossy(&got), expected, "all the output, for a reader that came after the exit");
+    let delete = api::DeleteRequest { id: "c1".into(), exec_id: "e1".into(), ..Default::default() };
+    shim.call::<api::DeleteResponse>("Delete", &delete).unwrap();
+    env.ctr.kill("c1", "SIGKILL", false).expect_ok();
+    env.ctr.wait_status("c1", "STOPPED", secs(10));
+    assert_eq!(env.ctr.rm_task("c1"), 137);
+}
+
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.display().to_string()).unwrap();
+    // SAFETY: mkfifo with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+}
+
+/// Opens `fifo` for writing as an attaching client does, without blocking: retried until the
+/// shim holds its read end, for at most `timeout` (a shim that let go of it fails the test
+/// instead of hanging it).
+fn attach_stdin(fifo: &Path, timeout: Duration) -> fs::File {
+    wait_until(timeout, || fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(fifo).ok())
+        .unwrap_or_else(|| panic!("no reader on {} within {timeout:?}: the shim let go of stdin", fifo.display()))
+}
+
+/// Reads the non-blocking `reader` until what was read ends with `want`, for at most 10 s.
+fn read_until(reader: &mut fs::File, got: &mut String, want: &str) {
+    let deadline = std::time::Instant::now() + secs(10);
+    while !got.ends_with(want) && std::time::Instant::now() < deadline {
+        let mut buf = [0u8; 4096];
+        match reader.read(&mut buf) {
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("reading stdout: {e}"),
+        }
+    }
+    assert!(got.ends_with(want), "stdout {got:?} lacks {want:?}");
+}
+
+/// A client that closes its stdin writer without CloseIO has detached, not ended the input:
+/// it (or another) may open the FIFO again (`ctr task attach` twice, `kubectl attach` again),
+/// and what it writes then reaches the process too. Only CloseIO ends stdin.
+fn stdin_survives_detach_and_reattach(case: Case) {
+    let Some(env) = Env::for_case("stdin_reattach", case) else { return };
+    if !env.tether_only("stdin_survives_detach_and_reattach") {
+        return;
+    }
+    env.run("c1").detach().run(&["sh", "-c", "while :; do sleep 0.1; done"]).expect_ok();
+    env.ctr.wait_status("c1", "RUNNING", secs(10));
+    let shim = ShimClient::for_task(&env, "c1");
+    fs::create_dir_all(env.work()).unwrap();
+    let (stdin, stdout) = (env.work().join("reattach-stdin"), env.work().join("reattach-stdout"));
+    mkfifo(&stdin);
+    mkfifo(&stdout);
+    let mut reader = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&stdout).unwrap();
+    let mut req = exec_request("c1", "e1", &["cat"]);
+    req.stdin = stdin.display().to_string();
+    req.stdout = stdout.display().to_string();
+    shim.call::<Empty>("Exec", &req).unwrap();
+    let start = api::StartRequest { id: "c1".into(), exec_id: "e1".into(), ..Default::default() };
+    shim.call::<api::StartResponse>("Start", &start).unwrap();
+
+    let mut got = String::new();
+    let mut client = attach_stdin(&stdin, secs(5));
+    std::io::Write::write_all(&mut client, b"one\n").unwrap();
+    drop(client);
+    read_until(&mut reader, &mut got, "one\n");
+    // Long enough for the shim to see the detach as it would an end of input.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = attach_stdin(&stdin, secs(3));
+    std::io::Write::write_all(&mut client, b"two\n").unwrap();
+    drop(client);
+    read_until(&mut reader, &mut got, "two\n");
+    assert_eq!(got, "one\ntwo\n", "everything written before and after the reattach, in order");
+
+    // CloseIO ends it: cat reads EOF and exits 0.
+    let close = api::CloseIORequest { id: "c1".into(), exec_id: "e1".into(), stdin: true, ..Default::default() };
+    shim.call::<Empty>("CloseIO", &close).unwrap();
+    let wait = api::WaitRequest { id: "c1".into(), exec_id: "e1".into(), ..Default::default() };
+    assert_eq!(shim.call::<api::WaitResponse>("Wait", &wait).unwrap().exit_status, 0);
     let delete = api::DeleteRequest { id: "c1".into(), exec_id: "e1".into(), ..Default::default() };
     shim.call::<api::DeleteResponse>("Delete", &delete).unwrap();
     env.ctr.kill("c1", "SIGKILL", false).expect_ok();

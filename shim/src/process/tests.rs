@@ -167,7 +167,7 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let events = Publisher::start(None, "test");
+        let events = Publisher::start(None, "test", std::env::temp_dir());
         let oom = OomMonitor::start(events.clone()).expect("an OOM monitor");
         let fake = Arc::new(Fake::default());
         let executors = Arc::new(FakeExecutors(fake.clone()));

@@ -389,6 +389,7 @@ mod tests {
             .target
             .address(Some("c1"))
             .unwrap_err()
+            .to_string()
             .contains("/run/containerd/io.containerd.runtime.v2.task/k8s.io/c1/address"));
     }
 }
