@@ -17,7 +17,9 @@ use tether_tests::shim::{code_of, exec_request, message_of, ShimClient};
 use tether_tests::Case;
 
 tether_tests::for_each_executor!(
-    bad_requests_get_clear_codes_and_the_shim_serves_on,
+    bad_creates_are_invalid_arguments,
+    bad_process_requests_get_clear_codes,
+    inputs_that_once_panicked_the_shim_are_refused,
     shim_socket_and_state_are_root_only,
 );
 
@@ -70,18 +72,34 @@ fn expect<T: std::fmt::Debug>(what: &str, result: Result<T, ttrpc::Error>, code:
     assert!(message.contains(needle), "{what}: message {message:?} lacks {needle:?}");
 }
 
-fn bad_requests_get_clear_codes_and_the_shim_serves_on(case: Case) {
-    let Some(env) = Env::for_case("bad_input", case) else { return };
-    if !env.tether_only("bad_requests_get_clear_codes_and_the_shim_serves_on") {
-        return;
+/// A test's world with a running container `anchor` and a client of its shim, or None
+/// (after saying why) where the scenario is tether's alone.
+fn anchored(test: &str, case: Case) -> Option<(Env, ShimClient)> {
+    let env = Env::for_case(test, case)?;
+    if !env.tether_only(test) {
+        return None;
     }
-    let ctr = &env.ctr;
     env.run("anchor").detach().run(&["sh", "-c", LOOP]).expect_ok();
-    ctr.wait_status("anchor", "RUNNING", secs(10));
+    env.ctr.wait_status("anchor", "RUNNING", secs(10));
     let shim = ShimClient::for_task(&env, "anchor");
-    let call_create = |req: &api::CreateTaskRequest| shim.call::<api::CreateTaskResponse>("Create", req);
+    Some((env, shim))
+}
 
-    // Create: the bundle, its config, its rootfs, its process, its stdio, its id.
+/// After the bad requests, the shim serves the anchor as before, and no failed Create of
+/// `ids` left a task behind.
+fn still_serving(env: &Env, shim: &ShimClient, ids: &[&str]) {
+    assert_eq!(env.ctr.status("anchor").as_deref(), Some("RUNNING"));
+    env.exec("anchor", "after", &["echo", "still-served"]).expect_ok();
+    for id in ids {
+        let state = api::StateRequest { id: id.to_string(), ..Default::default() };
+        expect("a failed create leaves no task", shim.call::<api::StateResponse>("State", &state), Code::NOT_FOUND, id);
+    }
+}
+
+/// Create: the bundle, its config, its rootfs, its process, its stdio, its id.
+fn bad_creates_are_invalid_arguments(case: Case) {
+    let Some((env, shim)) = anchored("bad_creates_are_invalid_arguments", case) else { return };
+    let call_create = |req: &api::CreateTaskRequest| shim.call::<api::CreateTaskResponse>("Create", req);
     let missing = env.work().join("no-such-bundle");
     expect("missing bundle", call_create(&create(&env, "b1", &missing, vec![])), Code::INVALID_ARGUMENT, "config.json");
     expect(
@@ -137,8 +155,12 @@ fn bad_requests_get_clear_codes_and_the_shim_serves_on(case: Case) {
     for dir in [&b4, &b5, &b6] {
         assert!(mounted_below(dir).is_empty(), "a failed create left mounts: {:?}", mounted_below(dir));
     }
+    still_serving(&env, &shim, &["b1", "b2", "b3", "b4", "b5", "b6"]);
+}
 
-    // Exec ids, unknown processes, wrong states.
+/// Exec ids, unknown processes, wrong states.
+fn bad_process_requests_get_clear_codes(case: Case) {
+    let Some((env, shim)) = anchored("bad_process_requests_get_clear_codes", case) else { return };
     shim.call::<Empty>("Exec", &exec_request("anchor", "e1", &["sleep", "1000"])).unwrap();
     shim.call::<api::StartResponse>(
         "Start",
@@ -200,8 +222,13 @@ fn bad_requests_get_clear_codes_and_the_shim_serves_on(case: Case) {
         Code::INVALID_ARGUMENT,
         "/proc/tether-cannot-write",
     );
+    still_serving(&env, &shim, &[]);
+}
 
-    // Inputs that once panicked the shim, and with it every container it serves.
+/// Inputs that once panicked the shim, and with it every container it serves.
+fn inputs_that_once_panicked_the_shim_are_refused(case: Case) {
+    let Some((env, shim)) = anchored("inputs_that_once_panicked_the_shim_are_refused", case) else { return };
+    let call_create = |req: &api::CreateTaskRequest| shim.call::<api::CreateTaskResponse>("Create", req);
     let b7 = bundle(&env, "bad-logger-uri", |_| {});
     let mut req = create(&env, "b7", &b7, vec![rootfs_mount(&env.rootfs)]);
     req.stdout = "binary:///bin/true?tag=%\u{e9}t\u{e9}".into();
@@ -227,14 +254,7 @@ fn bad_requests_get_clear_codes_and_the_shim_serves_on(case: Case) {
         "invalid id",
     );
     assert!(mounted_below(&b7).is_empty(), "a failed create left mounts: {:?}", mounted_below(&b7));
-
-    // None of it hurt: the shim serves the anchor as before.
-    assert_eq!(ctr.status("anchor").as_deref(), Some("RUNNING"));
-    env.exec("anchor", "after", &["echo", "still-served"]).expect_ok();
-    for id in ["b1", "b2", "b3", "b4", "b5", "b6", "b7"] {
-        let state = api::StateRequest { id: id.into(), ..Default::default() };
-        expect("a failed create leaves no task", shim.call::<api::StateResponse>("State", &state), Code::NOT_FOUND, id);
-    }
+    still_serving(&env, &shim, &["b7"]);
 }
 
 fn mode_of(path: &Path) -> u32 {
