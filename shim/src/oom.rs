@@ -146,10 +146,23 @@ impl OomMonitor {
             });
         }
     }
+}
 
+/// What the process table needs of an OOM monitor: the seam that lets its tests run
+/// without cgroups to watch.
+pub trait OomWatch: Send + Sync {
     /// Starts watching the cgroup of container `id`. Kills that happened before are not
     /// reported.
-    pub fn watch(&self, id: &str, cgroup: &Cgroup) -> io::Result<()> {
+    fn watch(&self, id: &str, cgroup: &Cgroup) -> io::Result<()>;
+    /// Publishes `/tasks/oom` for container `id` if the kernel has OOM-killed in its cgroup
+    /// since the last report. Called before the container's exits are published.
+    fn check(&self, id: &str);
+    /// Stops watching container `id` and closes the watch's fds.
+    fn unwatch(&self, id: &str);
+}
+
+impl OomWatch for OomMonitor {
+    fn watch(&self, id: &str, cgroup: &Cgroup) -> io::Result<()> {
         let trigger = Trigger::open(cgroup)?;
         let mut watches = self.watches.lock().unwrap();
         let token = watches.next_token;
@@ -162,17 +175,14 @@ impl OomMonitor {
         Ok(())
     }
 
-    /// Publishes `/tasks/oom` for container `id` if the kernel has OOM-killed in its cgroup
-    /// since the last report. Called before the container's exits are published.
-    pub fn check(&self, id: &str) {
+    fn check(&self, id: &str) {
         let mut watches = self.watches.lock().unwrap();
         if let Some(watch) = watches.by_id.get_mut(id) {
             publish_new_kills(&self.events, id, watch);
         }
     }
 
-    /// Stops watching container `id` and closes the watch's fds.
-    pub fn unwatch(&self, id: &str) {
+    fn unwatch(&self, id: &str) {
         if let Some(watch) = self.watches.lock().unwrap().by_id.remove(id) {
             let _ = self.epoll.delete(watch.trigger.fd());
         }

@@ -43,7 +43,7 @@ use crate::{
     error::{Error, Result},
     events::Publisher,
     journal::ExitJournal,
-    oom::OomMonitor,
+    oom::OomWatch,
     reaper::{Exit, Reaper},
     stdio::StdioSpec,
 };
@@ -154,7 +154,7 @@ pub struct Table {
     executors: Arc<dyn Executors>,
     reaper: Arc<Reaper>,
     events: Arc<Publisher>,
-    oom: Arc<OomMonitor>,
+    oom: Arc<dyn OomWatch>,
     exits: Arc<exits::ExitQueue>,
 }
 
@@ -174,7 +174,7 @@ impl Table {
         executors: Arc<dyn Executors>,
         reaper: Arc<Reaper>,
         events: Arc<Publisher>,
-        oom: Arc<OomMonitor>,
+        oom: Arc<dyn OomWatch>,
     ) -> Arc<Table> {
         let journal = Arc::new(ExitJournal::default());
         let settle = journal.clone();
