@@ -21,7 +21,8 @@ const LOOP: &str = "while :; do sleep 0.1; done";
 fn metrics_and_update(case: Case) {
     let Some(env) = Env::for_case("metrics_update", case) else { return };
     let ctr = &env.ctr;
-    env.run("c1").detach().run(&["sh", "-c", LOOP]).expect_ok();
+    // Two processes all along (a loop of short sleeps has moments with one).
+    env.run("c1").detach().run(&["sh", "-c", "sleep 1000 & wait"]).expect_ok();
     let task = ctr.wait_status("c1", "RUNNING", secs(10));
 
     // ctr task metrics: the whole metrics message for this host's cgroup mode.

@@ -330,7 +330,7 @@ fn an_idle_shim_trims_its_memory_and_goes_on_serving(daemon: Daemon) {
     assert_eq!(out.trim(), "after the trim");
     // ...and trims again after that busy spell (the exec faulted code back in).
     let trims_logged = || {
-        let needle = format!("pid={trimming} msg=\"idle: unmapped");
+        let needle = format!("pid={trimming} msg=\"idle: dropped");
         env.containerd.log().lines().filter(|l| l.contains(&needle)).count()
     };
     assert!(
