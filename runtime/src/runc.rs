@@ -5,7 +5,7 @@ use std::{
     ffi::OsString,
     fs,
     io::Read,
-    os::unix::fs::DirBuilderExt,
+    os::unix::{fs::DirBuilderExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio as ProcStdio},
     sync::{
@@ -21,6 +21,54 @@ use crate::{
     exit_code, CheckpointOpts, ChildWaiter, ContainerState, CreateOpts, CriuOpts, Error, ExecOpts, Executor,
     RestoreOpts, Result, Stdio,
 };
+
+/// The highest signal number on Linux (`SIGRTMAX` as the kernel counts, not as glibc does).
+const SIGNAL_MAX: libc::c_int = 64;
+
+/// Every signal back to its default disposition, and an empty signal mask, in a process about
+/// to exec a runtime or a container's program: ignored signals and the mask survive `execve`.
+/// The shim ignores SIGPIPE (Rust's runtime does) and signal 32 (it comes ignored from the
+/// shim's own parent); Rust's `Command` restores SIGPIPE and the mask in its children but
+/// not 32, and runc passes what it was given on to the container. The raw system calls,
+/// because glibc refuses to touch the two signals it keeps for itself (32 and 33).
+/// Async-signal-safe: only system calls, on the stack.
+pub(crate) fn default_signals() {
+    /// The kernel's `struct sigaction` on x86_64 and aarch64 (handler, flags, restorer, mask).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    let empty: u64 = 0;
+    for signal in 1..=SIGNAL_MAX {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: a valid kernel sigaction for the duration of the call; no old action wanted.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                size_of::<u64>(),
+            )
+        };
+    }
+    // SAFETY: an 8-byte signal set, as the kernel expects.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            size_of::<u64>(),
+        )
+    };
+}
 
 /// Settings of a [`RuncExecutor`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +133,13 @@ impl RuncExecutor {
             cmd.arg("--criu").arg(criu);
         }
         cmd.args(args);
+        // SAFETY: only system calls between fork and exec (see `default_signals`).
+        unsafe {
+            cmd.pre_exec(|| {
+                default_signals();
+                Ok(())
+            });
+        }
         let capture = stdio.is_none();
         match stdio {
             Some(s) => {

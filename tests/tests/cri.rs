@@ -5,7 +5,10 @@
 use std::fs;
 use std::path::Path;
 
-use k8s_cri::v1::{ContainerState, LinuxContainerResources, NamespaceMode, PodSandboxState};
+use k8s_cri::v1::{
+    security_profile::ProfileType, ContainerState, LinuxContainerResources, NamespaceMode, PodSandboxState,
+    SecurityProfile,
+};
 use tether_tests::cgroup::{cgroup_dir, is_v2, read};
 use tether_tests::cri::config::inline_handler_for;
 use tether_tests::cri::{with_pid_namespace, CriEnv, Pod, Stream, K8S_NAMESPACE};
@@ -29,6 +32,7 @@ tether_tests::for_each_executor!(
     stop_with_a_worker_in_the_pods_pid_namespace,
     stop_with_a_worker_in_the_hosts_pid_namespace,
     runtime_config_inline_in_the_handler,
+    seccomp_reaches_exec_processes,
 );
 
 /// A container that runs until stopped.
@@ -485,4 +489,56 @@ fn runtime_config_inline_in_the_handler(case: Case) {
     let executors: Vec<&serde_json::Value> =
         dump["containers"].as_array().expect("containers").iter().map(|c| &c["executor"]).collect();
     assert_eq!(executors, [expected, expected], "the sandbox and the container: {dump}");
+}
+
+/// The lines of `/proc/<pid>/status` that say how a process is confined, read by ExecSync.
+fn confinement(env: &CriEnv, id: &str, pid: &str) -> Vec<String> {
+    let r = env.client.exec_sync(id, &["cat", &format!("/proc/{pid}/status")], 10).expect("ExecSync cat");
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let text = String::from_utf8_lossy(&r.stdout).into_owned();
+    let wanted = ["Seccomp", "NoNewPrivs", "Cap"];
+    text.lines().filter(|l| wanted.iter().any(|w| l.starts_with(w))).map(str::to_string).collect()
+}
+
+/// A pod container with seccomp RuntimeDefault and one with a Localhost profile (allow all but
+/// mkdir): each exec'd process (ExecSync, as probes and `kubectl exec` are) runs under the
+/// container's filter, with the init's no_new_privs (unset here, so the filter is installed
+/// without it) and capabilities.
+fn seccomp_reaches_exec_processes(case: Case) {
+    let Some(env) = CriEnv::for_case("seccomp_exec", case) else { return };
+    let profile = env.containerd.dir().join("no-mkdir.json");
+    let rule = r#"{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}"#;
+    fs::write(&profile, format!(r#"{{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{rule}]}}"#)).unwrap();
+    let pod = env.run_pod("pod");
+    let profiles = [
+        ("default", SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, ..Default::default() }),
+        (
+            "localhost",
+            SecurityProfile {
+                profile_type: ProfileType::Localhost as i32,
+                localhost_ref: profile.display().to_string(),
+            },
+        ),
+    ];
+    for (name, seccomp) in profiles {
+        let mut config = env.container_config(name, 0, LOOP);
+        let security = config.linux.as_mut().and_then(|l| l.security_context.as_mut()).unwrap();
+        security.seccomp = Some(seccomp);
+        let id = env.start_container(&pod, config);
+        env.wait_running(&id, secs(30));
+        let init = confinement(&env, &id, "1");
+        assert!(
+            init.iter().any(|l| l.split_whitespace().eq(["Seccomp:", "2"])),
+            "{name}: the init is filtered: {init:?}"
+        );
+        assert!(init.iter().any(|l| l.split_whitespace().eq(["NoNewPrivs:", "0"])), "{name}: {init:?}");
+        assert_eq!(confinement(&env, &id, "self"), init, "{name}: an exec'd process is confined as the init is");
+        if name == "localhost" {
+            let r = env.client.exec_sync(&id, &["mkdir", "/dev/shm/d"], 10).expect("ExecSync mkdir");
+            assert_ne!(r.exit_code, 0, "the profile refuses mkdir to an exec'd process: {r:?}");
+            assert!(String::from_utf8_lossy(&r.stderr).contains("not permitted"), "{r:?}");
+        }
+    }
+    env.client.stop_pod_sandbox(&pod.id).unwrap();
+    env.client.remove_pod_sandbox(&pod.id).unwrap();
 }

@@ -17,6 +17,7 @@
 
 pub mod features;
 pub mod helper;
+mod payload;
 pub mod wire;
 mod worker;
 

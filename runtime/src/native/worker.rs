@@ -3,6 +3,7 @@
 //! [`super::helper`]) and answer with a [`Reply`].
 
 use std::{
+    fs,
     os::fd::OwnedFd,
     path::Path,
     thread,
@@ -15,7 +16,12 @@ use libcontainer::{
     syscall::syscall::SyscallType,
 };
 
-use super::wire::{Failure, Op, Reply, Request};
+use oci_spec::runtime::{Process, Spec};
+
+use super::{
+    payload::{ExecPlan, Payload},
+    wire::{Failure, Op, Reply, Request},
+};
 
 /// Carries out `req` with the container process's streams `stdio` (stdin, stdout, stderr;
 /// ignored when a console socket gives the process a terminal instead).
@@ -29,6 +35,7 @@ fn execute(req: Request, stdio: [OwnedFd; 3]) -> Result<i32, LibcontainerError> 
     match req.op {
         Op::Create { bundle, pid_file, console_socket, no_pivot_root } => {
             let container = builder(&req.id, &req.root, &pid_file, console_socket.as_deref(), stdio)?
+                .with_executor(Payload::for_init())
                 .as_init(bundle)
                 .with_systemd(req.systemd_cgroup)
                 .with_detach(true)
@@ -37,12 +44,24 @@ fn execute(req: Request, stdio: [OwnedFd; 3]) -> Result<i32, LibcontainerError> 
             Ok(container.pid().map_or(0, |p| p.as_raw()))
         }
         Op::Exec { process_spec, pid_file, console_socket } => {
-            let pid = builder(&req.id, &req.root, &pid_file, console_socket.as_deref(), stdio)?
+            let plan = exec_plan(&dir, &process_spec)?;
+            // libcontainer reads the process spec from a file: a changed one goes next to
+            // the container's state, for the moment of the call.
+            let changed = plan.changed.then(|| dir.join(format!("tether-exec-{}.json", std::process::id())));
+            if let Some(path) = &changed {
+                let text = serde_json::to_vec(&plan.process).map_err(LibcontainerError::OtherSerialization)?;
+                fs::write(path, text).map_err(LibcontainerError::OtherIO)?;
+            }
+            let built = builder(&req.id, &req.root, &pid_file, console_socket.as_deref(), stdio)?
+                .with_executor(plan.payload)
                 .as_tenant()
                 .with_detach(true)
-                .with_process(Some(process_spec))
-                .build()?;
-            Ok(pid.as_raw())
+                .with_process(Some(changed.as_ref().unwrap_or(&process_spec)))
+                .build();
+            if let Some(path) = &changed {
+                let _ = fs::remove_file(path);
+            }
+            Ok(built?.as_raw())
         }
         Op::Start => Container::load(dir)?.start().map(|()| 0),
         Op::Delete { force } => {
@@ -85,6 +104,18 @@ fn execute(req: Request, stdio: [OwnedFd; 3]) -> Result<i32, LibcontainerError> 
             Container::load(dir)?.checkpoint(&options).map(|()| 0)
         }
     }
+}
+
+/// How a process exec'd in the container whose state is in `dir` must be started: the
+/// container's seccomp profile, which libcontainer leaves out of an exec, goes to the payload
+/// (see [`super::payload`]).
+fn exec_plan(dir: &Path, process_spec: &Path) -> Result<ExecPlan, LibcontainerError> {
+    let container = Container::load(dir.to_path_buf())?;
+    let spec = Spec::load(container.bundle().join("config.json"))?;
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let text = fs::read(process_spec).map_err(LibcontainerError::OtherIO)?;
+    let process: Process = serde_json::from_slice(&text).map_err(LibcontainerError::OtherSerialization)?;
+    Ok(Payload::for_exec(process, seccomp))
 }
 
 /// The settings create and exec share: state root, pid file, and either a console socket
