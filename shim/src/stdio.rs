@@ -674,17 +674,23 @@ mod tests {
         assert_eq!(&got, b"hello");
     }
 
-    #[test]
-    fn close_stdin_gives_the_process_eof() {
+    /// A started process's stdio whose stdin is a client FIFO: (its dir, the FIFO, the
+    /// shim's side, the process's stdin).
+    fn stdin_from_a_fifo() -> (tempfile::TempDir, PathBuf, ProcessIo, File) {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("in");
         mkfifo(&fifo).unwrap();
         let spec = StdioSpec { stdin: fifo.display().to_string(), ..Default::default() };
         let (mut io, stdio, _) = ProcessIo::prepare(&spec, "c", "ns").unwrap();
         io.start(None).unwrap();
+        (dir, fifo, io, File::from(stdio.stdin.unwrap()))
+    }
+
+    #[test]
+    fn close_stdin_gives_the_process_eof() {
+        let (_dir, fifo, io, mut proc_stdin) = stdin_from_a_fifo();
         let mut client = OpenOptions::new().write(true).open(&fifo).unwrap();
         client.write_all(b"abc").unwrap();
-        let mut proc_stdin = File::from(stdio.stdin.unwrap());
         let mut got = [0u8; 3];
         proc_stdin.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"abc");
@@ -696,13 +702,7 @@ mod tests {
 
     #[test]
     fn stdin_survives_a_detach_until_close_io() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("in");
-        mkfifo(&fifo).unwrap();
-        let spec = StdioSpec { stdin: fifo.display().to_string(), ..Default::default() };
-        let (mut io, stdio, _) = ProcessIo::prepare(&spec, "c", "ns").unwrap();
-        io.start(None).unwrap();
-        let mut proc_stdin = File::from(stdio.stdin.unwrap());
+        let (_dir, fifo, io, mut proc_stdin) = stdin_from_a_fifo();
         let mut got = [0u8; 4];
         // Non-blocking opens: without a reader, the reattach fails (ENXIO) instead of hanging.
         let attach = || OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo);
