@@ -7,9 +7,9 @@
 //!   with the recursive names), so the recursive names are given to it as the plain ones:
 //!   [`Propagation::spec`] is the bundle's spec with that one field renamed, which libcontainer
 //!   reads from a bundle of its own (a copy of `config.json` with an absolute root path) for
-//!   the moment of the create. The hooks run during the create (createRuntime,
-//!   createContainer) see that bundle's path; the container's state names the real bundle
-//!   again afterwards.
+//!   the moment of the create. The prestart, createRuntime, createContainer and
+//!   startContainer hooks are told that bundle's path; the container's state names the real
+//!   bundle again once it is created (poststart and poststop hooks get it).
 //! - A mount's propagation options (`shared`, `slave`, `private`, `unbindable` and their
 //!   recursive `r` forms): libcontainer mounts with `open_tree`/`move_mount` and drops them,
 //!   so a bind mount keeps whatever propagation its source has in the container's mount
