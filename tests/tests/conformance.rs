@@ -1,11 +1,16 @@
 //! What a container's processes are given, the same under both executors and as runc gives
 //! it: the container's seccomp filter, no_new_privs and capabilities in every exec'd process;
 //! default signal dispositions and an empty signal mask in every process; a program named by
-//! its path runs without PATH. (`differential.rs` compares everything a container observes
-//! under the two executors side by side.)
+//! its path runs without PATH; a mount's propagation (`rprivate`, `rslave`, `rshared`, with the
+//! matching `rootfsPropagation`) decides which mounts cross between the host and the container.
+//! (`differential.rs` compares everything a container observes under the two executors side
+//! by side.)
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
+use tether_tests::containerd::unmount_below;
 use tether_tests::env::{Env, CONTAINER_PATH};
 use tether_tests::{secs, Case, Output};
 
@@ -13,6 +18,7 @@ tether_tests::for_each_executor!(
     exec_gets_the_containers_seccomp_filter,
     processes_start_with_default_signals,
     program_named_by_path_runs_without_path,
+    mount_propagation_follows_the_mount_options,
 );
 
 /// The lines of a `/proc/PID/status` whose names start with one of `prefixes`.
@@ -87,4 +93,73 @@ fn program_named_by_path_runs_without_path(case: Case) {
     let out = env.exec("c1", "e1", &["/bin/echo", "exec ran"]);
     out.expect_ok();
     assert_eq!(out.stdout_lines(), ["exec ran"], "{out}");
+}
+
+/// A tmpfs of the host in its own shared peer group (as Kubernetes wants a Bidirectional
+/// mount's source), below the test's work dir; unmounted, with everything mounted below it,
+/// when dropped.
+struct SharedDir(PathBuf);
+
+impl SharedDir {
+    fn new(path: PathBuf) -> SharedDir {
+        std::fs::create_dir_all(&path).unwrap();
+        let dir = SharedDir(path);
+        host_sh(&format!("mount -t tmpfs tether-shared {0} && mount --make-shared {0}", dir.0.display()));
+        dir
+    }
+}
+
+impl Drop for SharedDir {
+    fn drop(&mut self) {
+        let left = unmount_below(&self.0);
+        if !std::thread::panicking() {
+            assert!(left.is_empty(), "still mounted: {left:?}");
+        }
+    }
+}
+
+/// Runs `script` on the host; it must succeed.
+fn host_sh(script: &str) {
+    let out = Command::new("sh").args(["-c", script]).output().expect("running sh");
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A tmpfs mounted at `dir/name` (made first) holding a file `mark`, by the host or by the
+/// container (`sh -c` in it).
+fn mount_with_mark(dir: &Path, name: &str) -> String {
+    let at = dir.join(name);
+    format!("mkdir -p {0} && mount -t tmpfs {name} {0} && echo {name} > {0}/mark", at.display())
+}
+
+fn mount_propagation_follows_the_mount_options(case: Case) {
+    let Some(env) = Env::for_case("mount_propagation_follows_the_mount_options", case) else { return };
+    std::fs::create_dir_all(env.work()).unwrap();
+    let shared = SharedDir::new(env.work().join("shared"));
+    // A mount's propagation option, the rootfs propagation CRI sets with it, and whether a
+    // mount made afterwards below the mount point crosses host → container and
+    // container → host (what runc does).
+    let cases = [
+        ("private", None, "rprivate", false, false),
+        ("slave", Some("rslave"), "rslave", true, false),
+        ("shared", Some("rshared"), "rshared", true, true),
+    ];
+    for (id, rootfs_propagation, option, inward, outward) in cases {
+        let src = shared.0.join(id);
+        std::fs::create_dir_all(&src).unwrap();
+        let mount = format!("type=bind,src={},dst=/m,options=rbind:{option}", src.display());
+        let mut run = env.run(id).detach().flag("--cap-add").flag("CAP_SYS_ADMIN").flag("--mount").flag(&mount);
+        if let Some(p) = rootfs_propagation {
+            run = run.flag("--rootfs-propagation").flag(p);
+        }
+        run.run(&["sleep", "1000"]).expect_ok();
+        env.ctr.wait_status(id, "RUNNING", secs(10));
+
+        host_sh(&mount_with_mark(&src, "from-host"));
+        let seen = env.exec(id, "look-in", &["cat", "/m/from-host/mark"]);
+        assert_eq!(seen.ok(), inward, "{id}: a mount the host made shows in the container: {seen}");
+
+        env.exec(id, "mount-in", &["sh", "-c", &mount_with_mark(Path::new("/m"), "from-container")]).expect_ok();
+        let mark = src.join("from-container/mark");
+        assert_eq!(mark.exists(), outward, "{id}: a mount the container made shows on the host");
+    }
 }

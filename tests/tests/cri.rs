@@ -3,13 +3,15 @@
 //! kubelet uses. Pods use the host's network; images are made by the harness.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use k8s_cri::v1::{
-    security_profile::ProfileType, ContainerState, LinuxContainerResources, NamespaceMode, PodSandboxState,
-    SecurityProfile,
+    security_profile::ProfileType, Capability, ContainerState, LinuxContainerResources, Mount, MountPropagation,
+    NamespaceMode, PodSandboxState, SecurityProfile,
 };
 use tether_tests::cgroup::{cgroup_dir, is_v2, read};
+use tether_tests::containerd::unmount_below;
 use tether_tests::cri::config::inline_handler_for;
 use tether_tests::cri::{with_pid_namespace, CriEnv, Pod, Stream, K8S_NAMESPACE};
 use tether_tests::env::skip;
@@ -33,6 +35,7 @@ tether_tests::for_each_executor!(
     stop_with_a_worker_in_the_hosts_pid_namespace,
     runtime_config_inline_in_the_handler,
     seccomp_reaches_exec_processes,
+    mount_propagation,
 );
 
 /// A container that runs until stopped.
@@ -481,7 +484,7 @@ fn runtime_config_inline_in_the_handler(case: Case) {
     let pod = env.run_pod("pod");
     let id = running(&env, &pod, "app", LOOP);
     let bundle = env.containerd.bundle(K8S_NAMESPACE, &id);
-    let mut ctl = std::process::Command::new(tether_ctl_binary());
+    let mut ctl = Command::new(tether_ctl_binary());
     ctl.arg("--bundle").arg(&bundle).args(["--json", "dump"]);
     let out = tether_tests::process::run(ctl, None, secs(30));
     let dump: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
@@ -538,6 +541,77 @@ fn seccomp_reaches_exec_processes(case: Case) {
             assert_ne!(r.exit_code, 0, "the profile refuses mkdir to an exec'd process: {r:?}");
             assert!(String::from_utf8_lossy(&r.stderr).contains("not permitted"), "{r:?}");
         }
+    }
+    env.client.stop_pod_sandbox(&pod.id).unwrap();
+    env.client.remove_pod_sandbox(&pod.id).unwrap();
+}
+
+/// A tmpfs of the host in its own shared peer group (what CRI wants of a Bidirectional mount's
+/// source), unmounted with everything below it when dropped.
+struct SharedDir(PathBuf);
+
+impl SharedDir {
+    fn new(path: PathBuf) -> SharedDir {
+        fs::create_dir_all(&path).unwrap();
+        let dir = SharedDir(path);
+        host_sh(&format!("mount -t tmpfs tether-shared {0} && mount --make-shared {0}", dir.0.display()));
+        dir
+    }
+}
+
+impl Drop for SharedDir {
+    fn drop(&mut self) {
+        let left = unmount_below(&self.0);
+        if !std::thread::panicking() {
+            assert!(left.is_empty(), "still mounted: {left:?}");
+        }
+    }
+}
+
+fn host_sh(script: &str) {
+    let out = Command::new("sh").args(["-c", script]).output().expect("running sh");
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `sh -c` that mounts a tmpfs at `dir/name` holding a file `mark`.
+fn mount_with_mark(dir: &str, name: &str) -> String {
+    format!("mkdir -p {dir}/{name} && mount -t tmpfs {name} {dir}/{name} && echo {name} > {dir}/{name}/mark")
+}
+
+/// HostToContainer and Bidirectional mounts (CRI sets `rslave`/`rshared` on the mount and as
+/// the rootfs propagation): a mount the host makes below the mount's source shows in the
+/// container; one the container makes shows on the host only for Bidirectional.
+fn mount_propagation(case: Case) {
+    let Some(env) = CriEnv::for_case("mount_propagation", case) else { return };
+    let shared = SharedDir::new(env.containerd.dir().join("shared"));
+    let pod = env.run_pod("pod");
+    let kinds = [
+        ("to-container", MountPropagation::PropagationHostToContainer, false),
+        ("both", MountPropagation::PropagationBidirectional, true),
+    ];
+    for (name, propagation, outward) in kinds {
+        let src = shared.0.join(name);
+        fs::create_dir_all(&src).unwrap();
+        let mut config = env.container_config(name, 0, LOOP);
+        config.mounts.push(Mount {
+            container_path: "/m".into(),
+            host_path: src.display().to_string(),
+            propagation: propagation as i32,
+            ..Default::default()
+        });
+        let security = config.linux.as_mut().and_then(|l| l.security_context.as_mut()).unwrap();
+        security.capabilities = Some(Capability { add_capabilities: vec!["SYS_ADMIN".into()], ..Default::default() });
+        let id = env.start_container(&pod, config);
+        env.wait_running(&id, secs(30));
+
+        host_sh(&mount_with_mark(&src.display().to_string(), "from-host"));
+        let r = env.client.exec_sync(&id, &["cat", "/m/from-host/mark"], 10).expect("ExecSync cat");
+        assert_eq!(r.exit_code, 0, "{name}: a mount the host made shows in the container: {r:?}");
+        let script = mount_with_mark("/m", "from-container");
+        let r = env.client.exec_sync(&id, &["sh", "-c", &script], 10).expect("ExecSync mount");
+        assert_eq!(r.exit_code, 0, "{name}: {r:?}");
+        let mark = src.join("from-container/mark");
+        assert_eq!(mark.exists(), outward, "{name}: a mount the container made shows on the host");
     }
     env.client.stop_pod_sandbox(&pod.id).unwrap();
     env.client.remove_pod_sandbox(&pod.id).unwrap();

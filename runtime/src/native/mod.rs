@@ -18,6 +18,7 @@
 pub mod features;
 pub mod helper;
 mod payload;
+mod propagation;
 pub mod wire;
 mod worker;
 

@@ -5,7 +5,7 @@
 use std::{
     fs,
     os::fd::OwnedFd,
-    path::Path,
+    path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
 };
@@ -20,6 +20,7 @@ use oci_spec::runtime::{Process, Spec};
 
 use super::{
     payload::{ExecPlan, Payload},
+    propagation::{self, Propagation},
     wire::{Failure, Op, Reply, Request},
 };
 
@@ -34,14 +35,38 @@ fn execute(req: Request, stdio: [OwnedFd; 3]) -> Result<i32, LibcontainerError> 
     let dir = req.root.join(&req.id);
     match req.op {
         Op::Create { bundle, pid_file, console_socket, no_pivot_root } => {
-            let container = builder(&req.id, &req.root, &pid_file, console_socket.as_deref(), stdio)?
+            // A spec that cannot be read is left to libcontainer to report.
+            let plan =
+                Spec::load(bundle.join("config.json")).map(|spec| Propagation::of(&spec, &bundle)).unwrap_or_default();
+            // A spec libcontainer must read in place of the bundle's goes to a bundle of its
+            // own beside the containers' state, for the moment of the create.
+            let own_bundle = match &plan.spec {
+                Some(spec) => Some(own_bundle(&req.root, &req.id, spec)?),
+                None => None,
+            };
+            let built = builder(&req.id, &req.root, &pid_file, console_socket.as_deref(), stdio)?
                 .with_executor(Payload::for_init())
-                .as_init(bundle)
+                .as_init(own_bundle.as_ref().unwrap_or(&bundle))
                 .with_systemd(req.systemd_cgroup)
                 .with_detach(true)
                 .with_no_pivot(no_pivot_root)
-                .build()?;
-            Ok(container.pid().map_or(0, |p| p.as_raw()))
+                .build();
+            if let Some(dir) = &own_bundle {
+                let _ = fs::remove_dir_all(dir);
+            }
+            let mut container = built?;
+            if own_bundle.is_some() {
+                container.state.bundle = fs::canonicalize(&bundle).map_err(LibcontainerError::OtherIO)?;
+                container.save()?;
+            }
+            let pid = container.pid().map_or(0, |p| p.as_raw());
+            if !plan.mounts.is_empty() {
+                if let Err(err) = propagation::apply(pid, &plan.mounts) {
+                    let _ = container.delete(true);
+                    return Err(LibcontainerError::Other(format!("failed to prepare rootfs: {err}")));
+                }
+            }
+            Ok(pid)
         }
         Op::Exec { process_spec, pid_file, console_socket } => {
             let plan = exec_plan(&dir, &process_spec)?;
@@ -104,6 +129,15 @@ fn execute(req: Request, stdio: [OwnedFd; 3]) -> Result<i32, LibcontainerError> 
             Container::load(dir)?.checkpoint(&options).map(|()| 0)
         }
     }
+}
+
+/// Writes `spec` as the `config.json` of a bundle of its own for the container `id`, in the
+/// state root `root`; returns the bundle's dir.
+fn own_bundle(root: &Path, id: &str, spec: &Spec) -> Result<PathBuf, LibcontainerError> {
+    let dir = root.join(format!(".tether-bundle-{id}"));
+    fs::create_dir_all(&dir).map_err(LibcontainerError::OtherIO)?;
+    spec.save(dir.join("config.json"))?;
+    Ok(dir)
 }
 
 /// How a process exec'd in the container whose state is in `dir` must be started: the
