@@ -19,6 +19,7 @@ pub mod cri;
 pub mod ctr;
 pub mod daemon;
 pub mod env;
+pub mod mounts;
 pub mod oci_image;
 pub mod process;
 pub mod rootfs;

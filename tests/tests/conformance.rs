@@ -7,11 +7,10 @@
 //! by side.)
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use tether_tests::containerd::unmount_below;
 use tether_tests::env::{Env, CONTAINER_PATH};
+use tether_tests::mounts::{host_sh, mount_with_mark, SharedDir};
 use tether_tests::{secs, Case, Output};
 
 tether_tests::for_each_executor!(
@@ -93,42 +92,6 @@ fn program_named_by_path_runs_without_path(case: Case) {
     let out = env.exec("c1", "e1", &["/bin/echo", "exec ran"]);
     out.expect_ok();
     assert_eq!(out.stdout_lines(), ["exec ran"], "{out}");
-}
-
-/// A tmpfs of the host in its own shared peer group (as Kubernetes wants a Bidirectional
-/// mount's source), below the test's work dir; unmounted, with everything mounted below it,
-/// when dropped.
-struct SharedDir(PathBuf);
-
-impl SharedDir {
-    fn new(path: PathBuf) -> SharedDir {
-        std::fs::create_dir_all(&path).unwrap();
-        let dir = SharedDir(path);
-        host_sh(&format!("mount -t tmpfs tether-shared {0} && mount --make-shared {0}", dir.0.display()));
-        dir
-    }
-}
-
-impl Drop for SharedDir {
-    fn drop(&mut self) {
-        let left = unmount_below(&self.0);
-        if !std::thread::panicking() {
-            assert!(left.is_empty(), "still mounted: {left:?}");
-        }
-    }
-}
-
-/// Runs `script` on the host; it must succeed.
-fn host_sh(script: &str) {
-    let out = Command::new("sh").args(["-c", script]).output().expect("running sh");
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A tmpfs mounted at `dir/name` (made first) holding a file `mark`, by the host or by the
-/// container (`sh -c` in it).
-fn mount_with_mark(dir: &Path, name: &str) -> String {
-    let at = dir.join(name);
-    format!("mkdir -p {0} && mount -t tmpfs {name} {0} && echo {name} > {0}/mark", at.display())
 }
 
 fn mount_propagation_follows_the_mount_options(case: Case) {

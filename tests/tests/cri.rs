@@ -3,7 +3,7 @@
 //! kubelet uses. Pods use the host's network; images are made by the harness.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use k8s_cri::v1::{
@@ -11,11 +11,11 @@ use k8s_cri::v1::{
     NamespaceMode, PodSandboxState, SecurityProfile,
 };
 use tether_tests::cgroup::{cgroup_dir, is_v2, read};
-use tether_tests::containerd::unmount_below;
 use tether_tests::cri::config::inline_handler_for;
 use tether_tests::cri::{with_pid_namespace, CriEnv, Pod, Stream, K8S_NAMESPACE};
 use tether_tests::env::skip;
 use tether_tests::env::{children_of, parent_pid, pid_alive};
+use tether_tests::mounts::{host_sh, mount_with_mark, SharedDir};
 use tether_tests::runtime::tether_ctl_binary;
 use tether_tests::{secs, wait_until, Case, Executor, Runtime};
 
@@ -546,38 +546,6 @@ fn seccomp_reaches_exec_processes(case: Case) {
     env.client.remove_pod_sandbox(&pod.id).unwrap();
 }
 
-/// A tmpfs of the host in its own shared peer group (what CRI wants of a Bidirectional mount's
-/// source), unmounted with everything below it when dropped.
-struct SharedDir(PathBuf);
-
-impl SharedDir {
-    fn new(path: PathBuf) -> SharedDir {
-        fs::create_dir_all(&path).unwrap();
-        let dir = SharedDir(path);
-        host_sh(&format!("mount -t tmpfs tether-shared {0} && mount --make-shared {0}", dir.0.display()));
-        dir
-    }
-}
-
-impl Drop for SharedDir {
-    fn drop(&mut self) {
-        let left = unmount_below(&self.0);
-        if !std::thread::panicking() {
-            assert!(left.is_empty(), "still mounted: {left:?}");
-        }
-    }
-}
-
-fn host_sh(script: &str) {
-    let out = Command::new("sh").args(["-c", script]).output().expect("running sh");
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// `sh -c` that mounts a tmpfs at `dir/name` holding a file `mark`.
-fn mount_with_mark(dir: &str, name: &str) -> String {
-    format!("mkdir -p {dir}/{name} && mount -t tmpfs {name} {dir}/{name} && echo {name} > {dir}/{name}/mark")
-}
-
 /// HostToContainer and Bidirectional mounts (CRI sets `rslave`/`rshared` on the mount and as
 /// the rootfs propagation): a mount the host makes below the mount's source shows in the
 /// container; one the container makes shows on the host only for Bidirectional.
@@ -604,10 +572,10 @@ fn mount_propagation(case: Case) {
         let id = env.start_container(&pod, config);
         env.wait_running(&id, secs(30));
 
-        host_sh(&mount_with_mark(&src.display().to_string(), "from-host"));
+        host_sh(&mount_with_mark(&src, "from-host"));
         let r = env.client.exec_sync(&id, &["cat", "/m/from-host/mark"], 10).expect("ExecSync cat");
         assert_eq!(r.exit_code, 0, "{name}: a mount the host made shows in the container: {r:?}");
-        let script = mount_with_mark("/m", "from-container");
+        let script = mount_with_mark(Path::new("/m"), "from-container");
         let r = env.client.exec_sync(&id, &["sh", "-c", &script], 10).expect("ExecSync mount");
         assert_eq!(r.exit_code, 0, "{name}: {r:?}");
         let mark = src.join("from-container/mark");
