@@ -200,11 +200,7 @@ impl Table {
 
     fn start_exec(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
         let (executor, stdio, spec, bundle_dir) = self.with(id, |c| {
-            if c.init.status != super::Status::Running {
-                return Err(Error::FailedPrecondition(format!(
-                    "cannot start exec {exec_id}: container {id} is not running"
-                )));
-            }
+            c.init.check(Op::StartExec)?;
             let (executor, bundle_dir) = (c.executor.clone(), c.bundle.clone());
             let p = c.process_mut(exec_id)?;
             p.check(Op::Start)?;

@@ -44,6 +44,8 @@ pub enum Op {
     Start,
     /// Add an exec process to the container (asked of the init).
     AddExec,
+    /// Start one of the container's exec processes (asked of the init).
+    StartExec,
     /// Freeze the container (asked of the init).
     Pause,
     /// Thaw the container (asked of the init).
@@ -79,6 +81,7 @@ impl Status {
         let next = match (kind, op, self) {
             (_, Start, Created) => Running,
             (Init, AddExec, Created | Running) => self,
+            (Init, StartExec, Running) => self,
             (Init, Pause, Running) => Paused,
             (Init, Resume, Paused) => Running,
             (_, Kill, Stopped) => return Err(Error::NotFound(format!("the {} has already finished", kind.noun()))),
@@ -87,7 +90,7 @@ impl Status {
             (Init, Checkpoint, Running | Paused) => self,
             (_, Delete, Created | Stopped) => self,
             (_, Exit, Created | Running | Paused) => Stopped,
-            (Exec, AddExec | Pause | Resume | Update | Checkpoint, _) => {
+            (Exec, AddExec | StartExec | Pause | Resume | Update | Checkpoint, _) => {
                 return Err(Error::FailedPrecondition(format!("{op:?} is not an operation of an exec process")))
             }
             _ => {
@@ -131,6 +134,7 @@ impl Op {
         match self {
             Op::Start => "start",
             Op::AddExec => "exec in",
+            Op::StartExec => "start an exec in",
             Op::Pause => "pause",
             Op::Resume => "resume",
             Op::Kill => "signal",
@@ -283,7 +287,7 @@ mod tests {
     use super::{Kind::*, Op::*, Status::*, *};
 
     const STATES: [Status; 4] = [Created, Running, Paused, Stopped];
-    const OPS: [Op; 9] = [Start, AddExec, Pause, Resume, Kill, Update, Checkpoint, Delete, Exit];
+    const OPS: [Op; 10] = [Start, AddExec, StartExec, Pause, Resume, Kill, Update, Checkpoint, Delete, Exit];
 
     /// The whole table for one kind: what each op gives in each state, as the Go shim's
     /// state types answer it (`Err(code)` for a refusal).
@@ -299,6 +303,13 @@ mod tests {
             }
             (Init, AddExec) => {
                 if matches!(state, Created | Running) {
+                    Ok(state)
+                } else {
+                    refused
+                }
+            }
+            (Init, StartExec) => {
+                if state == Running {
                     Ok(state)
                 } else {
                     refused
@@ -355,7 +366,7 @@ mod tests {
                     Ok(Stopped)
                 }
             }
-            (Exec, AddExec | Pause | Resume | Update | Checkpoint) => refused,
+            (Exec, AddExec | StartExec | Pause | Resume | Update | Checkpoint) => refused,
         }
     }
 
