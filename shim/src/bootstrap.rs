@@ -93,7 +93,7 @@ impl Caller {
                 "address": address,
                 "protocol": PROTOCOL,
             }))
-            .map_err(|e| Error::io("encoding the start reply", std::io::Error::other(e))),
+            .map_err(|e| Error::encoding("the start reply", e)),
             Caller::Bootstrap(_) => BootstrapResult {
                 version: TASK_API_CURRENT,
                 address: address.to_string(),
@@ -101,7 +101,7 @@ impl Caller {
                 ..Default::default()
             }
             .write_to_bytes()
-            .map_err(|e| Error::io("encoding the BootstrapResult", std::io::Error::other(e))),
+            .map_err(|e| Error::encoding("the BootstrapResult", e)),
         }
     }
 }

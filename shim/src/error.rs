@@ -44,6 +44,11 @@ impl Error {
         Error::Io { context: context.into(), source }
     }
 
+    /// Encoding `what` (a reply or message of the shim's own) failed.
+    pub fn encoding(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::io(format!("encoding {what}"), std::io::Error::other(source))
+    }
+
     /// The ttrpc status code containerd should see for this error.
     pub fn code(&self) -> Code {
         match self {

@@ -37,7 +37,7 @@ pub fn info(stdin: &mut impl Read) -> Result<Vec<u8>> {
     // The namespace only places runtime state, which introspection never touches.
     let settings = Settings::from_options("", options.as_ref())?;
     let info = runtime_info(options, settings.features()?);
-    info.write_to_bytes().map_err(|e| Error::InvalidArgument(format!("encoding RuntimeInfo: {e}")))
+    info.write_to_bytes().map_err(|e| Error::encoding("the RuntimeInfo", e))
 }
 
 /// The RuntimeInfo for `options` (echoed as given) and an executor's Features JSON.

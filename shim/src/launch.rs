@@ -39,7 +39,7 @@ pub fn bundle_dir(args: &Args) -> Result<PathBuf> {
 /// else the container id.
 pub fn grouping(bundle: &Path, id: &str) -> String {
     let spec: Option<serde_json::Value> =
-        fs::read(bundle.join("config.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        fs::read(bundle.join(bundle::CONFIG)).ok().and_then(|b| serde_json::from_slice(&b).ok());
     let annotations = spec.as_ref().and_then(|s| s.get("annotations"));
     GROUP_ANNOTATIONS
         .iter()
@@ -48,7 +48,8 @@ pub fn grouping(bundle: &Path, id: &str) -> String {
         .to_string()
 }
 
-fn socket_path(address: &str) -> &str {
+/// The socket path of a `unix://` address (a bare path stays as it is).
+pub fn socket_path(address: &str) -> &str {
     address.strip_prefix("unix://").unwrap_or(address)
 }
 
@@ -163,7 +164,7 @@ pub fn delete(args: &Args) -> Result<Vec<u8>> {
         .unwrap_or((128 + libc::SIGKILL as u32, SystemTime::now()));
     let resp =
         api::DeleteResponse { pid, exit_status, exited_at: Some(timestamp(exited_at)).into(), ..Default::default() };
-    resp.write_to_bytes().map_err(|e| Error::io("encoding the DeleteResponse", std::io::Error::other(e)))
+    resp.write_to_bytes().map_err(|e| Error::encoding("the DeleteResponse", e))
 }
 
 /// Removes the socket named by the bundle's address file if no shim listens on it any more

@@ -96,7 +96,7 @@ fn dump_on_sigusr1(debug: Arc<DebugService>) -> std::io::Result<()> {
 /// Removes the shim's socket: from now on a `start` for its group binds a new shim rather than
 /// handing a task to this exiting one, and no new client can reach it.
 fn remove_address(socket: &str) {
-    let _ = std::fs::remove_file(socket.strip_prefix("unix://").unwrap_or(socket));
+    let _ = std::fs::remove_file(launch::socket_path(socket));
 }
 
 /// Lets the events still queued go out (for at most [`SHUTDOWN_FLUSH`]) and exits 0. The
