@@ -224,19 +224,14 @@ impl Table {
     fn handle_exit(&self, id: &str, exec_id: &str, exit: Exit) {
         if exec_id.is_empty() {
             self.kill_orphans(id);
-            let deferred = self.with(id, |c| {
-                let live = c.live_execs();
-                if live {
-                    c.deferred_init_exit = Some(exit);
-                }
-                Ok(live)
+            // Held until no exec runs or starts; reported at once when none does.
+            let _ = self.with(id, |c| {
+                c.deferred_init_exit = Some(exit);
+                Ok(())
             });
-            if matches!(deferred, Ok(false)) {
-                self.finish(id, "", exit);
-            }
-            return;
+        } else {
+            self.finish(id, exec_id, exit);
         }
-        self.finish(id, exec_id, exit);
         self.release_init_exit(id);
     }
 
