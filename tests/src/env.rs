@@ -101,7 +101,6 @@ impl Env {
         env.executor = executor;
         if executor != Executor::Runc {
             let config = TetherConfig { executor: Some(executor.name().into()), ..Default::default() };
-            std::fs::create_dir_all(env.work()).expect("creating the test's work dir");
             env.default_config = Some(config.write(&env.work().join(format!("{}.toml", executor.name()))));
         }
         Some(env)
@@ -119,7 +118,7 @@ impl Env {
         })
     }
 
-    /// A scratch dir of this test (inside the temp dir, removed at the end).
+    /// A scratch dir of this test (inside the temp dir, made with it, removed at the end).
     pub fn work(&self) -> PathBuf {
         self.containerd.dir().join("work")
     }

@@ -65,7 +65,6 @@ fn churn_of_containers_and_execs_leaves_nothing_behind(case: Case) {
         return;
     }
     // No idle trim: it would drop code pages between the two readings and hide heap growth.
-    fs::create_dir_all(env.work()).unwrap();
     let config =
         TetherConfig { executor: Some(case.executor.name().into()), idle_trim_ms: Some(0), ..Default::default() };
     env.default_config = Some(config.write(&env.work().join("churn.toml")));

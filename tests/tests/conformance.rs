@@ -96,7 +96,6 @@ fn program_named_by_path_runs_without_path(case: Case) {
 
 fn mount_propagation_follows_the_mount_options(case: Case) {
     let Some(env) = Env::for_case("mount_propagation_follows_the_mount_options", case) else { return };
-    std::fs::create_dir_all(env.work()).unwrap();
     let shared = SharedDir::new(env.work().join("shared"));
     // A mount's propagation option, the rootfs propagation CRI sets with it, and whether a
     // mount made afterwards below the mount point crosses host → container and

@@ -380,7 +380,6 @@ fn the_node_default_config_applies_without_runtime_options() {
     if !env.tether_only("the_node_default_config_applies_without_runtime_options") {
         return;
     }
-    fs::create_dir_all(env.work()).unwrap();
     let native =
         TetherConfig { executor: Some("native".into()), ..Default::default() }.write(&env.work().join("node.toml"));
     let broken = env.work().join("broken.toml");

@@ -77,7 +77,6 @@ fn runc_and_native_containers_observe_the_same(daemon: Daemon) {
     if !env.runtime.is_tether() {
         return skip("runc_and_native_containers_observe_the_same", "compares tether's two executors");
     }
-    std::fs::create_dir_all(env.work()).unwrap();
     let config = |executor: &str| {
         let config = TetherConfig { executor: Some(executor.into()), ..Default::default() };
         config.write(&env.work().join(format!("{executor}.toml")))

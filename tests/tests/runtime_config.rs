@@ -353,7 +353,6 @@ fn containerd2_inspects_the_runtime_and_its_executor() {
     if !env.tether_only("containerd2_inspects_the_runtime_and_its_executor") {
         return;
     }
-    fs::create_dir_all(env.work()).unwrap();
     let native =
         TetherConfig { executor: Some("native".into()), ..Default::default() }.write(&env.work().join("native.toml"));
     let inspect = |config: Option<&Path>| -> serde_json::Value {

@@ -180,7 +180,6 @@ fn output_of_an_exited_process_waits_for_a_late_reader(case: Case) {
     env.ctr.wait_status("c1", "RUNNING", secs(10));
     let shim = ShimClient::for_task(&env, "c1");
     let fifo = env.work().join("late-stdout");
-    fs::create_dir_all(env.work()).unwrap();
     let path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
     // SAFETY: mkfifo with a valid C string.
     assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo {}", fifo.display());
@@ -256,7 +255,6 @@ fn stdin_survives_detach_and_reattach(case: Case) {
     env.run("c1").detach().run(&["sh", "-c", "while :; do sleep 0.1; done"]).expect_ok();
     env.ctr.wait_status("c1", "RUNNING", secs(10));
     let shim = ShimClient::for_task(&env, "c1");
-    fs::create_dir_all(env.work()).unwrap();
     let (stdin, stdout) = (env.work().join("reattach-stdin"), env.work().join("reattach-stdout"));
     mkfifo(&stdin);
     mkfifo(&stdout);

@@ -73,7 +73,6 @@ fn demo(env: &Env, runtime: &Runtime) -> Result<(), String> {
 
     if runtime.is_tether() {
         // The same with the native executor: libcontainer inside the shim, no runc.
-        std::fs::create_dir_all(env.work()).map_err(|e| format!("creating the work dir: {e}"))?;
         let config = TetherConfig { executor: Some("native".into()), ..Default::default() }
             .write(&env.work().join("native.toml"));
         let out = env.run("hello-native").rm().config_path(&config).run(&[
