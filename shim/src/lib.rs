@@ -20,6 +20,7 @@ pub mod pidfd;
 pub mod process;
 pub mod reaper;
 pub mod resources;
+pub mod rt;
 pub mod service;
 pub mod spill;
 pub mod stdio;

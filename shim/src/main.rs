@@ -11,10 +11,7 @@ use std::{
     time::Duration,
 };
 
-use signal_hook::{
-    consts::{SIGTERM, SIGUSR1},
-    iterator::Signals,
-};
+use tokio::signal::unix::{signal, SignalKind};
 use tether_protos::ttrpc;
 
 use tether_shim::{
@@ -27,6 +24,7 @@ use tether_shim::{
     oom::OomMonitor,
     process::{Runtimes, Table},
     reaper::Reaper,
+    rt,
     service::TaskService,
 };
 
@@ -82,14 +80,14 @@ fn redirect_log() {
 
 /// SIGUSR1 writes the debug dump to the log, one log line per dump line.
 fn dump_on_sigusr1(debug: Arc<DebugService>) -> std::io::Result<()> {
-    let mut signals = Signals::new([SIGUSR1])?;
-    thread::Builder::new().name("sigusr1".into()).spawn(move || {
-        for _ in signals.forever() {
+    let mut signals = signal(SignalKind::user_defined1())?;
+    rt::spawn(async move {
+        while signals.recv().await.is_some() {
             for line in tether_shim::debug::render(&debug.dump_now()).lines() {
                 log::info!("dump: {line}");
             }
         }
-    })?;
+    });
     Ok(())
 }
 
@@ -124,9 +122,11 @@ fn spill_dir() -> PathBuf {
 /// The serving shim: subreaper, reaper, events, the task service on the inherited socket.
 fn serve(args: &cli::Args) -> Result<()> {
     redirect_log();
+    let runtime = rt::start().map_err(|e| Error::io("starting the event loop", e))?;
+    let _in_loop = runtime.enter();
     // SIGTERM (a node shutting down, systemd stopping containerd's unit) ends the shim the way
     // Shutdown does; installed first, so that none is missed while the shim sets up.
-    let mut term = Signals::new([SIGTERM]).map_err(|e| Error::io("installing the SIGTERM handler", e))?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("installing the SIGTERM handler", e))?;
     // One malloc arena per thread would keep memory from every burst of calls; a shim's
     // threads mostly wait, so two arenas cost nothing in speed.
     // SAFETY: mallopt with integer arguments, before any other thread exists.
@@ -171,10 +171,10 @@ fn serve(args: &cli::Args) -> Result<()> {
     server.start().map_err(|e| Error::io("starting the ttrpc server", std::io::Error::other(e)))?;
     idle::SHIM.start().map_err(|e| Error::io("starting the idle trimmer", e))?;
     log::info!("serving {} for namespace {} (pid {})", args.socket, args.namespace, std::process::id());
-    if term.forever().next().is_some() {
+    if runtime.block_on(term.recv()).is_some() {
         log::info!("SIGTERM: leaving the containers running and ending the shim");
         remove_address(&args.socket);
         exit_after_flush(&events, "SIGTERM");
     }
-    Err(Error::io("waiting for SIGTERM", std::io::Error::other("the signal iterator ended")))
+    Err(Error::io("waiting for SIGTERM", std::io::Error::other("the signal stream ended")))
 }
