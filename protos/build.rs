@@ -2,7 +2,7 @@
 
 use std::{env, fs, path::PathBuf};
 
-use ttrpc_codegen::{Codegen, ProtobufCustomize};
+use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
 fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -14,6 +14,8 @@ fn main() {
         .inputs(protos)
         .include("proto")
         .rust_protobuf()
+        // The shim serves on its event loop (async server); tether-ctl calls it plainly.
+        .customize(Customize { async_server: true, ..Default::default() })
         .rust_protobuf_customize(ProtobufCustomize::default().generate_accessors(true))
         .out_dir(&out)
         .run()

@@ -11,7 +11,6 @@ use std::{
     fs, io,
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
-    thread,
 };
 
 use tether_protos::{
@@ -426,15 +425,13 @@ pub fn start_migration_grace_period() {
     if UNDER_WAY.swap(true, Ordering::AcqRel) {
         return;
     }
-    let spawned = thread::Builder::new().name("cgroup-rcu".into()).spawn(|| {
+    // The write blocks for the kernel's grace period: on the blocking pool.
+    crate::rt::blocking(|| {
         if let Err(e) = own_cgroup_procs().and_then(|procs| fs::write(procs, "0")) {
             log::debug!("moving the shim into its own cgroup: {e}");
         }
         UNDER_WAY.store(false, Ordering::Release);
     });
-    if spawned.is_err() {
-        UNDER_WAY.store(false, Ordering::Release);
-    }
 }
 
 /// The `cgroup.procs` of the cgroup this process is in (in any one hierarchy).
@@ -617,7 +614,7 @@ mod tests {
         // The move is done once the flag is down again.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while UNDER_WAY.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
-            thread::sleep(std::time::Duration::from_millis(5));
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert!(!UNDER_WAY.load(Ordering::Acquire), "the move did not finish");
         assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before);

@@ -17,7 +17,7 @@ use tether_protos::{
     debug::{Container, DumpRequest, DumpResponse, Event, EventsRequest, EventsResponse, OutputHolder, Process},
     debug_ttrpc::{create_debug, Debug},
     topics,
-    ttrpc::{self, MethodHandler, TtrpcContext},
+    ttrpc::{self, r#async::TtrpcContext},
 };
 
 use crate::{
@@ -25,12 +25,14 @@ use crate::{
     journal,
     logger::rfc3339,
     process::{unix_nanos, Table},
+    rt,
 };
 
 /// The longest a follower's `Events` call is held open.
 const MAX_EVENTS_WAIT: Duration = Duration::from_secs(30);
 
 /// The debug service of one shim.
+#[derive(Clone)]
 pub struct DebugService {
     table: Arc<Table>,
     events: Arc<Publisher>,
@@ -43,8 +45,8 @@ impl DebugService {
         DebugService { table, events, namespace: namespace.to_string(), started: Instant::now() }
     }
 
-    /// The ttrpc method table.
-    pub fn methods(self: Arc<Self>) -> std::collections::HashMap<String, Box<dyn MethodHandler + Send + Sync>> {
+    /// The ttrpc service, for the shim's async server.
+    pub fn service(self: Arc<Self>) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
         create_debug(self)
     }
 
@@ -192,15 +194,21 @@ fn command_of(pid: i32) -> String {
     }
 }
 
+#[async_trait::async_trait]
 impl Debug for DebugService {
-    fn dump(&self, _: &TtrpcContext, _: DumpRequest) -> ttrpc::Result<DumpResponse> {
-        Ok(self.dump_now())
+    async fn dump(&self, _: &TtrpcContext, _: DumpRequest) -> ttrpc::Result<DumpResponse> {
+        // Looking for who holds each output scans every process's fds: off the loop.
+        let this = self.clone();
+        rt::blocking(move || this.dump_now()).await.map_err(|e| ttrpc::Error::Others(e.to_string()))
     }
 
-    fn events(&self, _: &TtrpcContext, req: EventsRequest) -> ttrpc::Result<EventsResponse> {
+    async fn events(&self, _: &TtrpcContext, req: EventsRequest) -> ttrpc::Result<EventsResponse> {
         let wait = Duration::from_millis(req.wait_ms.into()).min(MAX_EVENTS_WAIT);
-        let events = self.events.recorded_after(req.after, wait).iter().map(event).collect();
-        Ok(EventsResponse { events, ..Default::default() })
+        let publisher = self.events.clone();
+        let recorded = rt::blocking(move || publisher.recorded_after(req.after, wait))
+            .await
+            .map_err(|e| ttrpc::Error::Others(e.to_string()))?;
+        Ok(EventsResponse { events: recorded.iter().map(event).collect(), ..Default::default() })
     }
 }
 

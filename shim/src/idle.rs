@@ -17,19 +17,24 @@
 //! a debugger patched, keeps its mapping.
 
 use std::{
-    sync::{Condvar, Mutex, MutexGuard},
-    thread,
+    pin::pin,
+    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
+
+use tokio::sync::Notify;
+
+use crate::rt;
 
 /// How long the shim waits after its last call before it trims, unless a config says.
 pub const DEFAULT_AFTER: Duration = Duration::from_secs(10);
 
-/// The shim's idle tracker: task calls mark themselves busy; a thread trims once the shim has
-/// been quiet for the configured time, and again after each later busy spell.
+/// The shim's idle tracker: task calls mark themselves busy; a task on the loop trims once the
+/// shim has been quiet for the configured time, and again after each later busy spell. Once
+/// trimmed, it sleeps without a timer until the next call: an idle shim is never woken.
 pub struct Idle {
     state: Mutex<State>,
-    changed: Condvar,
+    changed: Notify,
 }
 
 struct State {
@@ -43,7 +48,7 @@ struct State {
     after: Option<Duration>,
 }
 
-/// What the trim thread does next.
+/// What the trim task does next.
 #[derive(Debug, PartialEq, Eq)]
 enum Next {
     /// Sleep until something changes.
@@ -92,7 +97,7 @@ impl Idle {
     const fn new() -> Idle {
         Idle {
             state: Mutex::new(State { in_flight: 0, quiet_since: None, trimmed: false, after: Some(DEFAULT_AFTER) }),
-            changed: Condvar::new(),
+            changed: Notify::const_new(),
         }
     }
 
@@ -100,11 +105,10 @@ impl Idle {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the thread that trims `self` when quiet; the quiet spell starts now.
-    pub fn start(&'static self) -> std::io::Result<()> {
+    /// Starts the task that trims `self` when quiet; the quiet spell starts now.
+    pub fn start(&'static self) {
         self.lock().quiet_since = Some(Instant::now());
-        thread::Builder::new().name("idle-trim".into()).spawn(move || self.run(trim))?;
-        Ok(())
+        rt::spawn(self.run(trim));
     }
 
     /// Marks one call running until the guard drops.
@@ -119,22 +123,24 @@ impl Idle {
         self.changed.notify_one();
     }
 
-    fn run(&self, trim: impl Fn()) -> ! {
-        let mut s = self.lock();
+    async fn run(&self, trim: impl Fn()) {
         loop {
-            s = match s.next(Instant::now()) {
-                Next::Wait => self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
+            // A change after this point leaves a permit: the wait below cannot miss it.
+            let changed = pin!(self.changed.notified());
+            let next = self.lock().next(Instant::now());
+            match next {
+                Next::Wait => changed.await,
                 Next::Until(due) => {
-                    let left = due.saturating_duration_since(Instant::now());
-                    self.changed.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep_until(due.into()) => {}
+                    }
                 }
                 Next::Trim => {
-                    s.trimmed = true;
-                    drop(s);
+                    self.lock().trimmed = true;
                     trim();
-                    self.lock()
                 }
-            };
+            }
         }
     }
 }

@@ -7,7 +7,6 @@ use std::{
     path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
-    thread,
     time::Duration,
 };
 
@@ -151,25 +150,19 @@ fn serve(args: &cli::Args) -> Result<()> {
         // twice in a row) must bind a new shim, not hand its task to this exiting one.
         remove_address(&socket);
         let events = shutdown_events.clone();
-        thread::spawn(move || {
+        rt::blocking(move || {
             // Let the Shutdown reply go out, then the events still queued.
-            thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50));
             exit_after_flush(&events, "shutdown: no tasks left");
         });
     }));
-    // Per connection, ttrpc keeps between `min` and `max` idle workers and starts `default`
-    // more whenever fewer than `min` are idle, so a blocked Wait never starves a Kill. An idle
-    // shim needs no more than that one spare (the defaults, 3 of 1..5, cost threads).
-    let mut server = ttrpc::Server::new()
-        .set_thread_count_min(1)
-        .set_thread_count_default(2)
-        .set_thread_count_max(3)
-        .add_listener(LISTENER_FD)
-        .map_err(|e| Error::io("using the inherited listener", std::io::Error::other(e)))?
-        .register_service(service.methods())
-        .register_service(debug.methods());
-    server.start().map_err(|e| Error::io("starting the ttrpc server", std::io::Error::other(e)))?;
-    idle::SHIM.start().map_err(|e| Error::io("starting the idle trimmer", e))?;
+    // SAFETY: fd 3 is the listening socket `start` handed over; from here the server alone
+    // owns it.
+    let server = unsafe { ttrpc::r#async::Server::new().add_unix_listener(LISTENER_FD) }
+        .map_err(|e| Error::io("using the inherited listener", std::io::Error::other(e)))?;
+    let mut server = server.register_service(service.services()).register_service(debug.service());
+    runtime.block_on(server.start()).map_err(|e| Error::io("starting the ttrpc server", std::io::Error::other(e)))?;
+    idle::SHIM.start();
     log::info!("serving {} for namespace {} (pid {})", args.socket, args.namespace, std::process::id());
     if runtime.block_on(term.recv()).is_some() {
         log::info!("SIGTERM: leaving the containers running and ending the shim");

@@ -1,4 +1,4 @@
-//! OOM events: one thread watches the memory cgroup of every container this shim serves and
+//! OOM events: one task on the loop watches the memory cgroup of every container this shim serves and
 //! publishes `/tasks/oom` when the kernel OOM-kills a process in one of them.
 //!
 //! The kernel signals an OOM through an eventfd registered on `memory.oom_control` (cgroup v1)
@@ -12,9 +12,9 @@ use std::{
     collections::HashMap,
     fs::{self, File},
     io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     sync::{Arc, Mutex},
-    thread,
+    time::Duration,
 };
 
 use nix::sys::{
@@ -23,11 +23,16 @@ use nix::sys::{
     inotify::{AddWatchFlags, InitFlags, Inotify},
 };
 use tether_protos::{events::task::TaskOOM, topics};
+use tokio::io::unix::AsyncFd;
 
-use crate::{cgroup::Cgroup, events::Publisher};
+use crate::{
+    cgroup::Cgroup,
+    events::Publisher,
+    rt,
+};
 
 /// How often, and how many times, a fired trigger's kill count is read again.
-const RECHECK_INTERVAL_MS: u16 = 50;
+const RECHECK_INTERVAL: Duration = Duration::from_millis(50);
 const RECHECKS: u32 = 20;
 
 /// How the kernel tells us to look at a cgroup's OOM counter.
@@ -92,40 +97,60 @@ struct Watches {
     by_id: HashMap<String, Watch>,
 }
 
-/// Watches containers' memory cgroups for OOM kills. One epoll thread serves them all; a
-/// watch holds two fds (v1) or one (v2) until [`OomMonitor::unwatch`].
+/// Watches containers' memory cgroups for OOM kills. One epoll fd, watched by a task on the
+/// loop, serves them all; a watch holds two fds (v1) or one (v2) until [`OomMonitor::unwatch`].
 pub struct OomMonitor {
     epoll: Epoll,
+    /// A duplicate of `epoll`'s fd, registered with the loop.
+    fired: AsyncFd<OwnedFd>,
     watches: Mutex<Watches>,
     events: Arc<Publisher>,
 }
 
 impl OomMonitor {
-    /// Starts the monitor's thread; OOM events go to `events`.
+    /// Starts the monitor's task on the loop; OOM events go to `events`.
     pub fn start(events: Arc<Publisher>) -> io::Result<Arc<OomMonitor>> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         let monitor = Arc::new(OomMonitor {
-            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            fired: rt::watch(epoll.0.try_clone()?)?,
+            epoll,
             watches: Mutex::default(),
             events,
         });
-        let m = monitor.clone();
-        thread::Builder::new().name("oom".into()).spawn(move || m.run())?;
+        rt::spawn(monitor.clone().run());
         Ok(monitor)
     }
 
-    fn run(&self) {
+    /// The triggers that fired since the last look (none when `epoll_wait` would block).
+    fn fired(&self, ready: &mut [EpollEvent]) -> io::Result<usize> {
+        match self.epoll.wait(ready, EpollTimeout::ZERO) {
+            Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+            Ok(n) => Ok(n),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
         let mut ready = [EpollEvent::empty(); 16];
         // Containers whose trigger fired before their kill was counted, with the re-reads
         // left: cgroup v1 notifies when the cgroup enters OOM, just before the kernel picks
         // and kills a victim, and does not notify again for the kill.
         let mut rechecks: HashMap<String, u32> = HashMap::new();
         loop {
-            let timeout = if rechecks.is_empty() { EpollTimeout::NONE } else { RECHECK_INTERVAL_MS.into() };
-            let n = match self.epoll.wait(&mut ready, timeout) {
-                Ok(n) => n,
-                Err(nix::Error::EINTR) => continue,
-                Err(e) => {
-                    log::error!("oom monitor: epoll_wait: {e}; OOM events are no longer reported");
+            let readable = self.fired.readable();
+            let fired = if rechecks.is_empty() {
+                Some(readable.await)
+            } else {
+                tokio::select! {
+                    r = readable => Some(r),
+                    () = tokio::time::sleep(RECHECK_INTERVAL) => None,
+                }
+            };
+            let n = match fired.map(|guard| guard.map(|mut g| g.try_io(|_| self.fired(&mut ready)))) {
+                None | Some(Ok(Err(_))) => 0,
+                Some(Ok(Ok(Ok(n)))) => n,
+                Some(Ok(Ok(Err(e)))) | Some(Err(e)) => {
+                    log::error!("oom monitor: epoll: {e}; OOM events are no longer reported");
                     return;
                 }
             };
@@ -139,11 +164,13 @@ impl OomMonitor {
                     rechecks.insert(id.clone(), RECHECKS);
                 }
             }
-            rechecks.retain(|id, left| {
-                let Some(watch) = watches.by_id.get_mut(id) else { return false };
-                *left -= 1;
-                !publish_new_kills(&self.events, id, watch) && *left > 0
-            });
+            if n == 0 {
+                rechecks.retain(|id, left| {
+                    let Some(watch) = watches.by_id.get_mut(id) else { return false };
+                    *left -= 1;
+                    !publish_new_kills(&self.events, id, watch) && *left > 0
+                });
+            }
         }
     }
 }

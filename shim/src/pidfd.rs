@@ -7,7 +7,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
 /// How the shim names one container process (an init or an exec).
@@ -54,9 +54,9 @@ impl Handle {
 
     /// The fd that polls readable once the process exits, where there is one (a pidfd);
     /// without it only looking again tells.
-    pub fn exit_fd(&self) -> Option<RawFd> {
+    pub fn exit_fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Handle::Fd(fd) => Some(fd.fd.as_raw_fd()),
+            Handle::Fd(fd) => Some(fd.fd.as_fd()),
             Handle::Pid(_) | Handle::Exited => None,
         }
     }

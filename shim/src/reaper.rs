@@ -18,14 +18,16 @@
 use std::{
     collections::HashMap,
     sync::{mpsc, Arc, Mutex},
-    thread,
     time::{Duration, Instant, SystemTime},
 };
 
-use signal_hook::{consts::SIGCHLD, iterator::Signals};
 use tether_runtime::ChildWaiter;
+use tokio::signal::unix::{signal, SignalKind};
 
-use crate::pidfd::{waitid_peek, Handle};
+use crate::{
+    pidfd::{waitid_peek, Handle},
+    rt,
+};
 
 /// How long an exit nobody claimed is kept. Such exits come from processes that were never
 /// the shim's concern (e.g. orphans re-parented to the subreaper); container processes are
@@ -105,25 +107,28 @@ pub struct Reaper {
 }
 
 impl Reaper {
-    /// Starts the reaper thread. Call before the shim forks any child, so that no SIGCHLD is
-    /// missed.
+    /// Starts reaping on the loop, at every SIGCHLD. Call before the shim forks any child, so
+    /// that no SIGCHLD is missed.
     pub fn start() -> std::io::Result<Arc<Reaper>> {
         let reaper = Arc::new(Reaper::default());
-        let mut signals = Signals::new([SIGCHLD])?;
+        let mut sigchld = {
+            let _in_loop = rt::handle().enter();
+            signal(SignalKind::child())?
+        };
         let r = reaper.clone();
-        thread::Builder::new().name("reaper".into()).spawn(move || {
+        rt::spawn(async move {
             // Children may have exited before the handler was installed.
             r.reap_all();
-            for _ in signals.forever() {
+            while sigchld.recv().await.is_some() {
                 r.reap_all();
             }
-        })?;
+        });
         Ok(reaper)
     }
 
     /// Calls `on_exit` with the exit of `pid`, a child the shim forked itself after
     /// `spawned`: now, from the calling thread, if it has already been reaped, else later
-    /// from the reaper thread. `on_exit` must not block.
+    /// from the loop. `on_exit` must not block.
     pub fn watch(&self, pid: i32, spawned: Instant, on_exit: impl FnOnce(Exit) + Send + 'static) {
         let (_, deliveries) = self.register(pid, spawned, None, Box::new(on_exit));
         deliver(deliveries);
@@ -253,6 +258,7 @@ pub(crate) mod tests {
         io::{BufRead, BufReader},
         process::{Child, Command, Stdio},
         sync::OnceLock,
+        thread,
     };
 
     use tether_runtime::exit_code;
@@ -260,7 +266,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::pidfd::Pidfd;
 
-    /// The test binary's one reaper thread: a second one would race it for children.
+    /// The test binary's one reaper: a second one would race it for children.
     pub fn shared() -> Arc<Reaper> {
         static REAPER: OnceLock<Arc<Reaper>> = OnceLock::new();
         REAPER.get_or_init(|| Reaper::start().expect("starting the reaper")).clone()
@@ -305,7 +311,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn real_children_are_reaped_through_the_thread() {
+    fn real_children_are_reaped_on_the_loop() {
         let reaper = shared();
         let spawned = Instant::now();
         let child = Command::new("sh").args(["-c", "exit 5"]).spawn().unwrap();

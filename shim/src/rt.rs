@@ -9,10 +9,19 @@
 //! Code on any thread, loop or pool, starts tasks with [`spawn`]: the loop's handle is kept
 //! here once [`start`] made it, so that a module need not be handed one.
 
-use std::{future::Future, io, sync::OnceLock, time::Duration};
+use std::{
+    future::Future,
+    io,
+    os::fd::OwnedFd,
+    sync::OnceLock,
+    time::Duration,
+};
 
-use tokio::runtime::{Builder, Handle, Runtime};
-use tokio::task::JoinHandle;
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    runtime::{Builder, Handle, Runtime},
+    task::JoinHandle,
+};
 
 /// How long an idle thread of the blocking pool lives: long enough to serve a burst of calls
 /// (an exec storm, a pod's containers starting) without a thread per call, short enough that
@@ -65,4 +74,12 @@ where
     R: Send + 'static,
 {
     handle().spawn_blocking(work)
+}
+
+/// Registers `fd` with the loop (from any thread), so that a task can await its
+/// readability; dropping the result deregisters it before the fd closes.
+pub fn watch(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    let _in_loop = handle().enter();
+    // SAFETY: the AsyncFd owns `fd`, so it stays open, and the same file, while registered.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
 }

@@ -1,13 +1,13 @@
 //! The ttrpc task service: decodes requests, validates them, calls the process table and
 //! encodes the answers. It holds no state of its own.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
+use std::{collections::HashMap, future::Future, path::PathBuf, sync::Arc, time::Instant};
 
 use tether_protos::{
     api,
     protobuf::well_known_types::empty::Empty,
-    shim::shim_ttrpc::{create_task, Task},
-    ttrpc::{self, MethodHandler, TtrpcContext},
+    shim::shim_ttrpc_async::{create_task, Task},
+    ttrpc::{self, r#async::TtrpcContext},
 };
 
 use crate::{
@@ -15,6 +15,7 @@ use crate::{
     events::timestamp,
     idle,
     process::{CheckpointRequest, CreateRequest, Table},
+    rt,
     stdio::StdioSpec,
 };
 
@@ -36,12 +37,13 @@ impl TaskService {
         TaskService { table, on_shutdown: Box::new(on_shutdown) }
     }
 
-    /// The ttrpc method table, registered under both task API versions.
-    pub fn methods(self: Arc<Self>) -> HashMap<String, Box<dyn MethodHandler + Send + Sync>> {
+    /// The ttrpc service, registered under both task API versions, for the shim's async
+    /// server.
+    pub fn services(self: Arc<Self>) -> HashMap<String, ttrpc::r#async::Service> {
         let mut all = HashMap::new();
         for name in TASK_SERVICES {
-            for (path, handler) in create_task(self.clone()) {
-                all.insert(path.replacen(GENERATED_SERVICE, name, 1), handler);
+            for (service, methods) in create_task(self.clone()) {
+                all.insert(service.replacen(GENERATED_SERVICE, name, 1), methods);
             }
         }
         all
@@ -49,15 +51,15 @@ impl TaskService {
 }
 
 /// Runs a call with the shim marked busy (it does not trim while a call runs), logged.
-fn traced<T>(call: &str, id: &str, exec_id: &str, f: impl FnOnce() -> Result<T>) -> ttrpc::Result<T> {
+async fn traced<T>(call: &str, id: &str, exec_id: &str, f: impl Future<Output = Result<T>>) -> ttrpc::Result<T> {
     let _busy = idle::SHIM.busy();
-    logged(call, id, exec_id, f)
+    logged(call, id, exec_id, f).await
 }
 
 /// Logs a call at debug level with its duration and result, and maps the error.
-fn logged<T>(call: &str, id: &str, exec_id: &str, f: impl FnOnce() -> Result<T>) -> ttrpc::Result<T> {
+async fn logged<T>(call: &str, id: &str, exec_id: &str, f: impl Future<Output = Result<T>>) -> ttrpc::Result<T> {
     let started = Instant::now();
-    let result = f();
+    let result = f.await;
     let took = started.elapsed();
     match &result {
         Ok(_) => log::debug!("{call} id={id} exec={exec_id} took={took:?} ok"),
@@ -66,17 +68,28 @@ fn logged<T>(call: &str, id: &str, exec_id: &str, f: impl FnOnce() -> Result<T>)
     result.map_err(ttrpc::Error::from)
 }
 
+/// Runs `f`, a call that may block (it runs the OCI runtime, or waits on a container's
+/// lifecycle lock), on the blocking pool, so that the loop serves every other call meanwhile.
+async fn off_loop<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    rt::blocking(f).await.map_err(|e| Error::io("a call on the blocking pool", std::io::Error::other(e)))?
+}
+
+/// The calls that only read the table, the cgroup or a file descriptor run on the loop; those
+/// that run the runtime or take a container's lifecycle lock go [`off_loop`].
+#[async_trait::async_trait]
 impl Task for TaskService {
-    fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> ttrpc::Result<api::StateResponse> {
-        traced("State", &req.id, &req.exec_id, || self.table.state(&req.id, &req.exec_id))
+    async fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> ttrpc::Result<api::StateResponse> {
+        traced("State", &req.id, &req.exec_id, async { self.table.state(&req.id, &req.exec_id) }).await
     }
 
-    fn create(&self, _: &TtrpcContext, req: api::CreateTaskRequest) -> ttrpc::Result<api::CreateTaskResponse> {
-        traced("Create", &req.id, "", || {
+    async fn create(&self, _: &TtrpcContext, req: api::CreateTaskRequest) -> ttrpc::Result<api::CreateTaskResponse> {
+        let table = self.table.clone();
+        let id = req.id.clone();
+        traced("Create", &id, "", off_loop(move || {
             if req.bundle.is_empty() {
                 return Err(Error::InvalidArgument("create needs a bundle path".into()));
             }
-            let pid = self.table.create(CreateRequest {
+            let pid = table.create(CreateRequest {
                 id: req.id.clone(),
                 bundle: PathBuf::from(&req.bundle),
                 rootfs: req.rootfs.clone(),
@@ -90,58 +103,77 @@ impl Task for TaskService {
                 checkpoint: Some(PathBuf::from(&req.checkpoint)).filter(|p| !p.as_os_str().is_empty()),
             })?;
             Ok(api::CreateTaskResponse { pid, ..Default::default() })
-        })
+        }))
+        .await
     }
 
-    fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
-        traced("Start", &req.id, &req.exec_id, || {
-            let pid = self.table.start(&req.id, &req.exec_id)?;
+    async fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
+        let table = self.table.clone();
+        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+        traced("Start", &req.id, &req.exec_id, off_loop(move || {
+            let pid = table.start(&id, &exec_id)?;
             Ok(api::StartResponse { pid, ..Default::default() })
-        })
+        }))
+        .await
     }
 
-    fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> ttrpc::Result<api::DeleteResponse> {
-        traced("Delete", &req.id, &req.exec_id, || {
-            let exit = self.table.delete(&req.id, &req.exec_id)?;
+    async fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> ttrpc::Result<api::DeleteResponse> {
+        let table = self.table.clone();
+        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+        traced("Delete", &req.id, &req.exec_id, off_loop(move || {
+            let exit = table.delete(&id, &exec_id)?;
             Ok(api::DeleteResponse {
                 pid: exit.pid,
                 exit_status: exit.code,
                 exited_at: Some(timestamp(exit.at)).into(),
                 ..Default::default()
             })
-        })
+        }))
+        .await
     }
 
-    fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> ttrpc::Result<api::PidsResponse> {
-        traced("Pids", &req.id, "", || {
-            Ok(api::PidsResponse { processes: self.table.pids(&req.id)?, ..Default::default() })
-        })
+    async fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> ttrpc::Result<api::PidsResponse> {
+        let table = self.table.clone();
+        let id = req.id.clone();
+        traced("Pids", &req.id, "", off_loop(move || {
+            Ok(api::PidsResponse { processes: table.pids(&id)?, ..Default::default() })
+        }))
+        .await
     }
 
-    fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> ttrpc::Result<Empty> {
-        traced("Pause", &req.id, "", || self.table.pause(&req.id).map(|()| Empty::new()))
+    async fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> ttrpc::Result<Empty> {
+        let table = self.table.clone();
+        let id = req.id.clone();
+        traced("Pause", &req.id, "", off_loop(move || table.pause(&id).map(|()| Empty::new()))).await
     }
 
-    fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> ttrpc::Result<Empty> {
-        traced("Resume", &req.id, "", || self.table.resume(&req.id).map(|()| Empty::new()))
+    async fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> ttrpc::Result<Empty> {
+        let table = self.table.clone();
+        let id = req.id.clone();
+        traced("Resume", &req.id, "", off_loop(move || table.resume(&id).map(|()| Empty::new()))).await
     }
 
-    fn checkpoint(&self, _: &TtrpcContext, req: api::CheckpointTaskRequest) -> ttrpc::Result<Empty> {
-        traced("Checkpoint", &req.id, "", || {
-            let request =
-                CheckpointRequest { path: PathBuf::from(&req.path), options: req.options.clone().into_option() };
-            self.table.checkpoint(&req.id, request).map(|()| Empty::new())
-        })
+    async fn checkpoint(&self, _: &TtrpcContext, req: api::CheckpointTaskRequest) -> ttrpc::Result<Empty> {
+        let table = self.table.clone();
+        let id = req.id.clone();
+        let request = CheckpointRequest { path: PathBuf::from(&req.path), options: req.options.clone().into_option() };
+        traced("Checkpoint", &req.id, "", off_loop(move || table.checkpoint(&id, request).map(|()| Empty::new())))
+            .await
     }
 
-    fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
-        traced("Kill", &req.id, &req.exec_id, || {
-            self.table.kill(&req.id, &req.exec_id, req.signal, req.all).map(|()| Empty::new())
-        })
+    async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
+        let table = self.table.clone();
+        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+        traced("Kill", &req.id, &req.exec_id, off_loop(move || {
+            table.kill(&id, &exec_id, req.signal, req.all).map(|()| Empty::new())
+        }))
+        .await
     }
 
-    fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
-        traced("Exec", &req.id, &req.exec_id, || {
+    async fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
+        let table = self.table.clone();
+        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+        traced("Exec", &req.id, &req.exec_id, off_loop(move || {
             let spec = req
                 .spec
                 .as_ref()
@@ -153,53 +185,61 @@ impl Task for TaskService {
                 stderr: req.stderr.clone(),
                 terminal: req.terminal,
             };
-            self.table.exec(&req.id, &req.exec_id, spec, stdio).map(|()| Empty::new())
-        })
+            table.exec(&id, &exec_id, spec, stdio).map(|()| Empty::new())
+        }))
+        .await
     }
 
-    fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> ttrpc::Result<Empty> {
-        traced("ResizePty", &req.id, &req.exec_id, || {
+    async fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> ttrpc::Result<Empty> {
+        traced("ResizePty", &req.id, &req.exec_id, async {
             self.table.resize_pty(&req.id, &req.exec_id, req.width, req.height).map(|()| Empty::new())
         })
+        .await
     }
 
-    fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> ttrpc::Result<Empty> {
-        traced("CloseIO", &req.id, &req.exec_id, || {
+    async fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> ttrpc::Result<Empty> {
+        traced("CloseIO", &req.id, &req.exec_id, async {
             if req.stdin {
                 self.table.close_stdin(&req.id, &req.exec_id)?;
             }
             Ok(Empty::new())
         })
+        .await
     }
 
-    fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        traced("Update", &req.id, "", || {
+    async fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        let table = self.table.clone();
+        let id = req.id.clone();
+        traced("Update", &req.id, "", off_loop(move || {
             let resources =
                 req.resources.as_ref().ok_or_else(|| Error::InvalidArgument("update needs resources".into()))?;
-            self.table.update(&req.id, resources).map(|()| Empty::new())
-        })
+            table.update(&id, resources).map(|()| Empty::new())
+        }))
+        .await
     }
 
-    fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> ttrpc::Result<api::WaitResponse> {
+    async fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> ttrpc::Result<api::WaitResponse> {
         // Not busy: containerd keeps a Wait open for every process, all its life.
-        logged("Wait", &req.id, &req.exec_id, || {
-            let exit = self.table.wait(&req.id, &req.exec_id)?;
+        logged("Wait", &req.id, &req.exec_id, async {
+            let exit = self.table.wait(&req.id, &req.exec_id).await?;
             Ok(api::WaitResponse {
                 exit_status: exit.code,
                 exited_at: Some(timestamp(exit.at)).into(),
                 ..Default::default()
             })
         })
+        .await
     }
 
-    fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> ttrpc::Result<api::StatsResponse> {
-        traced("Stats", &req.id, "", || {
+    async fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> ttrpc::Result<api::StatsResponse> {
+        traced("Stats", &req.id, "", async {
             Ok(api::StatsResponse { stats: Some(self.table.stats(&req.id)?).into(), ..Default::default() })
         })
+        .await
     }
 
-    fn connect(&self, _: &TtrpcContext, req: api::ConnectRequest) -> ttrpc::Result<api::ConnectResponse> {
-        traced("Connect", &req.id, "", || {
+    async fn connect(&self, _: &TtrpcContext, req: api::ConnectRequest) -> ttrpc::Result<api::ConnectResponse> {
+        traced("Connect", &req.id, "", async {
             Ok(api::ConnectResponse {
                 shim_pid: std::process::id(),
                 task_pid: self.table.init_pid(&req.id),
@@ -207,14 +247,16 @@ impl Task for TaskService {
                 ..Default::default()
             })
         })
+        .await
     }
 
-    fn shutdown(&self, _: &TtrpcContext, req: api::ShutdownRequest) -> ttrpc::Result<Empty> {
-        traced("Shutdown", &req.id, "", || {
+    async fn shutdown(&self, _: &TtrpcContext, req: api::ShutdownRequest) -> ttrpc::Result<Empty> {
+        traced("Shutdown", &req.id, "", async {
             if self.table.is_empty() {
                 (self.on_shutdown)();
             }
             Ok(Empty::new())
         })
+        .await
     }
 }

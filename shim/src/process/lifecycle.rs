@@ -28,7 +28,7 @@ use crate::{
 impl Table {
     /// Creates a container: mounts its rootfs, prepares stdio, has the executor create it.
     /// /tasks/create is published before the init can be seen to exit.
-    pub fn create(&self, req: CreateRequest) -> Result<u32> {
+    pub fn create(self: &Arc<Self>, req: CreateRequest) -> Result<u32> {
         bundle::validate_id(&req.id)?;
         let facts = bundle::check(&req.bundle, req.rootfs.is_empty())?;
         {
@@ -43,7 +43,7 @@ impl Table {
         result
     }
 
-    fn create_reserved(&self, req: &CreateRequest, facts: bundle::SpecFacts) -> Result<u32> {
+    fn create_reserved(self: &Arc<Self>, req: &CreateRequest, facts: bundle::SpecFacts) -> Result<u32> {
         // The new container's init is moved into its cgroup.
         cgroup::start_migration_grace_period();
         let settings = Settings::from_options(&self.namespace, req.options.as_ref())?;
@@ -165,7 +165,7 @@ impl Table {
             c.init.handle = Some(handle);
             Ok(())
         });
-        self.watch_new_handles();
+        self.watch_vanishing(&req.id, "");
         Ok(pid as u32)
     }
 
@@ -227,7 +227,7 @@ impl Table {
             );
             Ok(pid as u32)
         });
-        self.watch_new_handles();
+        self.watch_vanishing(id, exec_id);
         self.release_early_exit(id, exec_id);
         // An init that exited while this exec started may have been waiting for it.
         self.release_init_exit(id);
@@ -421,7 +421,7 @@ impl Table {
             mount::unmount(t);
         }
         let _ = fs::remove_file(c.bundle.join(bundle::SETTINGS));
-        self.changed.notify_all();
+        self.changed.notify_waiters();
         // Hand freed memory back to the system: a long-lived shim of a pod should shrink
         // when its containers go.
         // SAFETY: malloc_trim has no preconditions.

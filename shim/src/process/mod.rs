@@ -29,7 +29,7 @@ pub mod state;
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::SystemTime,
 };
 
@@ -148,27 +148,20 @@ pub struct Table {
     /// Ids being created, so that two Creates of one id cannot both proceed.
     creating: Mutex<HashSet<String>>,
     /// Signalled whenever a process stops or a container goes (Wait sleeps on it).
-    changed: Condvar,
+    changed: tokio::sync::Notify,
     /// Exits not yet delivered to containerd, per bundle.
     journal: Arc<ExitJournal>,
     executors: Arc<dyn Executors>,
     reaper: Arc<Reaper>,
     events: Arc<Publisher>,
     oom: Arc<dyn OomWatch>,
-    exits: Arc<exits::ExitQueue>,
-}
-
-impl Drop for Table {
-    fn drop(&mut self) {
-        // The exits thread holds the table only weakly: woken, it finds it gone and ends.
-        self.exits.wake();
-    }
+    exits: exits::ExitQueue,
 }
 
 impl Table {
     /// A table whose containers run on the executors `executors` makes, publishing to
     /// `events`, learning of exits from `reaper` and of OOM kills from `oom`. Starts the exits
-    /// thread, which ends when the table is dropped.
+    /// task, which ends when the table is dropped.
     pub fn new(
         namespace: &str,
         executors: Arc<dyn Executors>,
@@ -179,21 +172,19 @@ impl Table {
         let journal = Arc::new(ExitJournal::default());
         let settle = journal.clone();
         events.on_delivered(move |event| settle.settle(event));
-        let (exits, intake) = exits::ExitQueue::new().expect("creating the exits queue's pipe");
-        let table = Arc::new(Table {
+        Arc::new_cyclic(|table| Table {
             namespace: namespace.to_string(),
             containers: Mutex::default(),
             creating: Mutex::default(),
-            changed: Condvar::new(),
+            changed: tokio::sync::Notify::new(),
             journal,
             executors,
             reaper,
             events,
             oom,
-            exits: Arc::new(exits),
-        });
-        exits::watch(Arc::downgrade(&table), intake);
-        table
+            // The exits task holds the table only weakly: it ends with it.
+            exits: exits::start(table.clone()),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Container>> {

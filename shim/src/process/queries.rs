@@ -68,17 +68,22 @@ impl Table {
         })
     }
 
-    /// Blocks until the process has stopped, and reports how.
-    pub fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
+    /// Resolves once the process has stopped, and reports how.
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
         self.notice_vanished(id, exec_id);
-        let mut map = self.lock();
         loop {
-            let c = map.get(id).ok_or_else(|| Error::NotFound(format!("container {id}")))?;
-            let p = c.process(exec_id)?;
-            if let Some(e) = p.exited {
-                return Ok(ExitInfo { pid: p.pid as u32, code: e.code, at: e.at });
+            // Registered before the look, so that a change right after it still wakes us.
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            let exited = self.with(id, |c| {
+                let p = c.process(exec_id)?;
+                Ok(p.exited.map(|e| ExitInfo { pid: p.pid as u32, code: e.code, at: e.at }))
+            })?;
+            if let Some(exit) = exited {
+                return Ok(exit);
             }
-            map = self.changed.wait(map).unwrap();
+            changed.await;
         }
     }
 

@@ -232,12 +232,12 @@ impl World {
         self.events().into_iter().filter(|(_, text)| text.contains(&quoted)).map(|(topic, _)| topic).collect()
     }
 
-    /// Wait on another thread, bounded: the exit code, or None if it did not come in `limit`.
+    /// Wait on the loop, bounded: the exit code, or None if it did not come in `limit`.
     fn wait_within(&self, id: &str, exec_id: &str, limit: Duration) -> Option<u32> {
         let (tx, rx) = mpsc::channel();
         let (table, id, exec_id) = (self.table.clone(), id.to_string(), exec_id.to_string());
-        thread::spawn(move || {
-            let _ = tx.send(table.wait(&id, &exec_id).map(|e| e.code));
+        crate::rt::spawn(async move {
+            let _ = tx.send(table.wait(&id, &exec_id).await.map(|e| e.code));
         });
         rx.recv_timeout(limit).ok().map(|r| r.expect("Wait"))
     }
