@@ -204,11 +204,8 @@ impl Debug for DebugService {
 
     async fn events(&self, _: &TtrpcContext, req: EventsRequest) -> ttrpc::Result<EventsResponse> {
         let wait = Duration::from_millis(req.wait_ms.into()).min(MAX_EVENTS_WAIT);
-        let publisher = self.events.clone();
-        let recorded = rt::blocking(move || publisher.recorded_after(req.after, wait))
-            .await
-            .map_err(|e| ttrpc::Error::Others(e.to_string()))?;
-        Ok(EventsResponse { events: recorded.iter().map(event).collect(), ..Default::default() })
+        let events = self.events.recorded_after(req.after, wait).await.iter().map(event).collect();
+        Ok(EventsResponse { events, ..Default::default() })
     }
 }
 

@@ -1,15 +1,20 @@
-//! Task events to containerd: an ordered queue drained by one thread that publishes each event
-//! to containerd's ttrpc events service, retrying (never dropping) while containerd is away,
-//! and giving up on an event that containerd itself refuses, after a few tries. The queue
-//! keeps a bounded number of events in memory and spills the rest to a file.
+//! Task events to containerd: an ordered queue drained by one task on the shim's loop that
+//! publishes each event to containerd's ttrpc events service, retrying (never dropping) while
+//! containerd is away, and giving up on an event that containerd itself refuses, after a few
+//! tries. The queue keeps a bounded number of events in memory and spills the rest to a file.
+//! No thread of its own: publishing is a queue push from any thread, and the delivering, its
+//! retries and its connection to containerd are tasks on the loop ([`rt`]).
 
 use std::{
     collections::VecDeque,
     path::PathBuf,
-    sync::{Arc, Condvar, Mutex, OnceLock},
-    thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    pin::pin,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use async_trait::async_trait;
+use tokio::{net::UnixStream, sync::Notify};
 
 use tether_protos::{
     cgroups::metrics as cgroups_v1,
@@ -23,11 +28,11 @@ use tether_protos::{
         Message, MessageFull,
     },
     runc_options::ProcessDetails,
-    shim::{event::Envelope, events::ForwardRequest, events_ttrpc::EventsClient},
-    ttrpc,
+    shim::{event::Envelope, events::ForwardRequest, events_ttrpc_async::EventsClient},
+    ttrpc::{self, r#async::transport::Socket},
 };
 
-use crate::spill::Spill;
+use crate::{rt, spill::Spill};
 
 /// How long one publish attempt may take before it counts as failed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -228,16 +233,25 @@ impl Queue {
 /// warning naming its topic, so that one bad event never holds up those after it. Without an
 /// events address (standalone use) nothing is queued: events are only recorded, for the debug
 /// service's followers.
+///
+/// The delivering is one task on the shim's loop ([`rt`]), not a thread: it sleeps on
+/// [`Notify`] while the queue is empty and on the loop's timer between retries, and talks to
+/// containerd through ttrpc's async client, whose connection is two more tasks on the loop.
 pub struct Publisher {
     namespace: String,
-    /// Whether a thread publishes to containerd.
+    /// Whether a task publishes to containerd.
     publishing: bool,
     queue: Mutex<Queue>,
     /// Guarded apart from the queue: followers and dumps never wait on a spill file.
     history: Mutex<History>,
-    changed: Condvar,
-    /// Signalled when an event is recorded.
-    recorded: Condvar,
+    /// Wakes the delivering task when an event is queued. `notify_one` keeps a permit while the
+    /// task is busy, so an event queued between its look at the queue and its wait still
+    /// wakes it.
+    queued: Notify,
+    /// Wakes every [`Publisher::flush`] when an event leaves the queue.
+    settled: Notify,
+    /// Wakes followers ([`Publisher::recorded_after`]) when an event is recorded.
+    recorded: Notify,
     /// Told of every event containerd has accepted.
     on_delivered: OnceLock<Box<OnDelivered>>,
 }
@@ -246,8 +260,10 @@ pub struct Publisher {
 type OnDelivered = dyn Fn(&Envelope) + Send + Sync;
 
 impl Publisher {
-    /// Starts the publishing thread for containerd's ttrpc address (`TTRPC_ADDRESS`); events
-    /// that overflow memory are spilled to a file in `spill_dir`.
+    /// Starts publishing to containerd's ttrpc address (`TTRPC_ADDRESS`): a task on the shim's
+    /// loop ([`rt::spawn`]), which delivers only while the loop runs. Events that overflow
+    /// memory are spilled to a file in `spill_dir`. Without an address, events are only
+    /// recorded and no task is started.
     pub fn start(address: Option<String>, namespace: &str, spill_dir: PathBuf) -> Arc<Publisher> {
         let sink = address.filter(|a| !a.is_empty()).map(|address| Containerd { address, client: None });
         Publisher::with_sink(namespace, spill_dir, sink, BACKOFF)
@@ -259,28 +275,28 @@ impl Publisher {
             publishing: sink.is_some(),
             queue: Mutex::new(Queue { memory: VecDeque::new(), spill_dir, spill: None }),
             history: Mutex::default(),
-            changed: Condvar::new(),
-            recorded: Condvar::new(),
+            queued: Notify::new(),
+            settled: Notify::new(),
+            recorded: Notify::new(),
             on_delivered: OnceLock::new(),
         });
-        if let Some(mut sink) = sink {
-            let p = publisher.clone();
-            thread::Builder::new()
-                .name("events".into())
-                .spawn(move || p.run(&mut sink, backoff))
-                .expect("spawning the events thread");
+        if let Some(sink) = sink {
+            rt::spawn(publisher.clone().deliver(sink, backoff));
         }
         publisher
     }
 
-    /// Has `f` called with each event once containerd has accepted it (set once).
+    /// Has `f` called with each event once containerd has accepted it (set once). `f` runs on
+    /// the shim's loop, before the next event is offered: it must be short and never block.
     pub fn on_delivered(&self, f: impl Fn(&Envelope) + Send + Sync + 'static) {
         if self.on_delivered.set(Box::new(f)).is_err() {
             panic!("Publisher::on_delivered is set once");
         }
     }
 
-    /// Queues `event` under `topic`, stamped now.
+    /// Queues `event` under `topic`, stamped now, and records it for followers. Callable from
+    /// any thread, under other locks: it never waits on containerd or on the loop (only on
+    /// the queue's lock, and on the spill file's write once memory is full).
     pub fn publish<M: Named>(&self, topic: &str, event: &M) {
         log::debug!("event {topic}: {event}");
         let at = SystemTime::now();
@@ -294,12 +310,12 @@ impl Publisher {
         // Queue and record under the queue's lock, so that sequence order is queue order.
         let mut q = self.queue.lock().unwrap();
         let seq = self.history.lock().unwrap().record(topic, at, recorded, text_of::<M>);
-        self.recorded.notify_all();
+        self.recorded.notify_waiters();
         if self.publishing {
             if !q.push(env) {
                 self.history.lock().unwrap().skipped.push_back(seq);
             }
-            self.changed.notify_all();
+            self.queued.notify_one();
         }
     }
 
@@ -317,91 +333,108 @@ impl Publisher {
         h.events.iter().filter(|r| r.seq > h.delivered_seq).cloned().collect()
     }
 
-    /// The remembered events after sequence number `after`, waiting up to `wait` for one when
-    /// there is none yet. Events older than the last [`HISTORY`] are gone.
-    pub fn recorded_after(&self, after: u64, wait: Duration) -> Vec<Recorded> {
-        let deadline = Instant::now() + wait;
-        let mut h = self.history.lock().unwrap();
+    /// The remembered events after sequence number `after` (none may be there yet). Events
+    /// older than the last [`HISTORY`] are gone.
+    pub fn recorded_since(&self, after: u64) -> Vec<Recorded> {
+        self.history.lock().unwrap().events.iter().filter(|r| r.seq > after).cloned().collect()
+    }
+
+    /// The remembered events after sequence number `after`, waiting up to `wait` (on the
+    /// loop, without blocking it) for one when there is none yet. Events older than the last
+    /// [`HISTORY`] are gone.
+    pub async fn recorded_after(&self, after: u64, wait: Duration) -> Vec<Recorded> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let found: Vec<Recorded> = h.events.iter().filter(|r| r.seq > after).cloned().collect();
-            let now = Instant::now();
-            if !found.is_empty() || now >= deadline {
+            // Registered before the look at the history, so an event recorded in between
+            // still wakes this follower.
+            let recorded = self.recorded.notified();
+            let mut recorded = pin!(recorded);
+            recorded.as_mut().enable();
+            let found = self.recorded_since(after);
+            if !found.is_empty() {
                 return found;
             }
-            h = self.recorded.wait_timeout(h, deadline - now).unwrap().0;
-        }
-    }
-
-    /// Waits until every queued event is delivered, at most `timeout`; returns whether the
-    /// queue is empty.
-    pub fn flush(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut q = self.queue.lock().unwrap();
-        while q.len() > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
+            if tokio::time::timeout_at(deadline, recorded).await.is_err() {
+                return self.recorded_since(after);
             }
-            q = self.changed.wait_timeout(q, deadline - now).unwrap().0;
         }
-        true
     }
 
-    fn run(&self, sink: &mut impl Sink, pace: Backoff) {
+    /// Waits until every queued event is delivered (or given up on), at most `timeout`;
+    /// returns whether the queue is empty. Meant for the loop at shutdown: it never blocks the
+    /// thread, and the delivering task it waits for runs on that same loop. Needs a tokio
+    /// runtime with a timer.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let drained = async {
+            loop {
+                // Registered before the look at the queue, so a settling in between is seen.
+                let settled = self.settled.notified();
+                let mut settled = pin!(settled);
+                settled.as_mut().enable();
+                if self.pending() == 0 {
+                    return;
+                }
+                settled.await;
+            }
+        };
+        tokio::time::timeout(timeout, drained).await.is_ok()
+    }
+
+    /// The delivering task: offers the front event to `sink` until it is settled, then the
+    /// next; sleeps while the queue is empty. Runs for the life of the loop.
+    async fn deliver(self: Arc<Self>, mut sink: impl Sink, pace: Backoff) {
         let mut backoff = pace.first;
         // Error answers containerd gave the front event so far.
         let mut rejected = 0;
         loop {
-            let env = {
-                let mut q = self.queue.lock().unwrap();
-                // Memory only empties once the spill has been read back into it.
-                while q.memory.is_empty() {
-                    q = self.changed.wait(q).unwrap();
-                }
-                q.memory.front().cloned().expect("queue is not empty")
+            // Memory only empties once the spill has been read back into it. (The guard is
+            // dropped at the end of this statement, never held across an await.)
+            let front = self.queue.lock().unwrap().memory.front().cloned();
+            let Some(env) = front else {
+                self.queued.notified().await;
+                continue;
             };
-            let result = sink.forward(&env);
+            let result = sink.forward(&env).await;
             if result.is_ok() {
                 if let Some(f) = self.on_delivered.get() {
                     f(&env);
                 }
             }
-            let mut q = self.queue.lock().unwrap();
-            let settled = match result {
-                Ok(()) => Some(true),
-                Err(Failure::Unreachable(e)) => {
-                    log::warn!("publishing event {} failed ({} queued), will retry: {e}", env.topic, q.len());
-                    None
-                }
-                Err(Failure::Rejected(e)) => {
-                    rejected += 1;
-                    if rejected < MAX_ATTEMPTS {
-                        log::warn!("containerd refused event {} ({rejected} of {MAX_ATTEMPTS} tries): {e}", env.topic);
-                        None
-                    } else {
-                        log::warn!(
-                            "dropping event {}: containerd refused it {MAX_ATTEMPTS} times, last with: {e}",
-                            env.topic
-                        );
-                        Some(false)
-                    }
-                }
-            };
-            match settled {
-                Some(delivered) => {
-                    q.pop_front();
-                    self.history.lock().unwrap().settled_one(delivered);
-                    backoff = pace.first;
-                    rejected = 0;
-                    self.changed.notify_all();
-                }
-                None => {
-                    drop(q);
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(pace.max);
-                }
+            if self.settle(&env, result, &mut rejected) {
+                backoff = pace.first;
+                rejected = 0;
+                self.settled.notify_waiters();
+            } else {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(pace.max);
             }
         }
+    }
+
+    /// Takes `env`, the front event, off the queue if `result` settles it (delivered, or
+    /// refused [`MAX_ATTEMPTS`] times counting `rejected`); returns whether it did. Reading the
+    /// spill back into memory here is a short read of a local file, done on the loop.
+    fn settle(&self, env: &Envelope, result: Result<(), Failure>, rejected: &mut u32) -> bool {
+        let mut q = self.queue.lock().unwrap();
+        let delivered = match result {
+            Ok(()) => true,
+            Err(Failure::Unreachable(e)) => {
+                log::warn!("publishing event {} failed ({} queued), will retry: {e}", env.topic, q.len());
+                return false;
+            }
+            Err(Failure::Rejected(e)) => {
+                *rejected += 1;
+                if *rejected < MAX_ATTEMPTS {
+                    log::warn!("containerd refused event {} ({rejected} of {MAX_ATTEMPTS} tries): {e}", env.topic);
+                    return false;
+                }
+                log::warn!("dropping event {}: containerd refused it {MAX_ATTEMPTS} times, last with: {e}", env.topic);
+                false
+            }
+        };
+        q.pop_front();
+        self.history.lock().unwrap().settled_one(delivered);
+        true
     }
 }
 
@@ -415,10 +448,11 @@ enum Failure {
     Rejected(String),
 }
 
-/// Where the publishing thread sends events: containerd's events service, or a test's fake.
+/// Where the delivering task sends events: containerd's events service, or a test's fake.
+#[async_trait]
 trait Sink: Send + 'static {
     /// Offers one event; `Ok` once it was accepted.
-    fn forward(&mut self, env: &Envelope) -> Result<(), Failure>;
+    async fn forward(&mut self, env: &Envelope) -> Result<(), Failure>;
 }
 
 /// containerd's ttrpc events service at `address`, dialled on first use and again after a
@@ -428,15 +462,28 @@ struct Containerd {
     client: Option<EventsClient>,
 }
 
+#[async_trait]
 impl Sink for Containerd {
-    fn forward(&mut self, env: &Envelope) -> Result<(), Failure> {
-        let client = match self.client.take() {
-            Some(c) => c,
-            None => connect(&self.address).map_err(|e| Failure::Unreachable(format!("{}: {e}", self.address)))?,
-        };
+    /// One attempt, connecting included, takes at most [`PUBLISH_TIMEOUT`].
+    async fn forward(&mut self, env: &Envelope) -> Result<(), Failure> {
         let mut req = ForwardRequest::new();
         req.envelope = Some(env.clone()).into();
-        match client.forward(ttrpc::context::with_timeout(PUBLISH_TIMEOUT.as_nanos() as i64), &req) {
+        // The connection is out of `self.client` while in use: when the attempt times out, it
+        // is dropped with it (its tasks end) and the next attempt dials again.
+        match tokio::time::timeout(PUBLISH_TIMEOUT, self.offer(&req)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Unreachable(format!("no answer within {PUBLISH_TIMEOUT:?}"))),
+        }
+    }
+}
+
+impl Containerd {
+    async fn offer(&mut self, req: &ForwardRequest) -> Result<(), Failure> {
+        let client = match self.client.take() {
+            Some(c) => c,
+            None => connect(&self.address).await.map_err(|e| Failure::Unreachable(format!("{}: {e}", self.address)))?,
+        };
+        match client.forward(ttrpc::context::with_timeout(PUBLISH_TIMEOUT.as_nanos() as i64), req).await {
             Ok(_) => {
                 self.client = Some(client);
                 Ok(())
@@ -454,15 +501,26 @@ impl Sink for Containerd {
     }
 }
 
-fn connect(address: &str) -> Result<EventsClient, String> {
-    let fd = containerd_shim::util::connect(address).map_err(|e| e.to_string())?;
-    let client = ttrpc::Client::new(fd).map_err(|e| e.to_string())?;
-    Ok(EventsClient::new(client))
+/// An events client on containerd's unix socket at `address` (a path, or `unix://` and a
+/// path, as `TTRPC_ADDRESS` gives it). The connect does not block the loop: a unix socket's
+/// connect completes at once or fails (a full backlog is a failure, retried later).
+async fn connect(address: &str) -> Result<EventsClient, String> {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    let stream = UnixStream::connect(path).await.map_err(|e| e.to_string())?;
+    Ok(EventsClient::new(ttrpc::r#async::Client::new(Socket::from(stream))))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{future::Future, thread};
+
     use super::*;
+
+    /// Runs `f` to its end on this test's thread; the publisher's task runs on the test loop
+    /// ([`rt::handle`]), whose thread drives the timers `f` waits on.
+    fn block_on<F: Future>(f: F) -> F::Output {
+        rt::handle().block_on(f)
+    }
 
     #[test]
     fn type_urls_are_protobuf_full_names() {
@@ -507,8 +565,9 @@ mod tests {
         tries: std::collections::HashMap<String, u32>,
     }
 
+    #[async_trait]
     impl Sink for Fake {
-        fn forward(&mut self, env: &Envelope) -> Result<(), Failure> {
+        async fn forward(&mut self, env: &Envelope) -> Result<(), Failure> {
             let tries = self.tries.entry(env.topic.clone()).or_default();
             let result = (self.answer)(&env.topic, *tries);
             *tries += 1;
@@ -527,7 +586,7 @@ mod tests {
         for topic in topics {
             publisher.publish(topic, &TaskStart::default());
         }
-        assert!(publisher.flush(Duration::from_secs(10)), "the queue empties");
+        assert!(block_on(publisher.flush(Duration::from_secs(10))), "the queue empties");
         (rx.try_iter().collect(), publisher)
     }
 
@@ -542,7 +601,7 @@ mod tests {
         assert_eq!(bad, MAX_ATTEMPTS as usize, "offered a bounded number of times");
         assert_eq!(offers.last(), Some(&("/after".to_string(), true)), "the next event still goes out");
         assert!(publisher.undelivered().is_empty());
-        let delivered: Vec<bool> = publisher.recorded_after(0, Duration::ZERO).iter().map(|r| r.delivered).collect();
+        let delivered: Vec<bool> = publisher.recorded_since(0).iter().map(|r| r.delivered).collect();
         assert_eq!(delivered, [true, false, true]);
     }
 
@@ -556,36 +615,75 @@ mod tests {
         let (offers, publisher) = offers(down_for_a_while, &["/tasks/exit"]);
         assert_eq!(offers.len(), 21);
         assert_eq!(offers.last(), Some(&("/tasks/exit".to_string(), true)));
-        assert!(publisher.recorded_after(0, Duration::ZERO)[0].delivered);
+        assert!(publisher.recorded_since(0)[0].delivered);
     }
 
     #[test]
     fn events_are_recorded_in_order_for_followers() {
         let publisher = Publisher::start(None, "ns", std::env::temp_dir());
-        assert!(publisher.recorded_after(0, Duration::from_millis(10)).is_empty());
+        assert!(block_on(publisher.recorded_after(0, Duration::from_millis(10))).is_empty());
         let start = |id: &str| TaskStart { container_id: id.into(), pid: 7, ..Default::default() };
         publisher.publish("/tasks/start", &start("a"));
         publisher.publish("/tasks/start", &start("b"));
-        let all = publisher.recorded_after(0, Duration::ZERO);
+        let all = publisher.recorded_since(0);
         assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(all[1].text(), "container_id: \"b\" pid: 7");
-        let later = publisher.recorded_after(1, Duration::ZERO);
+        let later = publisher.recorded_since(1);
         assert_eq!(later.iter().map(|r| r.seq).collect::<Vec<_>>(), [2]);
         // Without containerd nothing is queued for it, and nothing waits on a flush.
         assert_eq!(publisher.pending(), 0);
-        assert!(publisher.flush(Duration::ZERO));
+        assert!(block_on(publisher.flush(Duration::ZERO)));
     }
 
     #[test]
     fn a_follower_is_woken_by_the_next_event() {
         let publisher = Publisher::start(None, "ns", std::env::temp_dir());
+        assert!(block_on(publisher.recorded_after(0, Duration::from_millis(10))).is_empty());
         let p = publisher.clone();
-        let follower = thread::spawn(move || p.recorded_after(0, Duration::from_secs(10)));
+        let follower = rt::spawn(async move { p.recorded_after(0, Duration::from_secs(10)).await });
         thread::sleep(Duration::from_millis(50));
         publisher.publish("/tasks/start", &TaskStart::default());
-        let got = follower.join().unwrap();
+        let got = block_on(follower).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].topic, "/tasks/start");
+        // Already there: no wait.
+        let again = block_on(publisher.recorded_after(0, Duration::from_secs(10)));
+        assert_eq!(again.iter().map(|r| r.seq).collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
+    fn overflowing_events_go_out_in_order_once_containerd_is_back() {
+        // Unreachable for the first offers: the queue fills past memory into the spill file,
+        // and everything goes out, in order, once containerd answers.
+        let down_then_up = |topic: &str, tries| match (topic, tries) {
+            ("/test/0", 0..5) => Err(Failure::Unreachable("connection refused".into())),
+            _ => Ok(()),
+        };
+        let n = MEMORY_EVENTS * 2 + 3;
+        let topics: Vec<String> = (0..n).map(|i| format!("/test/{i}")).collect();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let (offers, publisher) = offers(down_then_up, &topics);
+        let delivered: Vec<&str> = offers.iter().filter(|(_, ok)| *ok).map(|(t, _)| t.as_str()).collect();
+        assert_eq!(delivered, topics);
+        assert_eq!(publisher.pending(), 0);
+        assert!(publisher.undelivered().is_empty());
+    }
+
+    #[test]
+    fn a_flush_gives_up_at_its_deadline() {
+        let never = |_: &str, _| Err(Failure::Unreachable("connection refused".into()));
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let fake = Fake { answer: never, offers: tx, tries: Default::default() };
+        // One offer within the test: the task then sleeps, instead of retrying for the rest of
+        // the test binary's life.
+        let slow = Backoff { first: Duration::from_secs(600), max: Duration::from_secs(600) };
+        let publisher = Publisher::with_sink("ns", std::env::temp_dir(), Some(fake), slow);
+        publisher.publish("/tasks/exit", &TaskExit::default());
+        let started = std::time::Instant::now();
+        assert!(!block_on(publisher.flush(Duration::from_millis(100))));
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(publisher.pending(), 1, "kept for a later try");
+        assert_eq!(publisher.undelivered().len(), 1);
     }
 
     #[test]
@@ -594,7 +692,7 @@ mod tests {
         for _ in 0..HISTORY + 5 {
             publisher.publish("/tasks/start", &TaskStart::default());
         }
-        let all = publisher.recorded_after(0, Duration::ZERO);
+        let all = publisher.recorded_since(0);
         assert_eq!(all.len(), HISTORY);
         assert_eq!(all[0].seq, 6);
     }

@@ -10,8 +10,8 @@ use std::{
     time::Duration,
 };
 
-use tokio::signal::unix::{signal, SignalKind};
 use tether_protos::ttrpc;
+use tokio::signal::unix::{signal, SignalKind};
 
 use tether_shim::{
     cgroup,
@@ -96,11 +96,11 @@ fn remove_address(socket: &str) {
     let _ = std::fs::remove_file(launch::socket_path(socket));
 }
 
-/// Lets the events still queued go out (for at most [`SHUTDOWN_FLUSH`]) and exits 0. The
-/// containers are left as they are: running ones keep running, and containerd finds them
-/// again through their bundles.
-fn exit_after_flush(events: &Publisher, why: &str) -> ! {
-    if !events.flush(SHUTDOWN_FLUSH) {
+/// Lets the events still queued go out (for at most [`SHUTDOWN_FLUSH`]) and exits 0; never
+/// returns. The containers are left as they are: running ones keep running, and containerd
+/// finds them again through their bundles. Runs on the loop, which delivers the events.
+async fn exit_after_flush(events: &Publisher, why: &str) {
+    if !events.flush(SHUTDOWN_FLUSH).await {
         log::warn!("exiting with {} events undelivered", events.pending());
     }
     log::info!("{why}, exiting");
@@ -150,10 +150,10 @@ fn serve(args: &cli::Args) -> Result<()> {
         // twice in a row) must bind a new shim, not hand its task to this exiting one.
         remove_address(&socket);
         let events = shutdown_events.clone();
-        rt::blocking(move || {
+        rt::spawn(async move {
             // Let the Shutdown reply go out, then the events still queued.
-            std::thread::sleep(Duration::from_millis(50));
-            exit_after_flush(&events, "shutdown: no tasks left");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            exit_after_flush(&events, "shutdown: no tasks left").await;
         });
     }));
     // SAFETY: fd 3 is the listening socket `start` handed over; from here the server alone
@@ -164,10 +164,14 @@ fn serve(args: &cli::Args) -> Result<()> {
     runtime.block_on(server.start()).map_err(|e| Error::io("starting the ttrpc server", std::io::Error::other(e)))?;
     idle::SHIM.start();
     log::info!("serving {} for namespace {} (pid {})", args.socket, args.namespace, std::process::id());
-    if runtime.block_on(term.recv()).is_some() {
-        log::info!("SIGTERM: leaving the containers running and ending the shim");
-        remove_address(&args.socket);
-        exit_after_flush(&events, "SIGTERM");
-    }
+    // The loop runs from here on: every task spawned above (the event publisher among them)
+    // makes progress only inside this block_on.
+    runtime.block_on(async {
+        if term.recv().await.is_some() {
+            log::info!("SIGTERM: leaving the containers running and ending the shim");
+            remove_address(&args.socket);
+            exit_after_flush(&events, "SIGTERM").await;
+        }
+    });
     Err(Error::io("waiting for SIGTERM", std::io::Error::other("the signal stream ended")))
 }

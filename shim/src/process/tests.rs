@@ -223,7 +223,7 @@ impl World {
 
     /// (topic, the event's text) of every event so far.
     fn events(&self) -> Vec<(String, String)> {
-        self.events.recorded_after(0, Duration::ZERO).into_iter().map(|r| (r.topic.clone(), r.text())).collect()
+        self.events.recorded_since(0).into_iter().map(|r| (r.topic.clone(), r.text())).collect()
     }
 
     /// The topics of the events that name `needle` (a container or exec id, quoted).
