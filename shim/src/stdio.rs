@@ -975,7 +975,7 @@ mod tests {
         drop(client);
         proc_stdin.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"one\n");
-        // Give the copier time to see the detach, as it would the end of the stream.
+        // Give the copy time to see the detach, as it would the end of the stream.
         std::thread::sleep(Duration::from_millis(100));
         let mut client = attach().expect("the FIFO still has its reader after a detach");
         client.write_all(b"two\n").unwrap();
