@@ -6,12 +6,20 @@
 //! The container never writes to a client's FIFO itself: it gets a pipe, and the shim copies,
 //! so the container is unaffected by clients coming and going. The shim holds a read end of
 //! every output FIFO, so a writer never gets EPIPE while the client is away.
+//!
+//! Every copy is a task on the shim's event loop ([`crate::rt`]), not a thread: the shim's
+//! ends of the streams are non-blocking and registered with the loop's reactor, a copy moves
+//! what is there (spliced between pipes, read and written otherwise) and, when a side would
+//! block, awaits that side's readiness. A quiet stream costs a few epoll registrations, no
+//! thread and (when spliced) no buffer. Nothing here blocks the loop: FIFOs are opened
+//! read-write, which never waits for a peer, and a regular file, which epoll cannot watch,
+//! is written directly (a write to the page cache).
 
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
     os::{
-        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
         unix::{
             fs::{DirBuilderExt, OpenOptionsExt},
             net::UnixListener,
@@ -21,10 +29,9 @@ use std::{
     process::Command,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Condvar, Mutex,
+        Arc, Mutex,
     },
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use nix::{
@@ -32,8 +39,15 @@ use nix::{
     sys::socket::{recvmsg, ControlMessageOwned, MsgFlags},
 };
 use tether_runtime::Stdio;
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    sync::{oneshot, watch},
+};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    rt,
+};
 
 /// Where console sockets are created: short paths, because a unix socket path is limited to
 /// 108 bytes and bundle paths are long.
@@ -44,8 +58,12 @@ const LOGGER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 const COPY_BUF: usize = 64 * 1024;
 /// The most one splice moves: a pipe's default capacity.
 const SPLICE_LEN: usize = 64 * 1024;
-/// How often a lingering FIFO checks whether its reader has caught up.
-const LINGER_POLL_MS: u16 = 20;
+/// How soon a lingering FIFO first checks whether its reader has caught up: a reader that is
+/// there (a foreground `ctr run`) sees its EOF about this soon after the process's.
+const LINGER_FIRST_CHECK: Duration = Duration::from_millis(20);
+/// The longest pause between two such checks: the pause doubles up to this, so that output
+/// nobody reads (a detached task's) wakes the loop about once a second, not fifty times.
+const LINGER_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// The stdio a client asked for in Create or Exec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -134,54 +152,38 @@ fn hex_digit(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
-/// The output copiers of one process: counts those still copying, so that an exit is reported
-/// only after its output, and keeps each destination FIFO open after its copy until the
-/// reader has taken everything or the process is deleted.
+/// The output copies of one process still running, so that an exit is reported only after
+/// its output. Each copy holds a [`Running`] until its source reached EOF.
 struct Drain {
-    running: Mutex<usize>,
-    done: Condvar,
-    /// Readable (at EOF) once the process's [`ProcessIo`] is dropped.
-    released: OwnedFd,
+    running: watch::Sender<usize>,
+}
+
+/// One output copy in progress; dropping it (the copy ended, or the loop went away) counts
+/// the copy as done.
+struct Running(Arc<Drain>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.send_modify(|n| *n -= 1);
+    }
 }
 
 impl Drain {
-    /// A drain, and the guard whose drop releases its lingering FIFOs.
-    fn new() -> Result<(Arc<Drain>, OwnedFd)> {
-        let (released, guard) = pipe()?;
-        Ok((Arc::new(Drain { running: Mutex::new(0), done: Condvar::new(), released }), guard))
+    fn new() -> Arc<Drain> {
+        Arc::new(Drain { running: watch::Sender::new(0) })
     }
 
-    /// Runs `copy` on a thread of its own; once it returns its destination, the copy counts
-    /// as done and the destination lingers (see [`linger`]).
-    fn spawn(self: &Arc<Self>, name: &str, copy: impl FnOnce() -> File + Send + 'static) -> Result<()> {
-        *self.running.lock().unwrap() += 1;
-        let me = self.clone();
-        thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let sink = copy();
-                *me.running.lock().unwrap() -= 1;
-                me.done.notify_all();
-                linger(&sink, me.released.as_fd());
-            })
-            .map(drop)
-            .map_err(|e| {
-                *self.running.lock().unwrap() -= 1;
-                Error::io("spawning a stdio thread", e)
-            })
+    fn start(self: &Arc<Self>) -> Running {
+        self.running.send_modify(|n| *n += 1);
+        Running(self.clone())
     }
 
-    fn wait(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut running = self.running.lock().unwrap();
-        while *running > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            running = self.done.wait_timeout(running, deadline - now).unwrap().0;
-        }
-        true
+    /// True once no copy runs; false if some still did after `timeout`.
+    async fn closed(&self, timeout: Duration) -> bool {
+        let mut running = self.running.subscribe();
+        // The sender lives in `self`: `wait_for` fails only by timing out.
+        let closed = matches!(tokio::time::timeout(timeout, running.wait_for(|n| *n == 0)).await, Ok(Ok(_)));
+        closed
     }
 }
 
@@ -259,20 +261,23 @@ pub struct OutputPipes {
     pub stderr: u64,
 }
 
-/// The shim's side of a process's stdio: copy threads, the stdin closer and the pty master.
+/// The shim's side of a process's stdio: its copies (tasks on the loop), the stdin closer
+/// and the pty master. Dropping it (the process is deleted) lets go of the output FIFOs its
+/// copies still hold and ends its stdin copy.
 pub struct ProcessIo {
     spec: StdioSpec,
     drain: Arc<Drain>,
-    /// Dropped with the process: lets go of the output FIFOs its copiers still hold.
-    _release: OwnedFd,
-    /// What the copiers have moved so far.
+    /// Dropped with the process: the copies' lingering FIFOs are let go then (see [`linger`]).
+    release: watch::Sender<()>,
+    /// What the copies have moved so far.
     pub copied: Copied,
     /// The output pipes the process was given.
     pub pipes: OutputPipes,
-    /// Dropping this wakes the stdin copier, which then closes the process's stdin.
-    stdin_cancel: Mutex<Option<OwnedFd>>,
-    stdin_cancel_rx: Option<OwnedFd>,
-    /// The stdin pipe's write end until the console (for terminals) or the copier takes it.
+    /// Dropping this (CloseIO, or the process's deletion) ends the stdin copy, which then
+    /// closes the process's stdin.
+    stdin_cancel: Mutex<Option<oneshot::Sender<()>>>,
+    stdin_cancel_rx: Option<oneshot::Receiver<()>>,
+    /// The stdin pipe's write end until the console (for terminals) or the copy takes it.
     stdin_sink: Option<File>,
     console: Option<File>,
 }
@@ -283,13 +288,15 @@ pub type Prepared = (ProcessIo, Stdio, Option<ConsoleSocket>);
 
 impl ProcessIo {
     /// Opens what the client asked for and returns the runtime's streams. Nothing is copied
-    /// until [`ProcessIo::start`], after the runtime created the process.
+    /// until [`ProcessIo::start`], after the runtime created the process. Never waits for a
+    /// FIFO's peer (output FIFOs are opened read-write); a `binary://` logger is given up to
+    /// [`LOGGER_READY_TIMEOUT`] to say it is ready, so call it off the loop when one is asked
+    /// for (runtime calls run on the blocking pool).
     pub fn prepare(spec: &StdioSpec, id: &str, namespace: &str) -> Result<Prepared> {
-        let (drain, release) = Drain::new()?;
         let mut io = ProcessIo {
             spec: spec.clone(),
-            drain,
-            _release: release,
+            drain: Drain::new(),
+            release: watch::Sender::new(()),
             copied: Copied::default(),
             pipes: OutputPipes::default(),
             stdin_cancel: Mutex::new(None),
@@ -299,7 +306,7 @@ impl ProcessIo {
         };
         let mut stdio = Stdio::default();
         if !spec.stdin.is_empty() {
-            let (cancel_rx, cancel_tx) = pipe()?;
+            let (cancel_tx, cancel_rx) = oneshot::channel();
             *io.stdin_cancel.lock().unwrap() = Some(cancel_tx);
             io.stdin_cancel_rx = Some(cancel_rx);
             if !spec.terminal {
@@ -327,7 +334,7 @@ impl ProcessIo {
         Ok((io, stdio, None))
     }
 
-    /// The runtime-side fd for one output stream, starting its copier where one is needed.
+    /// The runtime-side fd for one output stream, starting its copy where one is needed.
     fn output(&mut self, out: &Output, name: &str, id: &str, ns: &str) -> Result<Option<OwnedFd>> {
         match out {
             Output::Null => Ok(None),
@@ -338,7 +345,7 @@ impl ProcessIo {
                 let (r, w) = pipe()?;
                 self.record_pipe(name, &r)?;
                 let count = if name == "stdout" { self.copied.stdout.clone() } else { self.copied.stderr.clone() };
-                self.drain.spawn(name, move || copy_output(Relay::splicing(), File::from(r), sink, &count))?;
+                self.spawn_output_copy(Relay::splicing(), File::from(r), sink, count)?;
                 Ok(Some(w))
             }
             Output::Binary { path, args } => {
@@ -363,15 +370,30 @@ impl ProcessIo {
         Ok(())
     }
 
+    /// Starts one output copy from `from` (the process's side) to `to` on the loop: counted in
+    /// the drain until `from` reaches EOF, then lingering (see [`linger`]).
+    fn spawn_output_copy(&self, relay: Relay, from: File, to: File, count: Arc<AtomicU64>) -> Result<()> {
+        let (from, to) = registered(from, to).map_err(|e| Error::io("registering an output copy", e))?;
+        let running = self.drain.start();
+        let released = self.release.subscribe();
+        rt::spawn(async move {
+            copy_output(relay, &from, &to, &count).await;
+            // The process's side is done: only what is in the destination still matters.
+            drop((from, running));
+            linger(&to, released).await;
+        });
+        Ok(())
+    }
+
     /// Starts copying after the runtime created the process; for terminals, takes the pty
-    /// master from `console`.
+    /// master from `console`. Does not wait: the copies are tasks on the loop, started from
+    /// any thread.
     pub fn start(&mut self, console: Option<ConsoleSocket>) -> Result<()> {
         if let Some(sock) = console {
             let master = File::from(sock.receive()?);
             if let Some(out) = open_sink(&parse_output(&self.spec.stdout)?, "stdout")? {
                 let reader = master.try_clone().map_err(|e| Error::io("dup pty master", e))?;
-                let count = self.copied.stdout.clone();
-                self.drain.spawn("pty-out", move || copy_output(Relay::copying(), reader, out, &count))?;
+                self.spawn_output_copy(Relay::copying(), reader, out, self.copied.stdout.clone())?;
             }
             self.stdin_sink = Some(master.try_clone().map_err(|e| Error::io("dup pty master", e))?);
             self.console = Some(master);
@@ -380,18 +402,18 @@ impl ProcessIo {
             // Read-write: the shim is then a writer of the FIFO itself, so a client that closes
             // its writer (a detach) leaves no EOF behind, and its next open for writing (a
             // reattach) finds a reader. Only CloseIO ends the process's stdin.
-            let fifo = open_fifo(Path::new(&self.spec.stdin), libc::O_RDWR | libc::O_NONBLOCK, "stdin")?;
+            let fifo = open_fifo(Path::new(&self.spec.stdin), libc::O_RDWR, "stdin")?;
+            let (fifo, sink) = registered(fifo, sink).map_err(|e| Error::io("registering the stdin copy", e))?;
             // stdin is not drained before an exit is reported: it is input, not output.
             let count = self.copied.stdin.clone();
-            thread::Builder::new()
-                .name("stdin".into())
-                .spawn(move || copy_stdin(fifo, sink, cancel, &count))
-                .map_err(|e| Error::io("spawning the stdin thread", e))?;
+            rt::spawn(async move { copy_stdin(fifo, sink, cancel, &count).await });
         }
         Ok(())
     }
 
-    /// Closes the process's stdin (CloseIO): the copier stops and the process reads EOF.
+    /// Closes the process's stdin (CloseIO): the copy hands over what the client wrote before,
+    /// then stops, and the process reads EOF. Until then the process's stdin stays open across
+    /// clients closing and reopening the FIFO.
     pub fn close_stdin(&self) {
         self.stdin_cancel.lock().unwrap().take();
     }
@@ -409,15 +431,22 @@ impl ProcessIo {
         Ok(())
     }
 
-    /// Waits until all output the process wrote has been copied (its streams reached EOF), at
-    /// most `timeout`: a background child that keeps a stream open must not hold up the exit.
+    /// Waits, without blocking the loop, until all output the process wrote has been copied
+    /// (its streams reached EOF), at most `timeout`: a background child that keeps a stream
+    /// open must not hold up the exit. True if all output was copied.
+    pub async fn output_closed(&self, timeout: Duration) -> bool {
+        self.drain.closed(timeout).await
+    }
+
+    /// [`ProcessIo::output_closed`] for a thread that may block (not the loop's: it would
+    /// wait for itself). For the exit path while it still runs on threads of its own.
     pub fn wait_output(&self, timeout: Duration) -> bool {
-        self.drain.wait(timeout)
+        rt::handle().block_on(self.output_closed(timeout))
     }
 }
 
 /// Opens where copied output goes: a FIFO read-write (so that the shim holds a read end and
-/// never blocks waiting for a reader), a file for appending; `None` for nothing or a logger.
+/// never blocks waiting for a reader, nor makes the process's writes fail without one), a file for appending; `None` for nothing or a logger.
 fn open_sink(out: &Output, name: &str) -> Result<Option<File>> {
     match out {
         Output::Fifo(path) => open_fifo(path, libc::O_RDWR, name).map(Some),
@@ -460,39 +489,127 @@ fn open_fifo(path: &Path, flags: i32, name: &str) -> Result<File> {
         .map_err(|e| Error::InvalidArgument(format!("cannot open {name} {}: {e}", path.display())))
 }
 
-/// Holds the FIFO `sink` open until its reader has taken all that is in it, or `released`
-/// says the process was deleted. The last close of a FIFO discards its contents, and a client
-/// may open its read end late (containerd's fifo package opens it in the background), so
-/// closing as soon as the copy ends could lose the output of a short process.
-fn linger(sink: &File, released: BorrowedFd) {
-    loop {
-        let mut unread: libc::c_int = 0;
-        // SAFETY: FIONREAD writes an int to a valid pointer.
-        if unsafe { libc::ioctl(sink.as_raw_fd(), libc::FIONREAD, &mut unread) } < 0 || unread == 0 {
-            return;
+/// One side of a copy as the loop sees it: a descriptor it waits on (a pipe, a FIFO, a pty
+/// master), or a regular file, which epoll cannot watch and which is always ready.
+enum End {
+    Polled(AsyncFd<File>),
+    Plain(File),
+}
+
+impl End {
+    fn file(&self) -> &File {
+        match self {
+            End::Polled(fd) => fd.get_ref(),
+            End::Plain(file) => file,
         }
-        let mut fds = [PollFd::new(released, PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(LINGER_POLL_MS)) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
-            _ => return,
+    }
+
+    /// Writes from `buf` once `self` has room; the number of bytes written.
+    async fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            End::Polled(fd) => fd.async_io(Interest::WRITABLE, |f| retry(|| (&*f).write(buf))).await,
+            End::Plain(file) => retry(|| (&*file).write(buf)),
         }
     }
 }
 
-/// Copies a process's output stream to its destination through `relay` until EOF, and
-/// returns the destination. A pty reports EIO once the last slave closes: that is its EOF.
-fn copy_output(mut relay: Relay, from: File, mut to: File, count: &AtomicU64) -> File {
+/// Registers both sides of a copy with the loop's reactor, made non-blocking. Works from any
+/// thread: the registration is made in the loop's context and the copy then runs on it.
+fn registered(from: File, to: File) -> io::Result<(AsyncFd<File>, End)> {
+    let _loop = rt::handle().enter();
+    let to = match register(to) {
+        Ok(fd) => End::Polled(fd),
+        // epoll refuses regular files (EPERM): they are always ready anyway.
+        Err(e) if e.1.raw_os_error() == Some(libc::EPERM) => End::Plain(e.0),
+        Err(e) => return Err(e.1),
+    };
+    Ok((register(from).map_err(|e| e.1)?, to))
+}
+
+/// Makes `file` non-blocking and registers it with the reactor of the current context; on
+/// failure, gives it back with the error.
+fn register(file: File) -> std::result::Result<AsyncFd<File>, (File, io::Error)> {
+    if let Err(e) = set_nonblocking(&file) {
+        return Err((file, e));
+    }
+    // SAFETY: a `File` owns its descriptor, which stays open and the same until it is dropped
+    // with the `AsyncFd`.
+    unsafe { AsyncFd::register(file) }.map_err(|e| e.into_parts())
+}
+
+/// Makes the shim's own open of a stream non-blocking. Each of these is an open file
+/// description of the shim's alone (its end of a pipe, its open of a FIFO, the pty master),
+/// so the process's blocking ends are unaffected.
+fn set_nonblocking(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL and F_SETFL on a descriptor we hold.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `op` again while a signal interrupts it.
+fn retry<R>(mut op: impl FnMut() -> io::Result<R>) -> io::Result<R> {
     loop {
-        match relay.pass(&from, &mut to) {
-            Ok(0) => return to,
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// How many bytes wait to be read in the pipe or FIFO `file` (0 for anything else).
+fn unread(file: &File) -> usize {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes an int to a valid pointer.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::FIONREAD, &mut unread) } < 0 {
+        return 0;
+    }
+    unread.max(0) as usize
+}
+
+/// Holds the FIFO `sink` open until its reader has taken all that is in it, or `released`
+/// says the process was deleted. The last close of a FIFO discards its contents, and a client
+/// may open its read end late (containerd's fifo package opens it in the background), so
+/// closing as soon as the copy ends could lose the output of a short process. A reader's
+/// progress raises no event the shim could wait on, so this checks, ever less often.
+async fn linger(sink: &End, mut released: watch::Receiver<()>) {
+    // A file keeps what was written to it.
+    let End::Polled(fifo) = sink else { return };
+    let mut pause = LINGER_FIRST_CHECK;
+    while unread(fifo.get_ref()) > 0 {
+        tokio::select! {
+            // Only ever an error: the sender is dropped with the process, never used.
+            _ = released.changed() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(LINGER_MAX_PAUSE);
+    }
+}
+
+/// Copies a process's output stream to its destination through `relay` until EOF. A pty
+/// reports EIO once the last slave closes: that is its EOF. A destination that fails ends the
+/// copy (logged); the source is then dropped, and the process gets EPIPE as it would writing
+/// there itself.
+async fn copy_output(mut relay: Relay, from: &AsyncFd<File>, to: &End, count: &AtomicU64) {
+    loop {
+        match relay.pass(from, to).await {
+            Ok(0) => return,
             Ok(n) => {
                 count.fetch_add(n as u64, Ordering::Relaxed);
             }
-            Err(Stop::Read(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(Stop::Read(_)) => return to,
+            Err(Stop::Read(e)) => {
+                if e.raw_os_error() != Some(libc::EIO) {
+                    log::warn!("reading output: {e}");
+                }
+                return;
+            }
             Err(Stop::Write(e)) => {
                 log::warn!("copying output: {e}");
-                return to;
+                return;
             }
         }
     }
@@ -506,90 +623,164 @@ enum Stop {
     Write(io::Error),
 }
 
-/// Moves bytes from a source to a destination descriptor. Between two pipes (a process's
-/// stream and a client's FIFO) it splices: the kernel moves the pages, and the shim holds no
-/// buffer, so a quiet stream costs no memory. Otherwise (a pty master, a non-blocking FIFO)
-/// it reads and writes through a buffer made on first use.
+/// Moves bytes from a source to a destination descriptor, both non-blocking, waiting on the
+/// loop for whichever side is not ready. Between two pipes (a process's stream and a client's
+/// FIFO) it splices: the kernel moves the pages, and the shim holds no buffer, so a quiet
+/// stream costs no memory. Otherwise (a pty master, a regular file) it reads and writes
+/// through a buffer made on first use.
+///
+/// [`Relay::pass`] may be cancelled at any await (CloseIO does): what it had read and not yet
+/// written stays in the relay, and the next pass writes it first.
 struct Relay {
     splice: bool,
     buf: Vec<u8>,
+    /// `buf[start..end]` was read and is not written yet.
+    start: usize,
+    end: usize,
 }
 
 impl Relay {
-    /// A relay between two blocking pipes.
+    /// A relay that splices while both sides are pipes, and copies from the first EINVAL on.
     fn splicing() -> Relay {
-        Relay { splice: true, buf: Vec::new() }
+        Relay { splice: true, buf: Vec::new(), start: 0, end: 0 }
     }
 
-    /// A relay that copies: from a pty master (splice does not hand over what is there as a
-    /// read does: an attached terminal hung), and from a non-blocking FIFO, where splice
-    /// would not block on a full destination either (the kernel makes a pipe-to-pipe splice
-    /// non-blocking on both sides when either is).
+    /// A relay that copies: from a pty master, splice does not hand over what is there as a
+    /// read does (an attached terminal hung).
     fn copying() -> Relay {
-        Relay { splice: false, buf: Vec::new() }
+        Relay { splice: false, ..Relay::splicing() }
     }
 
-    /// Moves what `from` has (waiting for it as a read would) into `to`; `Ok(0)` at EOF.
-    fn pass(&mut self, from: &File, to: &mut File) -> std::result::Result<usize, Stop> {
+    /// Whether bytes read from the source wait to be written.
+    fn holds(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// Moves what `from` has into `to`, waiting for either as needed, and returns how many
+    /// bytes reached `to`; `Ok(0)` at EOF.
+    async fn pass(&mut self, from: &AsyncFd<File>, to: &End) -> std::result::Result<usize, Stop> {
+        // A copy that always finds both sides ready would never yield: let the loop's other
+        // tasks in now and then.
+        tokio::task::consume_budget().await;
+        if self.holds() {
+            return self.flush(to).await;
+        }
         if self.splice {
-            // SAFETY: splice between two descriptors we hold; pipes take no offsets.
-            let n = unsafe {
-                libc::splice(
-                    from.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    to.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    SPLICE_LEN,
-                    libc::SPLICE_F_MOVE,
-                )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINVAL) => self.splice = false,
-                Some(libc::EINTR) => return Err(Stop::Read(e)),
-                _ => return Err(Stop::Write(e)),
+            match self.splice(from, to).await? {
+                Some(n) => return Ok(n),
+                None => self.splice = false,
             }
         }
         if self.buf.is_empty() {
             self.buf = vec![0; COPY_BUF];
         }
-        let n = (&*from).read(&mut self.buf).map_err(Stop::Read)?;
-        to.write_all(&self.buf[..n]).map_err(Stop::Write)?;
-        Ok(n)
+        let buf = &mut self.buf;
+        let n = from.async_io(Interest::READABLE, |f| retry(|| (&*f).read(buf))).await.map_err(Stop::Read)?;
+        (self.start, self.end) = (0, n);
+        self.flush(to).await
+    }
+
+    /// Writes out what the relay holds.
+    async fn flush(&mut self, to: &End) -> std::result::Result<usize, Stop> {
+        let mut written = 0;
+        while self.holds() {
+            let n = to.write(&self.buf[self.start..self.end]).await.map_err(Stop::Write)?;
+            if n == 0 {
+                return Err(Stop::Write(io::ErrorKind::WriteZero.into()));
+            }
+            self.start += n;
+            written += n;
+        }
+        Ok(written)
+    }
+
+    /// One splice once both sides are ready: `Some(bytes)`, `Some(0)` at EOF, or `None` where
+    /// the kernel cannot splice these two.
+    async fn splice(&mut self, from: &AsyncFd<File>, to: &End) -> std::result::Result<Option<usize>, Stop> {
+        loop {
+            let mut readable = from.readable().await.map_err(Stop::Read)?;
+            let mut writable = match to {
+                End::Polled(fd) => Some(fd.writable().await.map_err(Stop::Write)?),
+                End::Plain(_) => None,
+            };
+            // SAFETY: splice between two descriptors we hold; pipes take no offsets.
+            let n = unsafe {
+                libc::splice(
+                    from.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    to.file().as_raw_fd(),
+                    std::ptr::null_mut(),
+                    SPLICE_LEN,
+                    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            if n >= 0 {
+                return Ok(Some(n as usize));
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINVAL) => return Ok(None),
+                Some(libc::EINTR) => {}
+                // Either side may be the one not ready: ask the kernel which, and wait for
+                // that one (the reactor ignores a clear that raced with a new event).
+                Some(libc::EAGAIN) => {
+                    let (has_data, has_room) = ready_now(from.get_ref(), to.file());
+                    if !has_data {
+                        readable.clear_ready();
+                    }
+                    if let (false, Some(w)) = (has_room, writable.as_mut()) {
+                        w.clear_ready();
+                    }
+                    if has_data && has_room {
+                        drop((readable, writable));
+                        tokio::task::yield_now().await;
+                    }
+                }
+                _ => return Err(Stop::Write(e)),
+            }
+        }
     }
 }
 
-/// Copies the client's stdin FIFO to the process until CloseIO: clients may come and go in
-/// between, as the shim holds the FIFO open for writing too (see [`ProcessIo::start`]). The
-/// FIFO is opened non-blocking, so waiting for input is a poll that CloseIO (closing
-/// `cancel`'s other end) can interrupt.
-fn copy_stdin(fifo: File, mut sink: File, cancel: OwnedFd, count: &AtomicU64) {
-    let mut relay = Relay::copying();
+/// Whether `from` has something to read (or its writers are gone) and `to` has room, now.
+fn ready_now(from: &File, to: &File) -> (bool, bool) {
+    let mut fds = [PollFd::new(from.as_fd(), PollFlags::POLLIN), PollFd::new(to.as_fd(), PollFlags::POLLOUT)];
+    if poll(&mut fds, PollTimeout::ZERO).is_err() {
+        return (true, true);
+    }
+    let any = |fd: &PollFd, of: PollFlags| fd.revents().is_some_and(|r| r.intersects(of));
+    (
+        any(&fds[0], PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR),
+        any(&fds[1], PollFlags::POLLOUT | PollFlags::POLLERR),
+    )
+}
+
+/// Copies the client's stdin FIFO to the process until CloseIO (`cancel` fires or its sender
+/// is dropped): clients may come and go in between, as the shim holds the FIFO open for
+/// writing too (see [`ProcessIo::start`]). Dropping `sink` at the end gives the process EOF.
+async fn copy_stdin(fifo: AsyncFd<File>, sink: End, mut cancel: oneshot::Receiver<()>, count: &AtomicU64) {
+    let mut relay = Relay::splicing();
     loop {
-        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN), PollFd::new(cancel.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return,
+        tokio::select! {
+            biased;
+            _ = &mut cancel => break,
+            passed = relay.pass(&fifo, &sink) => match passed {
+                Ok(n @ 1..) => {
+                    count.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                // The process closed its stdin or exited (EPIPE): nothing more to hand over.
+                _ => return,
+            },
         }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-            // CloseIO comes after the client wrote its last byte: what is still in the FIFO
-            // belongs to the process, so hand it over before closing.
-            while let Ok(n @ 1..) = relay.pass(&fifo, &mut sink) {
+    }
+    // CloseIO comes after the client wrote its last byte: what is still in the FIFO (or in
+    // the relay) belongs to the process, so hand it over before closing.
+    while relay.holds() || unread(fifo.get_ref()) > 0 {
+        match relay.pass(&fifo, &sink).await {
+            Ok(n @ 1..) => {
                 count.fetch_add(n as u64, Ordering::Relaxed);
             }
-            return;
-        }
-        match relay.pass(&fifo, &mut sink) {
-            Ok(0) => return,
-            Ok(n) => {
-                count.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(Stop::Read(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
-            Err(_) => return,
+            _ => return,
         }
     }
 }
@@ -674,6 +865,79 @@ mod tests {
         assert_eq!(&got, b"hello");
     }
 
+    /// A process writes more than the FIFOs hold while nobody reads: the copy waits (on the
+    /// loop, not in a thread), the process's writes wait too, and a reader that comes late
+    /// gets every byte, in order, then EOF.
+    #[test]
+    fn output_waits_for_a_late_reader_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("out");
+        mkfifo(&fifo).unwrap();
+        let spec = StdioSpec { stdout: fifo.display().to_string(), ..Default::default() };
+        let (mut io, stdio, _) = ProcessIo::prepare(&spec, "c", "ns").unwrap();
+        io.start(None).unwrap();
+        let data: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let mut w = File::from(stdio.stdout.unwrap());
+        let writer = std::thread::spawn({
+            let data = data.clone();
+            move || w.write_all(&data).unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!io.wait_output(Duration::from_millis(50)), "the copy waits for a reader");
+        // The shim holds a write end: this open does not wait.
+        let mut reader = open_fifo(&fifo, libc::O_RDONLY, "test").unwrap();
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        writer.join().unwrap();
+        assert!(got == data, "all {} bytes in order (got {})", data.len(), got.len());
+        assert!(io.wait_output(Duration::from_secs(5)));
+        assert_eq!(io.copied.stdout.load(Ordering::Relaxed), data.len() as u64);
+    }
+
+    /// Output nobody read is kept only while the process is: deleting it lets go of the FIFO.
+    #[test]
+    fn unread_output_is_let_go_with_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("out");
+        mkfifo(&fifo).unwrap();
+        let spec = StdioSpec { stdout: fifo.display().to_string(), ..Default::default() };
+        let (mut io, stdio, _) = ProcessIo::prepare(&spec, "c", "ns").unwrap();
+        io.start(None).unwrap();
+        File::from(stdio.stdout.unwrap()).write_all(b"unread").unwrap();
+        assert!(rt::handle().block_on(io.output_closed(Duration::from_secs(5))));
+        let reader = open_fifo(&fifo, libc::O_RDONLY | libc::O_NONBLOCK, "test").unwrap();
+        // No writer left would show as POLLHUP on the read end.
+        let writers_gone = || {
+            let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, PollTimeout::ZERO).unwrap();
+            fds[0].revents().unwrap().contains(PollFlags::POLLHUP)
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!writers_gone(), "the shim holds the FIFO after the copy ended");
+        assert_eq!(unread(&reader), 6, "with the output in it");
+        drop(io);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !writers_gone() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(writers_gone(), "the shim let go of the FIFO with the process");
+    }
+
+    /// CloseIO right after the client's last write: what is still in the FIFO reaches the
+    /// process before its EOF.
+    #[test]
+    fn close_stdin_hands_over_what_the_client_wrote() {
+        let (_dir, fifo, io, mut proc_stdin) = stdin_from_a_fifo();
+        let mut client = OpenOptions::new().write(true).open(&fifo).unwrap();
+        client.write_all(&[7u8; 100_000]).unwrap();
+        drop(client);
+        io.close_stdin();
+        let mut got = Vec::new();
+        proc_stdin.read_to_end(&mut got).unwrap();
+        assert!(got.len() == 100_000 && got.iter().all(|&b| b == 7), "got {} bytes", got.len());
+        assert_eq!(io.copied.stdin.load(Ordering::Relaxed), 100_000);
+    }
+
     /// A started process's stdio whose stdin is a client FIFO: (its dir, the FIFO, the
     /// shim's side, the process's stdin).
     fn stdin_from_a_fifo() -> (tempfile::TempDir, PathBuf, ProcessIo, File) {
@@ -711,8 +975,8 @@ mod tests {
         drop(client);
         proc_stdin.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"one\n");
-        // Give the copier time to see the detach, as it would the end of the stream.
-        thread::sleep(Duration::from_millis(100));
+        // Give the copy time to see the detach, as it would the end of the stream.
+        std::thread::sleep(Duration::from_millis(100));
         let mut client = attach().expect("the FIFO still has its reader after a detach");
         client.write_all(b"two\n").unwrap();
         drop(client);
