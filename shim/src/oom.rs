@@ -25,11 +25,7 @@ use nix::sys::{
 use tether_protos::{events::task::TaskOOM, topics};
 use tokio::io::unix::AsyncFd;
 
-use crate::{
-    cgroup::Cgroup,
-    events::Publisher,
-    rt,
-};
+use crate::{cgroup::Cgroup, events::Publisher, rt};
 
 /// How often, and how many times, a fired trigger's kill count is read again.
 const RECHECK_INTERVAL: Duration = Duration::from_millis(50);
@@ -111,12 +107,8 @@ impl OomMonitor {
     /// Starts the monitor's task on the loop; OOM events go to `events`.
     pub fn start(events: Arc<Publisher>) -> io::Result<Arc<OomMonitor>> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        let monitor = Arc::new(OomMonitor {
-            fired: rt::watch(epoll.0.try_clone()?)?,
-            epoll,
-            watches: Mutex::default(),
-            events,
-        });
+        let monitor =
+            Arc::new(OomMonitor { fired: rt::watch(epoll.0.try_clone()?)?, epoll, watches: Mutex::default(), events });
         rt::spawn(monitor.clone().run());
         Ok(monitor)
     }

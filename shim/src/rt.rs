@@ -9,13 +9,7 @@
 //! Code on any thread, loop or pool, starts tasks with [`spawn`]: the loop's handle is kept
 //! here once [`start`] made it, so that a module need not be handed one.
 
-use std::{
-    future::Future,
-    io,
-    os::fd::OwnedFd,
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{future::Future, io, os::fd::OwnedFd, sync::OnceLock, time::Duration};
 
 use tokio::{
     io::{unix::AsyncFd, Interest},

@@ -85,59 +85,77 @@ impl Task for TaskService {
     async fn create(&self, _: &TtrpcContext, req: api::CreateTaskRequest) -> ttrpc::Result<api::CreateTaskResponse> {
         let table = self.table.clone();
         let id = req.id.clone();
-        traced("Create", &id, "", off_loop(move || {
-            if req.bundle.is_empty() {
-                return Err(Error::InvalidArgument("create needs a bundle path".into()));
-            }
-            let pid = table.create(CreateRequest {
-                id: req.id.clone(),
-                bundle: PathBuf::from(&req.bundle),
-                rootfs: req.rootfs.clone(),
-                stdio: StdioSpec {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                },
-                options: req.options.clone().into_option(),
-                checkpoint: Some(PathBuf::from(&req.checkpoint)).filter(|p| !p.as_os_str().is_empty()),
-            })?;
-            Ok(api::CreateTaskResponse { pid, ..Default::default() })
-        }))
+        traced(
+            "Create",
+            &id,
+            "",
+            off_loop(move || {
+                if req.bundle.is_empty() {
+                    return Err(Error::InvalidArgument("create needs a bundle path".into()));
+                }
+                let pid = table.create(CreateRequest {
+                    id: req.id.clone(),
+                    bundle: PathBuf::from(&req.bundle),
+                    rootfs: req.rootfs.clone(),
+                    stdio: StdioSpec {
+                        stdin: req.stdin.clone(),
+                        stdout: req.stdout.clone(),
+                        stderr: req.stderr.clone(),
+                        terminal: req.terminal,
+                    },
+                    options: req.options.clone().into_option(),
+                    checkpoint: Some(PathBuf::from(&req.checkpoint)).filter(|p| !p.as_os_str().is_empty()),
+                })?;
+                Ok(api::CreateTaskResponse { pid, ..Default::default() })
+            }),
+        )
         .await
     }
 
     async fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
         let table = self.table.clone();
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
-        traced("Start", &req.id, &req.exec_id, off_loop(move || {
-            let pid = table.start(&id, &exec_id)?;
-            Ok(api::StartResponse { pid, ..Default::default() })
-        }))
+        traced(
+            "Start",
+            &req.id,
+            &req.exec_id,
+            off_loop(move || {
+                let pid = table.start(&id, &exec_id)?;
+                Ok(api::StartResponse { pid, ..Default::default() })
+            }),
+        )
         .await
     }
 
     async fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> ttrpc::Result<api::DeleteResponse> {
         let table = self.table.clone();
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
-        traced("Delete", &req.id, &req.exec_id, off_loop(move || {
-            let exit = table.delete(&id, &exec_id)?;
-            Ok(api::DeleteResponse {
-                pid: exit.pid,
-                exit_status: exit.code,
-                exited_at: Some(timestamp(exit.at)).into(),
-                ..Default::default()
-            })
-        }))
+        traced(
+            "Delete",
+            &req.id,
+            &req.exec_id,
+            off_loop(move || {
+                let exit = table.delete(&id, &exec_id)?;
+                Ok(api::DeleteResponse {
+                    pid: exit.pid,
+                    exit_status: exit.code,
+                    exited_at: Some(timestamp(exit.at)).into(),
+                    ..Default::default()
+                })
+            }),
+        )
         .await
     }
 
     async fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> ttrpc::Result<api::PidsResponse> {
         let table = self.table.clone();
         let id = req.id.clone();
-        traced("Pids", &req.id, "", off_loop(move || {
-            Ok(api::PidsResponse { processes: table.pids(&id)?, ..Default::default() })
-        }))
+        traced(
+            "Pids",
+            &req.id,
+            "",
+            off_loop(move || Ok(api::PidsResponse { processes: table.pids(&id)?, ..Default::default() })),
+        )
         .await
     }
 
@@ -157,36 +175,43 @@ impl Task for TaskService {
         let table = self.table.clone();
         let id = req.id.clone();
         let request = CheckpointRequest { path: PathBuf::from(&req.path), options: req.options.clone().into_option() };
-        traced("Checkpoint", &req.id, "", off_loop(move || table.checkpoint(&id, request).map(|()| Empty::new())))
-            .await
+        traced("Checkpoint", &req.id, "", off_loop(move || table.checkpoint(&id, request).map(|()| Empty::new()))).await
     }
 
     async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
         let table = self.table.clone();
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
-        traced("Kill", &req.id, &req.exec_id, off_loop(move || {
-            table.kill(&id, &exec_id, req.signal, req.all).map(|()| Empty::new())
-        }))
+        traced(
+            "Kill",
+            &req.id,
+            &req.exec_id,
+            off_loop(move || table.kill(&id, &exec_id, req.signal, req.all).map(|()| Empty::new())),
+        )
         .await
     }
 
     async fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
         let table = self.table.clone();
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
-        traced("Exec", &req.id, &req.exec_id, off_loop(move || {
-            let spec = req
-                .spec
-                .as_ref()
-                .map(|a| a.value.clone())
-                .ok_or_else(|| Error::InvalidArgument("exec needs a process spec".into()))?;
-            let stdio = StdioSpec {
-                stdin: req.stdin.clone(),
-                stdout: req.stdout.clone(),
-                stderr: req.stderr.clone(),
-                terminal: req.terminal,
-            };
-            table.exec(&id, &exec_id, spec, stdio).map(|()| Empty::new())
-        }))
+        traced(
+            "Exec",
+            &req.id,
+            &req.exec_id,
+            off_loop(move || {
+                let spec = req
+                    .spec
+                    .as_ref()
+                    .map(|a| a.value.clone())
+                    .ok_or_else(|| Error::InvalidArgument("exec needs a process spec".into()))?;
+                let stdio = StdioSpec {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                };
+                table.exec(&id, &exec_id, spec, stdio).map(|()| Empty::new())
+            }),
+        )
         .await
     }
 
@@ -210,11 +235,16 @@ impl Task for TaskService {
     async fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
         let table = self.table.clone();
         let id = req.id.clone();
-        traced("Update", &req.id, "", off_loop(move || {
-            let resources =
-                req.resources.as_ref().ok_or_else(|| Error::InvalidArgument("update needs resources".into()))?;
-            table.update(&id, resources).map(|()| Empty::new())
-        }))
+        traced(
+            "Update",
+            &req.id,
+            "",
+            off_loop(move || {
+                let resources =
+                    req.resources.as_ref().ok_or_else(|| Error::InvalidArgument("update needs resources".into()))?;
+                table.update(&id, resources).map(|()| Empty::new())
+            }),
+        )
         .await
     }
 

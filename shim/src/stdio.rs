@@ -437,12 +437,6 @@ impl ProcessIo {
     pub async fn output_closed(&self, timeout: Duration) -> bool {
         self.drain.closed(timeout).await
     }
-
-    /// [`ProcessIo::output_closed`] for a thread that may block (not the loop's: it would
-    /// wait for itself). For the exit path while it still runs on threads of its own.
-    pub fn wait_output(&self, timeout: Duration) -> bool {
-        rt::handle().block_on(self.output_closed(timeout))
-    }
 }
 
 /// Opens where copied output goes: a FIFO read-write (so that the shim holds a read end and
@@ -859,7 +853,7 @@ mod tests {
         let mut w = File::from(stdio.stdout.unwrap());
         w.write_all(b"hello").unwrap();
         drop(w);
-        assert!(io.wait_output(Duration::from_secs(5)));
+        assert!(rt::handle().block_on(io.output_closed(Duration::from_secs(5))));
         let mut got = [0u8; 5];
         reader.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"hello");
@@ -883,14 +877,14 @@ mod tests {
             move || w.write_all(&data).unwrap()
         });
         std::thread::sleep(Duration::from_millis(200));
-        assert!(!io.wait_output(Duration::from_millis(50)), "the copy waits for a reader");
+        assert!(!rt::handle().block_on(io.output_closed(Duration::from_millis(50))), "the copy waits for a reader");
         // The shim holds a write end: this open does not wait.
         let mut reader = open_fifo(&fifo, libc::O_RDONLY, "test").unwrap();
         let mut got = Vec::new();
         reader.read_to_end(&mut got).unwrap();
         writer.join().unwrap();
         assert!(got == data, "all {} bytes in order (got {})", data.len(), got.len());
-        assert!(io.wait_output(Duration::from_secs(5)));
+        assert!(rt::handle().block_on(io.output_closed(Duration::from_secs(5))));
         assert_eq!(io.copied.stdout.load(Ordering::Relaxed), data.len() as u64);
     }
 

@@ -7,7 +7,7 @@
 //!    that comes while the process is still starting waits in the process until the Start
 //!    has published its own event; one whose pid is not the process's (an exec id reused
 //!    after a Delete) is dropped.
-//! 3. Each exit is then handled apart, on the blocking pool, so that no exit waits behind
+//! 3. Each exit is then handled apart, in a task of its own, so that no exit waits behind
 //!    another container's (or another process's) output drain or runtime call: the init of a
 //!    container without a PID namespace of its own has what it left in its cgroup killed;
 //!    the output drains (up to [`OUTPUT_DRAIN_TIMEOUT`]); an OOM kill is published; the
@@ -84,7 +84,9 @@ impl Table {
         rt::spawn(async move {
             match exited {
                 Some(Ok(pidfd)) => drop(pidfd.readable().await),
-                Some(Err(e)) => log::warn!("{id}/{exec_id}: cannot watch its pidfd ({e}); looking every {HEAL_INTERVAL:?}"),
+                Some(Err(e)) => {
+                    log::warn!("{id}/{exec_id}: cannot watch its pidfd ({e}); looking every {HEAL_INTERVAL:?}")
+                }
                 None => {}
             }
             loop {
@@ -144,36 +146,37 @@ impl Table {
         }
     }
 
-    /// Handles `exit` apart from every other (step 3 of the module docs), on the blocking
-    /// pool: it may run the runtime (to kill what an init left) and wait for output.
+    /// Handles `exit` apart from every other (step 3 of the module docs): a task of its own.
     pub(super) fn handle_exit_apart(self: &Arc<Self>, id: &str, exec_id: &str, exit: Exit) {
         let table = self.clone();
         let (id, exec_id) = (id.to_string(), exec_id.to_string());
-        rt::blocking(move || table.handle_exit(&id, &exec_id, exit));
+        rt::spawn(async move { table.handle_exit(&id, &exec_id, exit).await });
     }
 
     /// Records an exit: kills what an init left behind where no kernel will, drains the
     /// process's output, marks it stopped, wakes waiters and publishes /tasks/exit. An
     /// init's exit waits until its execs' exits are reported.
-    fn handle_exit(&self, id: &str, exec_id: &str, exit: Exit) {
+    async fn handle_exit(self: &Arc<Self>, id: &str, exec_id: &str, exit: Exit) {
         if exec_id.is_empty() {
-            self.kill_orphans(id);
+            self.kill_orphans(id).await;
             // Held until no exec runs or starts; reported at once when none does.
             let _ = self.with(id, |c| {
                 c.deferred_init_exit = Some(exit);
                 Ok(())
             });
         } else {
-            self.finish(id, exec_id, exit);
+            self.finish(id, exec_id, exit).await;
         }
         self.release_init_exit(id);
     }
 
-    /// Reports the init's held-back exit once no exec of the container runs or starts.
-    pub(super) fn release_init_exit(&self, id: &str) {
+    /// Reports the init's held-back exit, in a task of its own, once no exec of the container
+    /// runs or starts.
+    pub(super) fn release_init_exit(self: &Arc<Self>, id: &str) {
         let init_exit = self.with(id, |c| Ok(if c.live_execs() { None } else { c.deferred_init_exit.take() }));
         if let Ok(Some(exit)) = init_exit {
-            self.finish(id, "", exit);
+            let (table, id) = (self.clone(), id.to_string());
+            rt::spawn(async move { table.finish(&id, "", exit).await });
         }
     }
 
@@ -181,20 +184,23 @@ impl Table {
     /// what is left in its cgroup, as the kernel would have done in its own namespace (and as
     /// containerd's Go shim does). A worker left behind would hold the container's output
     /// open, and containerd 2.x waits for that output to close before it deletes the task:
-    /// the pod could never stop.
-    fn kill_orphans(&self, id: &str) {
+    /// the pod could never stop. The runtime's kill runs on the blocking pool.
+    async fn kill_orphans(&self, id: &str) {
         let Ok(Some(executor)) = self.with(id, |c| Ok((!c.owns_pid_namespace).then(|| c.executor.clone()))) else {
             return;
         };
-        match executor.kill(id, libc::SIGKILL as u32, true) {
-            Ok(()) | Err(tether_runtime::Error::NotFound(_) | tether_runtime::Error::NotRunning(_)) => {}
-            Err(e) => log::warn!("{id}: cannot kill the processes left after its init exited: {e}"),
+        let owned_id = id.to_string();
+        let killed = rt::blocking(move || executor.kill(&owned_id, libc::SIGKILL as u32, true)).await;
+        match killed {
+            Ok(Ok(()) | Err(tether_runtime::Error::NotFound(_) | tether_runtime::Error::NotRunning(_))) => {}
+            Ok(Err(e)) => log::warn!("{id}: cannot kill the processes left after its init exited: {e}"),
+            Err(e) => log::warn!("{id}: the kill of the processes left after its init exited ended: {e}"),
         }
     }
 
-    fn finish(&self, id: &str, exec_id: &str, exit: Exit) {
+    async fn finish(&self, id: &str, exec_id: &str, exit: Exit) {
         if let Ok(io) = self.io(id, exec_id) {
-            if !io.wait_output(OUTPUT_DRAIN_TIMEOUT) {
+            if !io.output_closed(OUTPUT_DRAIN_TIMEOUT).await {
                 log::warn!("{id}/{exec_id}: output still open {OUTPUT_DRAIN_TIMEOUT:?} after exit; reporting the exit");
             }
         }
