@@ -37,10 +37,6 @@ echo "== done"
 /// Differences README.md documents ("Where the native executor still differs"): lines of a
 /// section that contain these words are left out on both sides.
 const DOCUMENTED: &[(&str, &str)] = &[
-    // cgroup v1 hosts: libcontainer joins only the controllers' hierarchies, not systemd's
-    // named one nor the unified (v2) one that a hybrid host mounts beside them.
-    ("cgroup", ":name=systemd:"),
-    ("cgroup", "0::"),
     // libcontainer mounts sysfs read-write and makes the mount read-only; runc mounts it
     // read-only, so its superblock says ro.
     ("mountinfo", " - sysfs "),

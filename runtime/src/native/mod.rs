@@ -17,6 +17,7 @@
 
 pub mod features;
 pub mod helper;
+mod hierarchies;
 mod payload;
 mod propagation;
 pub mod wire;

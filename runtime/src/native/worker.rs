@@ -19,6 +19,7 @@ use libcontainer::{
 use oci_spec::runtime::{Process, Spec};
 
 use super::{
+    hierarchies::Cgroups,
     payload::{ExecPlan, Payload},
     propagation::{self, Propagation},
     wire::{Failure, Op, Reply, Request},
@@ -36,25 +37,41 @@ fn execute(req: Request, stdio: [OwnedFd; 3]) -> Result<i32, LibcontainerError> 
     match req.op {
         Op::Create { bundle, pid_file, console_socket, no_pivot_root } => {
             // A spec that cannot be read is left to libcontainer to report.
-            let plan =
-                Spec::load(bundle.join("config.json")).map(|spec| Propagation::of(&spec, &bundle)).unwrap_or_default();
+            let spec = Spec::load(bundle.join("config.json")).ok();
+            let plan = spec.as_ref().map(|spec| Propagation::of(spec, &bundle)).unwrap_or_default();
+            let cgroups = match &spec {
+                Some(spec) => cgroups_of(spec, &req.id)?,
+                None => Cgroups::default(),
+            };
             // A spec libcontainer must read in place of the bundle's goes to a bundle of its
             // own beside the containers' state, for the moment of the create.
             let own_bundle = match &plan.spec {
                 Some(spec) => Some(own_bundle(&req.root, &req.id, spec)?),
                 None => None,
             };
-            let built = builder(&req.id, &req.root, &pid_file, console_socket.as_deref(), stdio)?
-                .with_executor(Payload::for_init())
-                .as_init(own_bundle.as_ref().unwrap_or(&bundle))
-                .with_systemd(req.systemd_cgroup)
-                .with_detach(true)
-                .with_no_pivot(no_pivot_root)
-                .build();
+            let built = inside(&cgroups, || {
+                builder(&req.id, &req.root, &pid_file, console_socket.as_deref(), stdio)?
+                    .with_executor(Payload::for_init())
+                    .as_init(own_bundle.as_ref().unwrap_or(&bundle))
+                    .with_systemd(req.systemd_cgroup)
+                    .with_detach(true)
+                    .with_no_pivot(no_pivot_root)
+                    .build()
+            });
             if let Some(dir) = &own_bundle {
                 let _ = fs::remove_dir_all(dir);
             }
-            let mut container = built?;
+            let mut container = match built {
+                Ok(container) => container,
+                // That container is another create's.
+                Err(err @ LibcontainerError::Exist) => return Err(err),
+                Err(err) => {
+                    // libcontainer has removed the rest of what it made, and waited for its
+                    // processes to leave; the failure is the create's, not this cleanup's.
+                    let _ = cgroups.remove(Instant::now());
+                    return Err(err);
+                }
+            };
             if own_bundle.is_some() {
                 container.state.bundle = fs::canonicalize(&bundle).map_err(LibcontainerError::OtherIO)?;
                 container.save()?;
@@ -62,14 +79,16 @@ fn execute(req: Request, stdio: [OwnedFd; 3]) -> Result<i32, LibcontainerError> 
             let pid = container.pid().map_or(0, |p| p.as_raw());
             if !plan.mounts.is_empty() {
                 if let Err(err) = propagation::apply(pid, &plan.mounts) {
-                    let _ = container.delete(true);
+                    let _ = delete(&dir, true);
                     return Err(LibcontainerError::Other(format!("failed to prepare rootfs: {err}")));
                 }
             }
             Ok(pid)
         }
         Op::Exec { process_spec, pid_file, console_socket } => {
-            let plan = exec_plan(&dir, &process_spec)?;
+            let spec = Spec::load(Container::load(dir.clone())?.bundle().join("config.json"))?;
+            let plan = exec_plan(&spec, &process_spec)?;
+            let cgroups = cgroups_of(&spec, &req.id)?;
             // libcontainer reads the process spec from a file: a changed one goes next to
             // the container's state, for the moment of the call.
             let changed = plan.changed.then(|| dir.join(format!("tether-exec-{}.json", std::process::id())));
@@ -77,38 +96,21 @@ fn execute(req: Request, stdio: [OwnedFd; 3]) -> Result<i32, LibcontainerError> 
                 let text = serde_json::to_vec(&plan.process).map_err(LibcontainerError::OtherSerialization)?;
                 fs::write(path, text).map_err(LibcontainerError::OtherIO)?;
             }
-            let built = builder(&req.id, &req.root, &pid_file, console_socket.as_deref(), stdio)?
-                .with_executor(plan.payload)
-                .as_tenant()
-                .with_detach(true)
-                .with_process(Some(changed.as_ref().unwrap_or(&process_spec)))
-                .build();
+            let built = inside(&cgroups, || {
+                builder(&req.id, &req.root, &pid_file, console_socket.as_deref(), stdio)?
+                    .with_executor(plan.payload)
+                    .as_tenant()
+                    .with_detach(true)
+                    .with_process(Some(changed.as_ref().unwrap_or(&process_spec)))
+                    .build()
+            });
             if let Some(path) = &changed {
                 let _ = fs::remove_file(path);
             }
             Ok(built?.as_raw())
         }
         Op::Start => Container::load(dir)?.start().map(|()| 0),
-        Op::Delete { force } => {
-            let patience = Instant::now() + FORCE_DELETE_PATIENCE;
-            loop {
-                if !dir.exists() {
-                    return Ok(0);
-                }
-                let mut container = Container::load(dir.clone())?;
-                if force && container.status() == ContainerStatus::Creating {
-                    // A create that died half way: libcontainer refuses to delete a container
-                    // it believes is still being created, and nothing of it can run.
-                    container.set_status(ContainerStatus::Stopped);
-                }
-                match container.delete(force) {
-                    // libcontainer gives the processes it just killed about 0.1 s to leave
-                    // the cgroup before it gives up removing it; a loaded machine needs longer.
-                    Err(_) if force && Instant::now() < patience => thread::sleep(FORCE_DELETE_RETRY),
-                    other => return other.map(|()| 0),
-                }
-            }
-        }
+        Op::Delete { force } => delete(&dir, force).map(|()| 0),
         Op::Checkpoint(opts) => {
             let options = libcontainer::container::CheckpointOptions {
                 ext_unix_sk: opts.criu.external_unix_sockets,
@@ -131,6 +133,59 @@ fn execute(req: Request, stdio: [OwnedFd; 3]) -> Result<i32, LibcontainerError> 
     }
 }
 
+/// Deletes the container whose state is in `dir`: what libcontainer made, then its cgroups in
+/// the hierarchies libcontainer leaves alone.
+fn delete(dir: &Path, force: bool) -> Result<(), LibcontainerError> {
+    let patience = Instant::now() + FORCE_DELETE_PATIENCE;
+    // Read before libcontainer removes the state that names them.
+    let mut cgroups = None;
+    loop {
+        if !dir.exists() {
+            break;
+        }
+        let mut container = Container::load(dir.to_path_buf())?;
+        if cgroups.is_none() {
+            // A create that died before libcontainer wrote the container's config made none.
+            cgroups = Some(match container.spec() {
+                Ok(config) => Cgroups::at(&config.cgroup_path)?,
+                Err(_) => Cgroups::default(),
+            });
+        }
+        if force && container.status() == ContainerStatus::Creating {
+            // A create that died half way: libcontainer refuses to delete a container
+            // it believes is still being created, and nothing of it can run.
+            container.set_status(ContainerStatus::Stopped);
+        }
+        match container.delete(force) {
+            // libcontainer gives the processes it just killed about 0.1 s to leave
+            // the cgroup before it gives up removing it; a loaded machine needs longer.
+            Err(_) if force && Instant::now() < patience => thread::sleep(FORCE_DELETE_RETRY),
+            Err(err) => return Err(err),
+            Ok(()) => break,
+        }
+    }
+    cgroups.map_or(Ok(()), |c| c.remove(patience))
+}
+
+/// The cgroups of the container `id` of `spec` in the hierarchies libcontainer leaves alone:
+/// at the cgroups path libcontainer gives its controllers.
+fn cgroups_of(spec: &Spec, id: &str) -> Result<Cgroups, LibcontainerError> {
+    let path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    Cgroups::at(&libcontainer::utils::get_cgroup_path(&path, id))
+}
+
+/// Runs `build` (libcontainer's create or exec) with this process in `cgroups`, so that the
+/// processes libcontainer clones from it start in them, and moves it back to its own cgroups
+/// after (see [`super::hierarchies`]).
+fn inside<T>(cgroups: &Cgroups, build: impl FnOnce() -> Result<T, LibcontainerError>) -> Result<T, LibcontainerError> {
+    let own = cgroups.enter()?;
+    let built = build();
+    // A worker that stays in them only until it exits, a moment later, harms nothing; the
+    // outcome is libcontainer's.
+    let _ = own.join();
+    built
+}
+
 /// Writes `spec` as the `config.json` of a bundle of its own for the container `id`, in the
 /// state root `root`; returns the bundle's dir.
 fn own_bundle(root: &Path, id: &str, spec: &Spec) -> Result<PathBuf, LibcontainerError> {
@@ -140,12 +195,10 @@ fn own_bundle(root: &Path, id: &str, spec: &Spec) -> Result<PathBuf, Libcontaine
     Ok(dir)
 }
 
-/// How a process exec'd in the container whose state is in `dir` must be started: the
-/// container's seccomp profile, which libcontainer leaves out of an exec, goes to the payload
-/// (see [`super::payload`]).
-fn exec_plan(dir: &Path, process_spec: &Path) -> Result<ExecPlan, LibcontainerError> {
-    let container = Container::load(dir.to_path_buf())?;
-    let spec = Spec::load(container.bundle().join("config.json"))?;
+/// How a process exec'd in the container of `spec` must be started: the container's seccomp
+/// profile, which libcontainer leaves out of an exec, goes to the payload (see
+/// [`super::payload`]).
+fn exec_plan(spec: &Spec, process_spec: &Path) -> Result<ExecPlan, LibcontainerError> {
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     let text = fs::read(process_spec).map_err(LibcontainerError::OtherIO)?;
     let process: Process = serde_json::from_slice(&text).map_err(LibcontainerError::OtherSerialization)?;
