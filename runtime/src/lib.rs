@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{Error, Result};
 pub use executor::{CheckpointOpts, ContainerState, CreateOpts, CriuOpts, ExecOpts, Executor, RestoreOpts, Stdio};
-pub use waiter::{exit_code, ChildWaiter, DirectWaiter};
+pub use waiter::{exit_code, reaping, spawn, ChildWaiter, DirectWaiter};
 
 /// Fails with [`Error::MissingTool`] unless the CRIU binary (`criu`, default `criu` on PATH)
 /// can be found, so that a host without CRIU gets a plain answer instead of an exec error

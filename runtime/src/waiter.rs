@@ -1,6 +1,30 @@
-//! Waiting for the exit of a child the executor forked.
+//! Waiting for the exit of a child the executor forked, and spawning one beside a reaper.
 
-use std::time::Instant;
+use std::{
+    io,
+    process::{Child, Command},
+    sync::{PoisonError, RwLock, RwLockWriteGuard},
+    time::Instant,
+};
+
+/// Shared by every [`spawn`], held alone by a reaper while it reaps ([`reaping`]).
+static SPAWNS: RwLock<()> = RwLock::new(());
+
+/// Spawns `cmd` so that a reaper that collects every child (`waitpid(-1)`, the shim's) cannot
+/// take the child from std: when the exec of a child forked with a `pre_exec` hook fails,
+/// `Command::spawn` reaps that child itself before it returns the error, and panics if
+/// someone else already did (with `panic = "abort"`, the whole shim would die of a runtime
+/// binary that cannot run). Every spawn of the serving shim goes through here.
+pub fn spawn(cmd: &mut Command) -> io::Result<Child> {
+    let _spawning = SPAWNS.read().unwrap_or_else(PoisonError::into_inner);
+    cmd.spawn()
+}
+
+/// Held by a reaper for as long as it reaps: no [`spawn`] is under way meanwhile, and none
+/// starts. The holder must not spawn (it would wait for itself).
+pub fn reaping() -> RwLockWriteGuard<'static, ()> {
+    SPAWNS.write().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Delivers the wait status of a child process.
 ///

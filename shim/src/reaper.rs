@@ -192,8 +192,11 @@ impl Reaper {
         true
     }
 
-    /// Reaps every exited child without blocking and routes each exit.
+    /// Reaps every exited child without blocking and routes each exit. No child is spawned
+    /// meanwhile ([`tether_runtime::reaping`]): std may still have to reap one whose exec
+    /// failed.
     fn reap_all(&self) {
+        let _no_spawn = tether_runtime::reaping();
         while let Some(deliveries) = self.reap_one() {
             deliver(deliveries);
         }

@@ -792,7 +792,7 @@ fn start_logger(path: &Path, args: &[String], id: &str, ns: &str, out: OwnedFd, 
         .stderr(std::process::Stdio::null());
     let passed = crate::sys::pass_fds(&mut cmd, &[&out, &err, &ready_w])
         .map_err(|e| Error::io("passing fds to the logging binary", e))?;
-    cmd.spawn().map_err(|e| Error::io(format!("starting logging binary {}", path.display()), e))?;
+    tether_runtime::spawn(&mut cmd).map_err(|e| Error::io(format!("starting logging binary {}", path.display()), e))?;
     drop((cmd, passed, ready_w, out, err));
     // The logger closes (or writes to) its fd 5 once ready: wait for that, bounded.
     let mut ready = File::from(ready_r);

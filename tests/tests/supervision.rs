@@ -1,10 +1,11 @@
 //! Processes the shim cannot reap: a container whose init is another process's child. Its
 //! exit status never reaches the shim, yet the task must not seem to run forever.
-//! And the watch for them costs nothing while all is well: no timer wakes an idle shim.
+//! And the watch for them costs nothing while all is well: an idle shim is one thread, and no
+//! timer wakes it.
 
 use std::fs;
 
-use tether_tests::env::{parent_pid, pid_alive, Env, TetherConfig};
+use tether_tests::env::{parent_pid, pid_alive, usage, Env, TetherConfig};
 use tether_tests::runtime::adopting_runc;
 use tether_tests::{secs, wait_until, Daemon};
 
@@ -77,8 +78,10 @@ fn a_shim_whose_containers_just_run_does_not_wake_on_a_timer(daemon: Daemon) {
     env.run("c1").detach().run(&["sleep", "1000"]).expect_ok();
     env.ctr.wait_status("c1", "RUNNING", secs(10));
     let shim = env.shim_pid_of("c1");
-    // Past the trim, and past the life of the threads that ran the runtime.
+    // Past the trim, and past the life of the threads that ran the runtime: from then on the
+    // shim is its loop alone.
     std::thread::sleep(secs(3));
+    assert_eq!(usage(shim).threads, 1, "an idle shim serving one container runs one thread");
     // The loop (the main thread) waits on the init's pidfd, the signals and the sockets:
     // nothing wakes it while the init runs (it used to look for lost exits every 5 s,
     // faulting its code back into an idle shim).

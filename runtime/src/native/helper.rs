@@ -145,7 +145,7 @@ impl Helper {
             });
         }
         // The helper is the shim's child: the shim's reaper collects it when it exits.
-        cmd.spawn().map_err(|source| Error::Spawn { binary: self.exe.clone(), source })?;
+        crate::spawn(&mut cmd).map_err(|source| Error::Spawn { binary: self.exe.clone(), source })?;
         Ok(ours)
     }
 }
