@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -138,6 +139,8 @@ pub struct Launch<'a> {
     pub bundle: PathBuf,
     log: Option<LogDrain>,
     client: Option<ShimClient>,
+    /// The `cgroup.procs` the shim is started in (see [`Launch::in_cgroup`]).
+    cgroup_procs: Option<PathBuf>,
     created: bool,
     deleted: bool,
     shut_down: bool,
@@ -169,6 +172,7 @@ impl<'a> Launch<'a> {
             bundle,
             log: None,
             client: None,
+            cgroup_procs: None,
             created: false,
             deleted: false,
             shut_down: false,
@@ -187,6 +191,13 @@ impl<'a> Launch<'a> {
         }
     }
 
+    /// Starts the shim in the cgroup whose `cgroup.procs` is `procs`: its `start` process
+    /// joins it before it runs, so the serving shim it forks, and everything that one forks,
+    /// is charged there from its first page on.
+    pub fn in_cgroup(&mut self, procs: PathBuf) {
+        self.cgroup_procs = Some(procs);
+    }
+
     /// `start`, then a ttrpc connection to the address it printed.
     pub fn start_shim(&mut self) -> Result<(), String> {
         let env = self.env;
@@ -201,6 +212,26 @@ impl<'a> Launch<'a> {
             .current_dir(&self.bundle)
             .env("TTRPC_ADDRESS", env.containerd.ttrpc_address())
             .env("GOMAXPROCS", "2");
+        if let Some(procs) = &self.cgroup_procs {
+            let path = std::ffi::CString::new(procs.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+            // SAFETY: open, write and close are async-signal-safe; the path was made before
+            // the fork. "0" names the writing process itself.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(err);
+                    }
+                    Ok(())
+                });
+            }
+        }
         let options = self.target.options(env).write_to_bytes().map_err(|e| e.to_string())?;
         let started = timed::run(cmd, Some(&options), START_TIMEOUT).and_then(timed::Finished::success);
         let out = started.map_err(|e| self.fail("start", e))?;
@@ -208,6 +239,11 @@ impl<'a> Launch<'a> {
         self.client =
             Some(ShimClient::connect(&address).map_err(|e| self.fail(&format!("connecting to {address}"), e))?);
         Ok(())
+    }
+
+    /// The ttrpc connection to the started shim.
+    pub fn client(&self) -> Result<&ShimClient, String> {
+        self.client.as_ref().ok_or_else(|| self.fail("calling", "the shim was not started"))
     }
 
     fn call<Resp: Message>(&self, method: &str, req: &impl Message) -> Result<Resp, String> {

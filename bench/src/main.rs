@@ -8,12 +8,15 @@
 //! root, containerd, runc and busybox-static, like the integration tests whose harness it uses.
 
 mod alternate;
+mod cgroups;
 mod containers;
+mod exec_storm;
 mod goals;
 mod interrupt;
 mod launch;
 mod machine;
 mod memory;
+mod node_memory;
 mod options;
 mod procfs;
 mod report;
@@ -37,7 +40,7 @@ use crate::targets::Target;
 
 fn main() {
     let opts = match options::parse(std::env::args().skip(1)) {
-        Ok(Command::Run(o)) => o,
+        Ok(Command::Run(o)) => *o,
         Ok(Command::Help) => {
             print!("{}", options::USAGE);
             return;
@@ -122,6 +125,9 @@ fn value<'a>(info: &'a RunInfo, key: &str) -> &'a str {
 fn run(env: &Env, targets: &[Target], opts: &Options) -> Results {
     let mut results = Results::default();
     let go_on = |figure: &str| opts.wants(figure) && !interrupt::requested();
+    if go_on("node-memory") {
+        results.figures.extend(node_memory::figures(env, targets, opts));
+    }
     if go_on("memory") {
         results.figures.extend(memory::figures(env, targets, opts));
     }
@@ -134,7 +140,7 @@ fn run(env: &Env, targets: &[Target], opts: &Options) -> Results {
     if go_on("burst") {
         results.figures.push(through_containerd::burst(env, targets, opts));
     }
-    let shim_level = ["stdio", "shim-start", "shim-lifecycle"].iter().any(|f| go_on(f));
+    let shim_level = ["stdio", "shim-start", "shim-lifecycle", "exec-storm"].iter().any(|f| go_on(f));
     if !shim_level {
         return results;
     }
@@ -154,6 +160,9 @@ fn run(env: &Env, targets: &[Target], opts: &Options) -> Results {
     }
     if go_on("shim-lifecycle") {
         results.figures.push(shim_level::lifecycle(env, targets, &spec, opts));
+    }
+    if go_on("exec-storm") {
+        results.figures.extend(exec_storm::figures(env, targets, &spec, opts));
     }
     results
 }

@@ -139,7 +139,7 @@ fn scenario(
 
 /// The shims serving `ids` are the parents of their init processes (a shim is its
 /// containers' subreaper).
-fn shims_of(env: &Env, ids: &[String]) -> Result<BTreeSet<u32>, String> {
+pub fn shims_of(env: &Env, ids: &[String]) -> Result<BTreeSet<u32>, String> {
     let tasks = env.ctr.tasks();
     let mut shims = BTreeSet::new();
     for id in ids {

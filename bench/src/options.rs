@@ -7,7 +7,8 @@ tether-bench: tether (runc and native executors) against containerd's Go shim, s
 
 usage: tether-bench [OPTIONS]   (as root; build the shim first: cargo dist)
 
-  --quick               tiny counts for a smoke run (10 iterations, 5 containers, 64 MiB)
+  --quick               tiny counts for a smoke run (10 iterations, 5 containers, 64 MiB,
+                        4 pods polled for 12 s, a 10 s idle window, storms of 100 and 500)
   --iterations N        iterations of every latency figure (lifecycle, exec, shim start,
                         shim lifecycle)
   --lifecycle N         create→start→exit→delete through containerd   [200]
@@ -15,22 +16,36 @@ usage: tether-bench [OPTIONS]   (as root; build the shim first: cargo dist)
   --shim-start N        `start` to a served Connect                   [200]
   --shim-lifecycle N    start+Create+Start+Wait+Delete+Shutdown       [200]
   --warmup N            unrecorded iterations per target first        [3]
+  --pods N              pods of node memory: the marginal pod between
+                        N/2 and N                                     [20]
+  --node-settle S       seconds of metrics polling (every 10 s, as
+                        kubelet) before each node-memory reading      [35]
+  --idle-window S       seconds without calls over which an idle
+                        shim's wake-ups are counted (per minute)      [60]
+  --exec-storm A,B,...  exec counts after which the storm reads the
+                        shim's memory (--only exec-storm)             [10000,100000]
   --containers N        containers of the memory figures              [50]
-  --memory-rounds N     repetitions of the memory figures             [1]
+  --memory-rounds N     repetitions of the memory figures (node memory
+                        too)                                          [1]
   --burst N             containers per burst                          [100]
-  --in-flight N         concurrent creations in a burst               [8]
+  --in-flight N         concurrent creations in a burst, execs in the
+                        exec storm                                    [8]
   --burst-rounds N      bursts per target                             [3]
   --stdio-mib N         MiB a container writes to stdout              [1024]
   --stdio-rounds N      stdio runs per target                         [3]
-  --only LIST           figures to run, comma-separated, of: memory, lifecycle, exec,
-                        burst, stdio, shim-start, shim-lifecycle      [all]
+  --only LIST           figures to run, comma-separated, of: node-memory, memory,
+                        lifecycle, exec, burst, stdio, shim-start, shim-lifecycle,
+                        exec-storm                 [all but exec-storm, which is on demand]
   --targets LIST        of: go, runc, native                          [go,runc,native]
   --out DIR             where tether-bench.json and tether-bench.svg go [bench-results]
   -h, --help            this text
 ";
 
-/// The figures, as `--only` names them.
-pub const FIGURES: [&str; 7] = ["memory", "lifecycle", "exec", "burst", "stdio", "shim-start", "shim-lifecycle"];
+/// The figures, as `--only` names them, in the order they run.
+pub const FIGURES: [&str; 9] =
+    ["node-memory", "memory", "lifecycle", "exec", "burst", "stdio", "shim-start", "shim-lifecycle", "exec-storm"];
+/// Figures that run only when `--only` names them: the exec storm takes an hour or more.
+pub const ON_DEMAND: [&str; 1] = ["exec-storm"];
 /// The targets, as `--targets` names them.
 pub const TARGETS: [&str; 3] = ["go", "runc", "native"];
 
@@ -43,6 +58,10 @@ pub struct Options {
     pub warmup: usize,
     pub containers: usize,
     pub memory_rounds: usize,
+    pub pods: usize,
+    pub node_settle_secs: u64,
+    pub idle_window_secs: u64,
+    pub storm: Vec<usize>,
     pub burst: usize,
     pub in_flight: usize,
     pub burst_rounds: usize,
@@ -64,12 +83,16 @@ impl Default for Options {
             warmup: 3,
             containers: 50,
             memory_rounds: 1,
+            pods: 20,
+            node_settle_secs: 35,
+            idle_window_secs: 60,
+            storm: vec![10_000, 100_000],
             burst: 100,
             in_flight: 8,
             burst_rounds: 3,
             stdio_mib: 1024,
             stdio_rounds: 3,
-            figures: FIGURES.map(String::from).to_vec(),
+            figures: FIGURES.iter().filter(|f| !ON_DEMAND.contains(f)).map(|f| f.to_string()).collect(),
             targets: TARGETS.map(String::from).to_vec(),
             out: PathBuf::from("bench-results"),
         }
@@ -79,7 +102,7 @@ impl Default for Options {
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    Run(Options),
+    Run(Box<Options>),
     Help,
 }
 
@@ -99,6 +122,10 @@ impl Options {
             n("warmup", self.warmup),
             n("memory_containers", self.containers),
             n("memory_rounds", self.memory_rounds),
+            n("node_memory_pods", self.pods),
+            ("node_memory_settle_secs".into(), self.node_settle_secs.to_string()),
+            ("idle_window_secs".into(), self.idle_window_secs.to_string()),
+            ("exec_storm".into(), self.storm.iter().map(usize::to_string).collect::<Vec<_>>().join(",")),
             n("burst_containers", self.burst),
             n("burst_in_flight", self.in_flight),
             n("burst_rounds", self.burst_rounds),
@@ -118,6 +145,10 @@ impl Options {
             warmup: 1,
             containers: 5,
             memory_rounds: 1,
+            pods: 4,
+            node_settle_secs: 12,
+            idle_window_secs: 10,
+            storm: vec![100, 500],
             burst: 16,
             in_flight: 8,
             burst_rounds: 1,
@@ -158,6 +189,20 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--warmup" => o.warmup = count(value()?)?,
             "--containers" => o.containers = count(value()?)?.max(1),
             "--memory-rounds" => o.memory_rounds = count(value()?)?,
+            "--pods" => o.pods = count(value()?)?.max(2),
+            "--node-settle" => o.node_settle_secs = count(value()?)? as u64,
+            "--idle-window" => o.idle_window_secs = count(value()?)?.max(1) as u64,
+            "--exec-storm" => {
+                let mut counts =
+                    value()?.split(',').map(|c| count(c.trim().to_owned())).collect::<Result<Vec<_>, _>>()?;
+                counts.sort_unstable();
+                counts.dedup();
+                counts.retain(|c| *c > 0);
+                if counts.is_empty() {
+                    return Err(format!("{flag}: no count"));
+                }
+                o.storm = counts;
+            }
             "--burst" => o.burst = count(value()?)?,
             "--in-flight" => o.in_flight = count(value()?)?.max(1),
             "--burst-rounds" => o.burst_rounds = count(value()?)?,
@@ -169,7 +214,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
     }
-    Ok(Command::Run(o))
+    Ok(Command::Run(Box::new(o)))
 }
 
 /// A comma-separated list whose every item is one of `known`, in `known`'s order.
@@ -190,7 +235,7 @@ mod tests {
 
     fn run(args: &str) -> Result<Options, String> {
         match parse(args.split_whitespace().map(String::from))? {
-            Command::Run(o) => Ok(o),
+            Command::Run(o) => Ok(*o),
             Command::Help => Err("help".into()),
         }
     }
@@ -202,7 +247,21 @@ mod tests {
             (o.lifecycle, o.exec, o.containers, o.burst, o.in_flight, o.stdio_mib),
             (200, 200, 50, 100, 8, 1024)
         );
-        assert!(o.wants("memory") && o.wants("shim-lifecycle"));
+        assert!(o.wants("memory") && o.wants("shim-lifecycle") && o.wants("node-memory"));
+        assert!(!o.wants("exec-storm"), "the storm is on demand");
+        assert_eq!((o.pods, o.node_settle_secs, o.idle_window_secs), (20, 35, 60));
+        assert_eq!(o.storm, [10_000, 100_000]);
+    }
+
+    #[test]
+    fn the_storm_runs_when_asked_for() {
+        let o = run("--quick --only exec-storm").unwrap();
+        assert_eq!(o.figures, ["exec-storm"]);
+        assert_eq!(o.storm, [100, 500]);
+        let o = run("--exec-storm 300,20,300").unwrap();
+        assert_eq!(o.storm, [20, 300]);
+        assert!(run("--exec-storm 0").is_err());
+        assert!(run("--exec-storm x").unwrap_err().contains("not a count"));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! What /proc says about a process: its memory and its children.
+//! What /proc says about a process: its memory, its threads, how often they ran, and its
+//! children.
 
 use std::fs;
 
@@ -30,6 +31,42 @@ pub fn parse_smaps_rollup(text: &str) -> Option<Memory> {
 /// The memory of `pid`, None if it is gone.
 pub fn memory(pid: u32) -> Option<Memory> {
     parse_smaps_rollup(&fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?)
+}
+
+/// A `Name:   value` line of a /proc status file, as a number.
+fn status_field(status: &str, name: &str) -> Option<u64> {
+    status.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).and_then(|v| v.trim().parse().ok())
+}
+
+/// The number of threads of `pid` (`Threads:` of /proc/PID/status), None if it is gone.
+pub fn threads(pid: u32) -> Option<u64> {
+    status_field(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?, "Threads")
+}
+
+/// One thread's context switches, with its name (`comm`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadSwitches {
+    pub tid: u32,
+    pub name: String,
+    pub switches: u64,
+}
+
+/// How many times each thread of `pid` was switched out (voluntary: it waited; and
+/// nonvoluntary: preempted), from /proc/PID/task/*/status: every wake-up of a thread ends in
+/// one (the process's own status counts its main thread only). A thread that ended is not
+/// listed; None if the process is gone.
+pub fn thread_switches(pid: u32) -> Option<Vec<ThreadSwitches>> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else { continue };
+        let Ok(status) = fs::read_to_string(task.path().join("status")) else { continue };
+        let switches = status_field(&status, "voluntary_ctxt_switches").unwrap_or(0)
+            + status_field(&status, "nonvoluntary_ctxt_switches").unwrap_or(0);
+        let name = status.lines().find_map(|l| l.strip_prefix("Name:")).unwrap_or("").trim().to_owned();
+        out.push(ThreadSwitches { tid, name, switches });
+    }
+    Some(out)
 }
 
 /// argv of `pid` (empty if it is gone).
@@ -71,5 +108,16 @@ mod tests {
         let me = std::process::id();
         assert!(memory(me).is_some_and(|m| m.rss_kib > 0 && m.pss_kib > 0));
         assert!(!cmdline(me).is_empty());
+        assert!(threads(me).is_some_and(|n| n >= 1));
+        assert!(thread_switches(me).is_some_and(|t| t.iter().map(|t| t.switches).sum::<u64>() > 0));
+    }
+
+    #[test]
+    fn reads_status_fields() {
+        let status = "Name:\tx\nThreads:\t3\nvoluntary_ctxt_switches:\t10\nnonvoluntary_ctxt_switches:\t2\n";
+        assert_eq!(status_field(status, "Threads"), Some(3));
+        assert_eq!(status_field(status, "voluntary_ctxt_switches"), Some(10));
+        assert_eq!(status_field(status, "nonvoluntary_ctxt_switches"), Some(2));
+        assert_eq!(status_field(status, "Missing"), None);
     }
 }

@@ -84,7 +84,7 @@ pub fn table(results: &Results) -> String {
         out += line.trim_end();
         out.push('\n');
     }
-    out += "tail: p99 of a time, p1 (slowest runs) of a throughput, max of a memory figure; ×Go: median / Go shim's median\n";
+    out += "tail: p99 of a time, p1 (slowest runs) of a throughput, max of a memory figure or a count; ×Go: median / Go shim's median\n";
     for f in &results.figures {
         for n in &f.notes {
             out += &format!("note ({}): {n}\n", f.id);

@@ -16,7 +16,12 @@ pub enum Unit {
     Millis,
     Seconds,
     MiB,
+    KiB,
     MBps,
+    /// A count per process (threads per shim).
+    Count,
+    /// Events in one minute (wake-ups of an idle shim).
+    PerMinute,
 }
 
 impl Unit {
@@ -25,17 +30,20 @@ impl Unit {
             Unit::Millis => "ms",
             Unit::Seconds => "s",
             Unit::MiB => "MiB",
+            Unit::KiB => "KiB",
             Unit::MBps => "MB/s",
+            Unit::Count => "count",
+            Unit::PerMinute => "/min",
         }
     }
 
     /// The statistic that shows a series' bad tail: p99 of a time, p1 of a throughput (the
-    /// slowest runs), the maximum of a memory figure (few samples).
+    /// slowest runs), the maximum of a memory figure or a count (few samples, more is worse).
     pub fn tail(self, s: &Summary) -> f64 {
         match self {
             Unit::Millis | Unit::Seconds => s.p99,
             Unit::MBps => s.p1,
-            Unit::MiB => s.max,
+            Unit::MiB | Unit::KiB | Unit::Count | Unit::PerMinute => s.max,
         }
     }
 
@@ -43,7 +51,7 @@ impl Unit {
         match self {
             Unit::Millis | Unit::Seconds => "p99",
             Unit::MBps => "p1",
-            Unit::MiB => "max",
+            Unit::MiB | Unit::KiB | Unit::Count | Unit::PerMinute => "max",
         }
     }
 
