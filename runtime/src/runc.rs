@@ -151,7 +151,8 @@ impl RuncExecutor {
         }
 
         let spawned = Instant::now();
-        let mut child = crate::spawn(&mut cmd).map_err(|source| Error::Spawn { binary: self.config.binary.clone(), source })?;
+        let mut child =
+            crate::spawn(&mut cmd).map_err(|source| Error::Spawn { binary: self.config.binary.clone(), source })?;
         // The Command keeps our copies of the streams; drop them now so the container's
         // pipes see EOF once the container (not this call) closes them.
         drop(cmd);

@@ -52,7 +52,7 @@ impl ChildWaiter for DirectWaiter {
             if r == pid {
                 return status;
             }
-            if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
                 // Someone else reaped it; report a generic failure rather than hang.
                 return 255 << 8;
             }

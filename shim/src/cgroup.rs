@@ -409,7 +409,7 @@ fn parse_proc_cgroup(text: &str) -> HashMap<String, String> {
 /// Whether a [`start_migration_grace_period`] move is being made.
 static UNDER_WAY: AtomicBool = AtomicBool::new(false);
 
-/// Starts, on a thread of its own, the RCU grace period that the runtime's move of a new
+/// Starts, on the blocking pool, the RCU grace period that the runtime's move of a new
 /// process into its cgroup is about to wait for, so that the wait overlaps with the runtime's
 /// start-up instead of following it.
 ///

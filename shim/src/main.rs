@@ -118,7 +118,8 @@ fn spill_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(".").into())
 }
 
-/// The serving shim: subreaper, reaper, events, the task service on the inherited socket.
+/// The serving shim: subreaper, reaper, events, the task service on the inherited socket, all
+/// on one event loop run by this thread (see `rt`).
 fn serve(args: &cli::Args) -> Result<()> {
     redirect_log();
     let runtime = rt::start().map_err(|e| Error::io("starting the event loop", e))?;
@@ -126,8 +127,8 @@ fn serve(args: &cli::Args) -> Result<()> {
     // SIGTERM (a node shutting down, systemd stopping containerd's unit) ends the shim the way
     // Shutdown does; installed first, so that none is missed while the shim sets up.
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("installing the SIGTERM handler", e))?;
-    // One malloc arena per thread would keep memory from every burst of calls; a shim's
-    // threads mostly wait, so two arenas cost nothing in speed.
+    // One malloc arena per thread would keep memory from every burst of calls on the blocking
+    // pool; the loop and the pool's short-lived threads sharing two cost nothing in speed.
     // SAFETY: mallopt with integer arguments, before any other thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     // SAFETY: prctl with plain integer arguments.

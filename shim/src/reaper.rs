@@ -94,6 +94,7 @@ impl Inner {
             None => {
                 self.unclaimed.retain(|e| exit.reaped.duration_since(e.reaped) < UNCLAIMED_TTL);
                 self.unclaimed.push(exit);
+                log::debug!("pid {} is watched by nobody yet; {} such exits kept", exit.pid, self.unclaimed.len());
                 None
             }
         }
@@ -320,6 +321,21 @@ pub(crate) mod tests {
         let child = Command::new("sh").args(["-c", "exit 5"]).spawn().unwrap();
         let status = reaper.wait_child(child.id() as i32, spawned);
         assert_eq!(exit_code(status), 5);
+    }
+
+    #[test]
+    fn a_spawn_whose_exec_fails_is_not_reaped_from_under_std() {
+        use std::os::unix::process::CommandExt;
+        // The reaper runs (and reaps every child) while these spawns fail: std reaps each
+        // failed child itself, and would panic had the reaper taken it first.
+        let _reaper = shared();
+        for _ in 0..200 {
+            let mut cmd = Command::new("/no/such/runtime");
+            // SAFETY: an empty hook; it only makes std fork and exec itself, as runc's does.
+            unsafe { cmd.pre_exec(|| Ok(())) };
+            let err = tether_runtime::spawn(&mut cmd).expect_err("no such binary");
+            assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        }
     }
 
     /// Set in the copy of the test binary that runs as pid 1 of a pid namespace of its own.

@@ -125,7 +125,7 @@ impl Table {
     }
 
     /// Step 2 of the module docs: an exit matched to its process, held while it starts, or
-    /// handed to a thread of its own.
+    /// handed to a task of its own.
     pub(super) fn exit_arrived(self: &Arc<Self>, id: &str, exec_id: &str, exit: Exit) {
         let handle_now = self.with(id, |c| {
             let p = c.process_mut(exec_id)?;
