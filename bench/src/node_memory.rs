@@ -17,8 +17,8 @@
 //!   runtime process that one forks are charged to `shims` from their first page on, while
 //!   containerd's own growth (its per-task state, its shim connections) lands in
 //!   `containerd`, shown separately and not counted in the pod's cost. The symlinks come
-//!   back (the shadows go) when the figure ends. Moving each shim after it started would
-//!   leave its start-up charges behind in containerd's cgroup (v1 does not move charges
+//!   back when the figure ends (a shadow becomes a symlink to what it shadowed). Moving
+//!   each shim after it started would leave its start-up charges behind in containerd's cgroup (v1 does not move charges
 //!   with a process). containerd remembers where it found a runtime's shim the first time
 //!   it starts one, so this figure runs before every other that starts shims through it.
 //! - Per target: M = N/2 sleeping pods, then N. After each step, a kubelet-like poller
@@ -409,8 +409,10 @@ fn containerd_pid(env: &Env) -> Result<u32, String> {
 /// shim: the one the name's symlink pointed to, or else `shim`.
 struct ShimWrapper {
     link: PathBuf,
-    /// What the symlink pointed to; None if there was no file (the wrapper shadows `shim`).
-    was: Option<PathBuf>,
+    /// What the name runs once the figure is done: what the symlink pointed to, or else the
+    /// shim the wrapper shadowed (containerd keeps the path where it first found a shim, so
+    /// the name must go on naming one).
+    then: PathBuf,
 }
 
 impl ShimWrapper {
@@ -422,23 +424,21 @@ impl ShimWrapper {
             Ok(_) => return Err(format!("{} is not a symlink: not wrapping it", link.display())),
             Err(_) => None,
         };
-        let script = wrapper_script(procs, was.as_deref().unwrap_or(shim));
+        let then = was.unwrap_or_else(|| shim.to_path_buf());
+        let script = wrapper_script(procs, &then);
         let tmp = link.with_extension("tether-bench");
         fs::write(&tmp, script).map_err(|e| format!("{}: {e}", tmp.display()))?;
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(|e| format!("{}: {e}", tmp.display()))?;
         // A rename: containerd never finds the name missing.
         fs::rename(&tmp, link).map_err(|e| format!("{}: {e}", link.display()))?;
-        Ok(ShimWrapper { link: link.to_path_buf(), was })
+        Ok(ShimWrapper { link: link.to_path_buf(), then })
     }
 
     fn restore(self) -> Result<(), String> {
-        let Some(target) = &self.was else {
-            return fs::remove_file(&self.link).map_err(|e| format!("removing {}: {e}", self.link.display()));
-        };
         let tmp = self.link.with_extension("tether-bench");
         let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(target, &tmp)
+        std::os::unix::fs::symlink(&self.then, &tmp)
             .and_then(|()| fs::rename(&tmp, &self.link))
             .map_err(|e| format!("restoring the shim symlink {}: {e}", self.link.display()))
     }
@@ -497,13 +497,14 @@ mod tests {
         assert!(pid > 0);
         w.restore().unwrap();
         assert_eq!(fs::read_link(&link).unwrap(), shim);
-        // No file of that name: the wrapper shadows `shim`, and goes again.
+        // No file of that name: the wrapper shadows `shim`, and then the name stays, naming
+        // `shim` (containerd would go on running the path where it found the wrapper).
         let shadow = dir.join("containerd-shim-y-v2");
         let w = ShimWrapper::install(&shadow, &shim, &procs).unwrap();
         let out = std::process::Command::new(&shadow).arg("z").output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "ran 1 \n");
         w.restore().unwrap();
-        assert!(!shadow.exists());
+        assert_eq!(fs::read_link(&shadow).unwrap(), shim);
         fs::remove_dir_all(&dir).unwrap();
     }
 }
