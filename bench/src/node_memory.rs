@@ -19,8 +19,9 @@
 //!   `containerd`, shown separately and not counted in the pod's cost. The symlinks come
 //!   back when the figure ends (a shadow becomes a symlink to what it shadowed). Moving
 //!   each shim after it started would leave its start-up charges behind in containerd's
-//!   cgroup (v1 does not move charges with a process). containerd remembers where it found a runtime's shim the first time
-//!   it starts one, so this figure runs before every other that starts shims through it.
+//!   cgroup (v1 does not move charges with a process). containerd remembers where it found
+//!   a runtime's shim the first time it starts one, so this figure runs before every other
+//!   that starts shims through it.
 //! - Per target: M = N/2 sleeping pods, then N. After each step, a kubelet-like poller
 //!   calls metrics for every container every 10 s (`ctr task metrics`: containerd calls the
 //!   shim's Stats) for `--node-settle` seconds, then both cgroups are read. The cost per pod
