@@ -324,6 +324,29 @@ VmFlags: rd ex mr mw me de sd
     }
 
     #[test]
+    fn the_task_trims_after_each_quiet_spell_and_then_sleeps() {
+        use std::sync::{
+            atomic::{AtomicU32, Ordering},
+            Arc,
+        };
+        let idle: &'static Idle = Box::leak(Box::new(Idle::new()));
+        idle.set_after(Duration::from_millis(100));
+        idle.lock().quiet_since = Some(Instant::now());
+        let trims = Arc::new(AtomicU32::new(0));
+        let counted = trims.clone();
+        rt::spawn(idle.run(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }));
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(trims.load(Ordering::SeqCst), 1, "one trim after the first quiet spell");
+        drop(idle.busy());
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(trims.load(Ordering::SeqCst), 2, "and one after a call");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(trims.load(Ordering::SeqCst), 2, "no more without calls");
+    }
+
+    #[test]
     fn a_call_ends_the_trimmed_state_and_restarts_the_quiet_spell() {
         let idle = Idle::new();
         idle.lock().trimmed = true;
