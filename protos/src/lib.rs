@@ -8,6 +8,8 @@
 
 pub use containerd_shim_protos::{api, shim::oci as runc_options};
 pub use containerd_shim_protos::{cgroups, cgroups_v2, events, protobuf, shim, topics, ttrpc, types};
+/// containerd's sandbox API (`containerd.runtime.sandbox.v1.Sandbox`): its messages and async server stubs.
+pub use containerd_shim_protos::{sandbox_api, sandbox_async};
 
 /// containerd's `runtimeoptions.v1.Options`: the config path sent by
 /// `ctr run --runtime-config-path` and by the CRI plugin's `ConfigPath`.

@@ -21,6 +21,7 @@ pub mod process;
 pub mod reaper;
 pub mod resources;
 pub mod rt;
+pub mod sandbox;
 pub mod service;
 pub mod spill;
 pub mod stdio;

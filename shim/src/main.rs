@@ -24,6 +24,7 @@ use tether_shim::{
     process::{Runtimes, Table},
     reaper::Reaper,
     rt,
+    sandbox::SandboxService,
     service::TaskService,
 };
 
@@ -147,7 +148,7 @@ fn serve(args: &cli::Args) -> Result<()> {
     dump_on_sigusr1(debug.clone()).map_err(|e| Error::io("installing the SIGUSR1 handler", e))?;
     let socket = args.socket.clone();
     let shutdown_events = events.clone();
-    let service = Arc::new(TaskService::new(table, move || {
+    let end_shim = Arc::new(move |why: &'static str| {
         // The address goes first: a `start` for the same id from now on (`ctr run --rm c1`
         // twice in a row) must bind a new shim, not hand its task to this exiting one.
         remove_address(&socket);
@@ -155,14 +156,30 @@ fn serve(args: &cli::Args) -> Result<()> {
         rt::spawn(async move {
             // Let the Shutdown reply go out, then the events still queued.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            exit_after_flush(&events, "shutdown: no tasks left").await;
+            exit_after_flush(&events, why).await;
         });
-    }));
+    });
+    let sandbox = {
+        let end_shim = end_shim.clone();
+        Arc::new(SandboxService::new(move || end_shim("ShutdownSandbox")))
+    };
+    let service = {
+        let sandbox = sandbox.clone();
+        Arc::new(TaskService::new(table, move || {
+            // A sandbox outlives its containers: only ShutdownSandbox ends its shim.
+            if !sandbox.holds_shim() {
+                end_shim("shutdown: no tasks left");
+            }
+        }))
+    };
     // SAFETY: fd 3 is the listening socket `start` handed over; from here the server alone
     // owns it.
     let server = unsafe { ttrpc::r#async::Server::new().add_unix_listener(LISTENER_FD) }
         .map_err(|e| Error::io("using the inherited listener", std::io::Error::other(e)))?;
-    let mut server = server.register_service(service.services()).register_service(debug.service());
+    let mut server = server
+        .register_service(service.services())
+        .register_service(sandbox.service())
+        .register_service(debug.service());
     runtime.block_on(server.start()).map_err(|e| Error::io("starting the ttrpc server", std::io::Error::other(e)))?;
     idle::SHIM.start();
     log::info!("serving {} for namespace {} (pid {})", args.socket, args.namespace, std::process::id());

@@ -27,6 +27,10 @@ pub const GO_RUNC_HANDLER: &str = "runc";
 /// runtimeoptions' `config_body`), per executor.
 pub const TETHER_INLINE_HANDLER: &str = "tether-inline";
 pub const TETHER_NATIVE_INLINE_HANDLER: &str = "tether-native-inline";
+/// The handlers whose pods are tether's own sandboxes, without a pause container
+/// (`sandboxer = "shim"`, containerd 2.x only), per executor.
+pub const TETHER_SANDBOX_HANDLER: &str = "tether-sandbox";
+pub const TETHER_NATIVE_SANDBOX_HANDLER: &str = "tether-native-sandbox";
 
 /// The pause image every pod's sandbox runs (imported by the harness, never pulled).
 pub const SANDBOX_IMAGE: &str = "tether.test/pause:1";
@@ -67,6 +71,30 @@ impl CriPlugin {
             config.write(&plugin.handler_config(executor));
         }
         plugin
+    }
+
+    /// Installs a CNI network whose one plugin, a shell script, only reports an address
+    /// (10.88.0.2 on eth0) and changes nothing: containerd then makes a network namespace for
+    /// each pod that is not on the host's network (mounted below the temp dir) and leaves it
+    /// with a loopback device alone. The host's network is never touched.
+    pub fn install_inert_cni(&self) {
+        let plugin = self.dir.join("cni/bin/tether-inert");
+        fs::write(
+            &plugin,
+            "#!/bin/sh\n\
+             cat >/dev/null\n\
+             case \"$CNI_COMMAND\" in\n\
+             ADD) printf '{\"cniVersion\":\"1.0.0\",\"interfaces\":[{\"name\":\"eth0\",\"sandbox\":\"%s\"}],\"ips\":[{\"address\":\"10.88.0.2/16\",\"interface\":0}]}' \"$CNI_NETNS\" ;;\n\
+             VERSION) printf '{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\"]}' ;;\n\
+             esac\n",
+        )
+        .expect("write the inert CNI plugin");
+        fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod the plugin");
+        fs::write(
+            self.dir.join("cni/conf/10-tether-inert.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"tether-inert","plugins":[{"type":"tether-inert"}]}"#,
+        )
+        .expect("write the CNI config");
     }
 
     /// The tether config a handler names (`ConfigPath`).
@@ -158,17 +186,41 @@ impl CriPlugin {
                 self.runtime_root(executor).display()
             )
         };
+        // 2.x: tether's Sandbox API instead of a pause container.
+        let sandboxer = |name: &str, executor: Executor| {
+            if !daemon.is_v2() {
+                return String::new();
+            }
+            format!(
+                r#"
+    [{runtimes}.{name}]
+      runtime_type = "io.containerd.tether.v2"
+      sandboxer = "shim"
+{}"#,
+                // containerd 2.1 fails the Task API create of a sandboxed container whose
+                // handler has runtime options other than runc's ("can't unmarshal type
+                // runtimeoptions.v1.Options"): the runc executor's handler has none (tether's
+                // defaults), the native one names its config by runc's options.
+                match executor {
+                    Executor::Runc => String::new(),
+                    Executor::Native => format!(
+                        "      [{runtimes}.{name}.options]\n        ConfigPath = \"{}\"\n",
+                        self.handler_config(executor).display()
+                    ),
+                }
+            )
+        };
         format!(
             r#"
 [{runtime}]
-{preamble}  # root cannot lower oom_score_adj here (no CAP_SYS_RESOURCE); the plugin would try.
+{preamble}{netns}  # root cannot lower oom_score_adj here (no CAP_SYS_RESOURCE); the plugin would try.
   restrict_oom_score_adj = true
   # Loading an AppArmor profile would change the host.
   disable_apparmor = true
   enable_selinux = false
   [{runtime}.containerd]
     default_runtime_name = "{GO_RUNC_HANDLER}"
-{containerd_keys}{tether_runc}{tether_native}{tether_inline}{tether_native_inline}
+{containerd_keys}{tether_runc}{tether_native}{tether_inline}{tether_native_inline}{tether_sandbox}{tether_native_sandbox}
     [{runtimes}.{GO_RUNC_HANDLER}]
       runtime_type = "io.containerd.runc.v2"
       [{runtimes}.{GO_RUNC_HANDLER}.options]
@@ -176,11 +228,18 @@ impl CriPlugin {
   [{runtime}.cni]
     bin_dir = "{d}/cni/bin"
     conf_dir = "{d}/cni/conf"
-{epilogue}"#,
+{cni_keys}{epilogue}"#,
+            // A pod's network namespace is mounted below the temp dir, not /var/run/netns.
+            // 2.x: the pod's loopback is brought up by containerd itself, not by CNI's
+            // `loopback` plugin (which the inert network of `install_inert_cni` lacks).
+            cni_keys = if daemon.is_v2() { "    use_internal_loopback = true\n" } else { "" },
+            netns = if daemon.is_v2() { "  netns_mounts_under_state_dir = true\n" } else { "" },
             tether_runc = tether(TETHER_HANDLER, Executor::Runc),
             tether_native = tether(TETHER_NATIVE_HANDLER, Executor::Native),
             tether_inline = inline(TETHER_INLINE_HANDLER, Executor::Runc),
             tether_native_inline = inline(TETHER_NATIVE_INLINE_HANDLER, Executor::Native),
+            tether_sandbox = sandboxer(TETHER_SANDBOX_HANDLER, Executor::Runc),
+            tether_native_sandbox = sandboxer(TETHER_NATIVE_SANDBOX_HANDLER, Executor::Native),
         )
     }
 }
@@ -206,5 +265,13 @@ pub fn inline_handler_for(executor: Executor) -> &'static str {
     match executor {
         Executor::Runc => TETHER_INLINE_HANDLER,
         Executor::Native => TETHER_NATIVE_INLINE_HANDLER,
+    }
+}
+
+/// The handler of tether's `executor` whose pods are tether's sandboxes (containerd 2.x).
+pub fn sandbox_handler_for(executor: Executor) -> &'static str {
+    match executor {
+        Executor::Runc => TETHER_SANDBOX_HANDLER,
+        Executor::Native => TETHER_NATIVE_SANDBOX_HANDLER,
     }
 }
