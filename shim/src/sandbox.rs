@@ -22,7 +22,7 @@ use std::{
     fs::{self, File},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Instant, SystemTime},
+    time::SystemTime,
 };
 
 use nix::sched::{setns, unshare, CloneFlags};
@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use crate::{
     error::{Error, Result},
     events::timestamp,
+    service::logged,
 };
 
 /// The state names containerd's own pod sandboxes report (CRI's sandbox store), which the CRI
@@ -438,17 +439,6 @@ fn sysctl_path(key: &str) -> Result<PathBuf> {
     Ok(Path::new("/proc/sys").join(relative))
 }
 
-/// Runs a sandbox call logged at debug level with its duration and result, the error mapped.
-async fn logged<T>(call: &str, id: &str, f: impl std::future::Future<Output = Result<T>>) -> ttrpc::Result<T> {
-    let started = Instant::now();
-    let result = f.await;
-    match &result {
-        Ok(_) => log::debug!("{call} sandbox={id} took={:?} ok", started.elapsed()),
-        Err(e) => log::info!("{call} sandbox={id} took={:?} {:?}: {e}", started.elapsed(), e.code()),
-    }
-    result.map_err(ttrpc::Error::from)
-}
-
 /// Every call runs on the loop: they only touch this service's state, and StartSandbox must
 /// run on the main thread, which is the loop's.
 #[async_trait::async_trait]
@@ -458,7 +448,7 @@ impl Sandbox for SandboxService {
         _: &TtrpcContext,
         req: api::CreateSandboxRequest,
     ) -> ttrpc::Result<api::CreateSandboxResponse> {
-        logged("CreateSandbox", &req.sandbox_id, async { self.create(&req).map(|()| Default::default()) }).await
+        logged("CreateSandbox", &req.sandbox_id, "", async { self.create(&req).map(|()| Default::default()) }).await
     }
 
     async fn start_sandbox(
@@ -466,7 +456,7 @@ impl Sandbox for SandboxService {
         _: &TtrpcContext,
         req: api::StartSandboxRequest,
     ) -> ttrpc::Result<api::StartSandboxResponse> {
-        logged("StartSandbox", &req.sandbox_id, async {
+        logged("StartSandbox", &req.sandbox_id, "", async {
             let (pid, created_at) = self.start(&req.sandbox_id)?;
             Ok(api::StartSandboxResponse {
                 pid,
@@ -478,7 +468,7 @@ impl Sandbox for SandboxService {
     }
 
     async fn platform(&self, _: &TtrpcContext, req: api::PlatformRequest) -> ttrpc::Result<api::PlatformResponse> {
-        logged("Platform", &req.sandbox_id, async {
+        logged("Platform", &req.sandbox_id, "", async {
             self.with_pod(&req.sandbox_id, |_| Ok(()))?;
             Ok(api::PlatformResponse { platform: MessageField::some(platform()), ..Default::default() })
         })
@@ -490,7 +480,8 @@ impl Sandbox for SandboxService {
         _: &TtrpcContext,
         req: api::StopSandboxRequest,
     ) -> ttrpc::Result<api::StopSandboxResponse> {
-        logged("StopSandbox", &req.sandbox_id, async { self.stop(&req.sandbox_id).map(|()| Default::default()) }).await
+        logged("StopSandbox", &req.sandbox_id, "", async { self.stop(&req.sandbox_id).map(|()| Default::default()) })
+            .await
     }
 
     async fn wait_sandbox(
@@ -498,7 +489,7 @@ impl Sandbox for SandboxService {
         _: &TtrpcContext,
         req: api::WaitSandboxRequest,
     ) -> ttrpc::Result<api::WaitSandboxResponse> {
-        logged("WaitSandbox", &req.sandbox_id, async {
+        logged("WaitSandbox", &req.sandbox_id, "", async {
             let at = self.wait(&req.sandbox_id).await?;
             Ok(api::WaitSandboxResponse {
                 exit_status: 0,
@@ -514,11 +505,11 @@ impl Sandbox for SandboxService {
         _: &TtrpcContext,
         req: api::SandboxStatusRequest,
     ) -> ttrpc::Result<api::SandboxStatusResponse> {
-        logged("SandboxStatus", &req.sandbox_id, async { self.status(&req.sandbox_id) }).await
+        logged("SandboxStatus", &req.sandbox_id, "", async { self.status(&req.sandbox_id) }).await
     }
 
     async fn ping_sandbox(&self, _: &TtrpcContext, req: api::PingRequest) -> ttrpc::Result<api::PingResponse> {
-        logged("PingSandbox", &req.sandbox_id, async {
+        logged("PingSandbox", &req.sandbox_id, "", async {
             self.with_pod(&req.sandbox_id, |_| Ok(()))?;
             Ok(Default::default())
         })
@@ -530,7 +521,7 @@ impl Sandbox for SandboxService {
         _: &TtrpcContext,
         req: api::ShutdownSandboxRequest,
     ) -> ttrpc::Result<api::ShutdownSandboxResponse> {
-        logged("ShutdownSandbox", &req.sandbox_id, async {
+        logged("ShutdownSandbox", &req.sandbox_id, "", async {
             self.shutdown(&req.sandbox_id).map(|()| Default::default())
         })
         .await
@@ -541,7 +532,7 @@ impl Sandbox for SandboxService {
         _: &TtrpcContext,
         req: api::SandboxMetricsRequest,
     ) -> ttrpc::Result<api::SandboxMetricsResponse> {
-        logged("SandboxMetrics", &req.sandbox_id, async {
+        logged("SandboxMetrics", &req.sandbox_id, "", async {
             self.with_pod(&req.sandbox_id, |_| Ok(()))?;
             Err(Error::Unimplemented("SandboxMetrics"))
         })

@@ -37,6 +37,25 @@ impl TaskService {
         TaskService { table, on_shutdown: Box::new(on_shutdown) }
     }
 
+    /// Runs `f`, a call that may block (it runs the OCI runtime, or waits on a container's
+    /// lifecycle lock), on the blocking pool, so that the loop serves every other call
+    /// meanwhile; traced as `call` on `id`/`exec_id`, which `f` is handed with the table.
+    async fn off_loop<T: Send + 'static>(
+        &self,
+        call: &str,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&Arc<Table>, &str, &str) -> Result<T> + Send + 'static,
+    ) -> ttrpc::Result<T> {
+        let (table, owned_id, owned_exec_id) = (self.table.clone(), id.to_string(), exec_id.to_string());
+        traced(call, id, exec_id, async move {
+            rt::blocking(move || f(&table, &owned_id, &owned_exec_id))
+                .await
+                .map_err(|e| Error::io("a call on the blocking pool", std::io::Error::other(e)))?
+        })
+        .await
+    }
+
     /// The ttrpc service, registered under both task API versions, for the shim's async
     /// server.
     pub fn services(self: Arc<Self>) -> HashMap<String, ttrpc::r#async::Service> {
@@ -56,8 +75,14 @@ async fn traced<T>(call: &str, id: &str, exec_id: &str, f: impl Future<Output = 
     logged(call, id, exec_id, f).await
 }
 
-/// Logs a call at debug level with its duration and result, and maps the error.
-async fn logged<T>(call: &str, id: &str, exec_id: &str, f: impl Future<Output = Result<T>>) -> ttrpc::Result<T> {
+/// Logs a call at debug level with its duration and result, and maps the error (for the
+/// sandbox service's calls too, with no exec id).
+pub(crate) async fn logged<T>(
+    call: &str,
+    id: &str,
+    exec_id: &str,
+    f: impl Future<Output = Result<T>>,
+) -> ttrpc::Result<T> {
     let started = Instant::now();
     let result = f.await;
     let took = started.elapsed();
@@ -68,14 +93,8 @@ async fn logged<T>(call: &str, id: &str, exec_id: &str, f: impl Future<Output = 
     result.map_err(ttrpc::Error::from)
 }
 
-/// Runs `f`, a call that may block (it runs the OCI runtime, or waits on a container's
-/// lifecycle lock), on the blocking pool, so that the loop serves every other call meanwhile.
-async fn off_loop<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    rt::blocking(f).await.map_err(|e| Error::io("a call on the blocking pool", std::io::Error::other(e)))?
-}
-
 /// The calls that only read the table, the cgroup or a file descriptor run on the loop; those
-/// that run the runtime or take a container's lifecycle lock go [`off_loop`].
+/// that run the runtime or take a container's lifecycle lock go [`TaskService::off_loop`].
 #[async_trait::async_trait]
 impl Task for TaskService {
     async fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> ttrpc::Result<api::StateResponse> {
@@ -83,135 +102,81 @@ impl Task for TaskService {
     }
 
     async fn create(&self, _: &TtrpcContext, req: api::CreateTaskRequest) -> ttrpc::Result<api::CreateTaskResponse> {
-        let table = self.table.clone();
-        let id = req.id.clone();
-        traced(
-            "Create",
-            &id,
-            "",
-            off_loop(move || {
-                if req.bundle.is_empty() {
-                    return Err(Error::InvalidArgument("create needs a bundle path".into()));
-                }
-                let pid = table.create(CreateRequest {
-                    id: req.id.clone(),
-                    bundle: PathBuf::from(&req.bundle),
-                    rootfs: req.rootfs.clone(),
-                    stdio: StdioSpec {
-                        stdin: req.stdin.clone(),
-                        stdout: req.stdout.clone(),
-                        stderr: req.stderr.clone(),
-                        terminal: req.terminal,
-                    },
-                    options: req.options.clone().into_option(),
-                    checkpoint: Some(PathBuf::from(&req.checkpoint)).filter(|p| !p.as_os_str().is_empty()),
-                })?;
-                Ok(api::CreateTaskResponse { pid, ..Default::default() })
-            }),
-        )
+        let request = CreateRequest {
+            id: req.id.clone(),
+            bundle: PathBuf::from(&req.bundle),
+            rootfs: req.rootfs,
+            stdio: StdioSpec { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
+            options: req.options.into_option(),
+            checkpoint: Some(PathBuf::from(&req.checkpoint)).filter(|p| !p.as_os_str().is_empty()),
+        };
+        self.off_loop("Create", &req.id, "", move |table, _, _| {
+            if request.bundle.as_os_str().is_empty() {
+                return Err(Error::InvalidArgument("create needs a bundle path".into()));
+            }
+            Ok(api::CreateTaskResponse { pid: table.create(request)?, ..Default::default() })
+        })
         .await
     }
 
     async fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
-        let table = self.table.clone();
-        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
-        traced(
-            "Start",
-            &req.id,
-            &req.exec_id,
-            off_loop(move || {
-                let pid = table.start(&id, &exec_id)?;
-                Ok(api::StartResponse { pid, ..Default::default() })
-            }),
-        )
+        self.off_loop("Start", &req.id, &req.exec_id, |table, id, exec_id| {
+            Ok(api::StartResponse { pid: table.start(id, exec_id)?, ..Default::default() })
+        })
         .await
     }
 
     async fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> ttrpc::Result<api::DeleteResponse> {
-        let table = self.table.clone();
-        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
-        traced(
-            "Delete",
-            &req.id,
-            &req.exec_id,
-            off_loop(move || {
-                let exit = table.delete(&id, &exec_id)?;
-                Ok(api::DeleteResponse {
-                    pid: exit.pid,
-                    exit_status: exit.code,
-                    exited_at: Some(timestamp(exit.at)).into(),
-                    ..Default::default()
-                })
-            }),
-        )
+        self.off_loop("Delete", &req.id, &req.exec_id, |table, id, exec_id| {
+            let exit = table.delete(id, exec_id)?;
+            Ok(api::DeleteResponse {
+                pid: exit.pid,
+                exit_status: exit.code,
+                exited_at: Some(timestamp(exit.at)).into(),
+                ..Default::default()
+            })
+        })
         .await
     }
 
     async fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> ttrpc::Result<api::PidsResponse> {
-        let table = self.table.clone();
-        let id = req.id.clone();
-        traced(
-            "Pids",
-            &req.id,
-            "",
-            off_loop(move || Ok(api::PidsResponse { processes: table.pids(&id)?, ..Default::default() })),
-        )
+        self.off_loop("Pids", &req.id, "", |table, id, _| {
+            Ok(api::PidsResponse { processes: table.pids(id)?, ..Default::default() })
+        })
         .await
     }
 
     async fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> ttrpc::Result<Empty> {
-        let table = self.table.clone();
-        let id = req.id.clone();
-        traced("Pause", &req.id, "", off_loop(move || table.pause(&id).map(|()| Empty::new()))).await
+        self.off_loop("Pause", &req.id, "", |table, id, _| table.pause(id).map(|()| Empty::new())).await
     }
 
     async fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> ttrpc::Result<Empty> {
-        let table = self.table.clone();
-        let id = req.id.clone();
-        traced("Resume", &req.id, "", off_loop(move || table.resume(&id).map(|()| Empty::new()))).await
+        self.off_loop("Resume", &req.id, "", |table, id, _| table.resume(id).map(|()| Empty::new())).await
     }
 
     async fn checkpoint(&self, _: &TtrpcContext, req: api::CheckpointTaskRequest) -> ttrpc::Result<Empty> {
-        let table = self.table.clone();
-        let id = req.id.clone();
-        let request = CheckpointRequest { path: PathBuf::from(&req.path), options: req.options.clone().into_option() };
-        traced("Checkpoint", &req.id, "", off_loop(move || table.checkpoint(&id, request).map(|()| Empty::new()))).await
+        let request = CheckpointRequest { path: PathBuf::from(&req.path), options: req.options.into_option() };
+        self.off_loop("Checkpoint", &req.id, "", move |table, id, _| {
+            table.checkpoint(id, request).map(|()| Empty::new())
+        })
+        .await
     }
 
     async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
-        let table = self.table.clone();
-        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
-        traced(
-            "Kill",
-            &req.id,
-            &req.exec_id,
-            off_loop(move || table.kill(&id, &exec_id, req.signal, req.all).map(|()| Empty::new())),
-        )
+        let (signal, all) = (req.signal, req.all);
+        self.off_loop("Kill", &req.id, &req.exec_id, move |table, id, exec_id| {
+            table.kill(id, exec_id, signal, all).map(|()| Empty::new())
+        })
         .await
     }
 
     async fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
-        let table = self.table.clone();
-        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
-        traced(
-            "Exec",
-            &req.id,
-            &req.exec_id,
-            off_loop(move || {
-                let spec = req
-                    .spec
-                    .as_ref()
-                    .map(|a| a.value.clone())
-                    .ok_or_else(|| Error::InvalidArgument("exec needs a process spec".into()))?;
-                let stdio = StdioSpec {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                };
-                table.exec(&id, &exec_id, spec, stdio).map(|()| Empty::new())
-            }),
-        )
+        let spec = req.spec.into_option().map(|a| a.value);
+        let stdio = StdioSpec { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
+        self.off_loop("Exec", &req.id, &req.exec_id, move |table, id, exec_id| {
+            let spec = spec.ok_or_else(|| Error::InvalidArgument("exec needs a process spec".into()))?;
+            table.exec(id, exec_id, spec, stdio).map(|()| Empty::new())
+        })
         .await
     }
 
@@ -233,18 +198,11 @@ impl Task for TaskService {
     }
 
     async fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        let table = self.table.clone();
-        let id = req.id.clone();
-        traced(
-            "Update",
-            &req.id,
-            "",
-            off_loop(move || {
-                let resources =
-                    req.resources.as_ref().ok_or_else(|| Error::InvalidArgument("update needs resources".into()))?;
-                table.update(&id, resources).map(|()| Empty::new())
-            }),
-        )
+        let resources = req.resources.into_option();
+        self.off_loop("Update", &req.id, "", move |table, id, _| {
+            let resources = resources.ok_or_else(|| Error::InvalidArgument("update needs resources".into()))?;
+            table.update(id, &resources).map(|()| Empty::new())
+        })
         .await
     }
 
