@@ -864,14 +864,8 @@ mod tests {
     /// gets every byte, in order, then EOF.
     #[test]
     fn output_waits_for_a_late_reader_and_loses_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("out");
-        mkfifo(&fifo).unwrap();
-        let spec = StdioSpec { stdout: fifo.display().to_string(), ..Default::default() };
-        let (mut io, stdio, _) = ProcessIo::prepare(&spec, "c", "ns").unwrap();
-        io.start(None).unwrap();
+        let (_dir, fifo, io, mut w) = started_on_a_fifo(false);
         let data: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-        let mut w = File::from(stdio.stdout.unwrap());
         let writer = std::thread::spawn({
             let data = data.clone();
             move || w.write_all(&data).unwrap()
@@ -891,13 +885,9 @@ mod tests {
     /// Output nobody read is kept only while the process is: deleting it lets go of the FIFO.
     #[test]
     fn unread_output_is_let_go_with_the_process() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("out");
-        mkfifo(&fifo).unwrap();
-        let spec = StdioSpec { stdout: fifo.display().to_string(), ..Default::default() };
-        let (mut io, stdio, _) = ProcessIo::prepare(&spec, "c", "ns").unwrap();
-        io.start(None).unwrap();
-        File::from(stdio.stdout.unwrap()).write_all(b"unread").unwrap();
+        let (_dir, fifo, io, mut w) = started_on_a_fifo(false);
+        w.write_all(b"unread").unwrap();
+        drop(w);
         assert!(rt::handle().block_on(io.output_closed(Duration::from_secs(5))));
         let reader = open_fifo(&fifo, libc::O_RDONLY | libc::O_NONBLOCK, "test").unwrap();
         // No writer left would show as POLLHUP on the read end.
@@ -921,7 +911,7 @@ mod tests {
     /// process before its EOF.
     #[test]
     fn close_stdin_hands_over_what_the_client_wrote() {
-        let (_dir, fifo, io, mut proc_stdin) = stdin_from_a_fifo();
+        let (_dir, fifo, io, mut proc_stdin) = started_on_a_fifo(true);
         let mut client = OpenOptions::new().write(true).open(&fifo).unwrap();
         client.write_all(&[7u8; 100_000]).unwrap();
         drop(client);
@@ -932,21 +922,27 @@ mod tests {
         assert_eq!(io.copied.stdin.load(Ordering::Relaxed), 100_000);
     }
 
-    /// A started process's stdio whose stdin is a client FIFO: (its dir, the FIFO, the
-    /// shim's side, the process's stdin).
-    fn stdin_from_a_fifo() -> (tempfile::TempDir, PathBuf, ProcessIo, File) {
+    /// A started process's stdio whose stdin (else stdout) is a client FIFO: (its dir, the
+    /// FIFO, the shim's side, the process's end of that stream).
+    fn started_on_a_fifo(stdin: bool) -> (tempfile::TempDir, PathBuf, ProcessIo, File) {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("in");
+        let fifo = dir.path().join("fifo");
         mkfifo(&fifo).unwrap();
-        let spec = StdioSpec { stdin: fifo.display().to_string(), ..Default::default() };
+        let path = fifo.display().to_string();
+        let spec = if stdin {
+            StdioSpec { stdin: path, ..Default::default() }
+        } else {
+            StdioSpec { stdout: path, ..Default::default() }
+        };
         let (mut io, stdio, _) = ProcessIo::prepare(&spec, "c", "ns").unwrap();
         io.start(None).unwrap();
-        (dir, fifo, io, File::from(stdio.stdin.unwrap()))
+        let end = if stdin { stdio.stdin } else { stdio.stdout };
+        (dir, fifo, io, File::from(end.unwrap()))
     }
 
     #[test]
     fn close_stdin_gives_the_process_eof() {
-        let (_dir, fifo, io, mut proc_stdin) = stdin_from_a_fifo();
+        let (_dir, fifo, io, mut proc_stdin) = started_on_a_fifo(true);
         let mut client = OpenOptions::new().write(true).open(&fifo).unwrap();
         client.write_all(b"abc").unwrap();
         let mut got = [0u8; 3];
@@ -960,7 +956,7 @@ mod tests {
 
     #[test]
     fn stdin_survives_a_detach_until_close_io() {
-        let (_dir, fifo, io, mut proc_stdin) = stdin_from_a_fifo();
+        let (_dir, fifo, io, mut proc_stdin) = started_on_a_fifo(true);
         let mut got = [0u8; 4];
         // Non-blocking opens: without a reader, the reattach fails (ENXIO) instead of hanging.
         let attach = || OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo);
