@@ -23,6 +23,7 @@ pub mod resources;
 pub mod rt;
 pub mod sandbox;
 pub mod service;
+pub mod signals;
 pub mod spill;
 pub mod stdio;
 pub mod sys;

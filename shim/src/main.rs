@@ -11,7 +11,6 @@ use std::{
 };
 
 use tether_protos::ttrpc;
-use tokio::signal::unix::{signal, SignalKind};
 
 use tether_shim::{
     cgroup,
@@ -26,6 +25,7 @@ use tether_shim::{
     rt,
     sandbox::SandboxService,
     service::TaskService,
+    signals::Signal,
 };
 
 /// The listener `start` hands to `serve`.
@@ -80,9 +80,9 @@ fn redirect_log() {
 
 /// SIGUSR1 writes the debug dump to the log, one log line per dump line.
 fn dump_on_sigusr1(debug: Arc<DebugService>) -> std::io::Result<()> {
-    let mut signals = signal(SignalKind::user_defined1())?;
+    let mut sigusr1 = Signal::catch(libc::SIGUSR1)?;
     rt::spawn(async move {
-        while signals.recv().await.is_some() {
+        while sigusr1.recv().await.is_ok() {
             for line in tether_shim::debug::render(&debug.dump_now()).lines() {
                 log::info!("dump: {line}");
             }
@@ -127,7 +127,7 @@ fn serve(args: &cli::Args) -> Result<()> {
     let _in_loop = runtime.enter();
     // SIGTERM (a node shutting down, systemd stopping containerd's unit) ends the shim the way
     // Shutdown does; installed first, so that none is missed while the shim sets up.
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("installing the SIGTERM handler", e))?;
+    let mut term = Signal::catch(libc::SIGTERM).map_err(|e| Error::io("installing the SIGTERM handler", e))?;
     // An arena per thread would keep memory from every burst of calls on the blocking pool:
     // the loop and the pool's short-lived threads share one, which costs nothing in speed
     // (a shim's calls spend their time in the runtime, not in malloc).
@@ -186,7 +186,7 @@ fn serve(args: &cli::Args) -> Result<()> {
     // The loop runs from here on: every task spawned above (the event publisher among them)
     // makes progress only inside this block_on.
     runtime.block_on(async {
-        if term.recv().await.is_some() {
+        if term.recv().await.is_ok() {
             log::info!("SIGTERM: leaving the containers running and ending the shim");
             remove_address(&args.socket);
             exit_after_flush(&events, "SIGTERM").await;

@@ -21,13 +21,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tether_runtime::ChildWaiter;
-use tokio::signal::unix::{signal, SignalKind};
-
 use crate::{
     pidfd::{waitid_peek, Handle},
     rt,
+    signals::Signal,
 };
+use tether_runtime::ChildWaiter;
 
 /// How long an exit nobody claimed is kept. Such exits come from processes that were never
 /// the shim's concern (e.g. orphans re-parented to the subreaper); container processes are
@@ -112,17 +111,15 @@ impl Reaper {
     /// that no SIGCHLD is missed.
     pub fn start() -> std::io::Result<Arc<Reaper>> {
         let reaper = Arc::new(Reaper::default());
-        let mut sigchld = {
-            let _in_loop = rt::handle().enter();
-            signal(SignalKind::child())?
-        };
+        let mut sigchld = Signal::catch(libc::SIGCHLD)?;
         let r = reaper.clone();
         rt::spawn(async move {
             // Children may have exited before the handler was installed.
             r.reap_all();
-            while sigchld.recv().await.is_some() {
+            while sigchld.recv().await.is_ok() {
                 r.reap_all();
             }
+            log::error!("SIGCHLD can no longer be awaited: no exit is reaped from now on");
         });
         Ok(reaper)
     }

@@ -22,6 +22,12 @@ use tokio::{
 /// an idle shim soon runs on its one thread again.
 pub const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(2);
 
+/// How many readiness events the loop takes from the kernel per turn. A shim waits on a
+/// handful of descriptors per process (its sockets, stdio pipes, pidfds), and events beyond
+/// this many are taken on the next turn; tokio's default (1024) is a 12 KiB buffer that every
+/// shim would keep for its whole life.
+const EVENTS_PER_TURN: usize = 64;
+
 static LOOP: OnceLock<Handle> = OnceLock::new();
 
 /// Makes the shim's runtime; the caller runs it on its own thread (`Runtime::block_on`).
@@ -29,6 +35,7 @@ static LOOP: OnceLock<Handle> = OnceLock::new();
 pub fn start() -> io::Result<Runtime> {
     let runtime = Builder::new_current_thread()
         .enable_all()
+        .max_io_events_per_tick(EVENTS_PER_TURN)
         .thread_name("blocking")
         .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .build()?;
