@@ -4,7 +4,8 @@
 //! it a few times. Yet every page of code and constants it ran once (creating the container,
 //! parsing its spec, starting the runtime) stays mapped, and counts in its RSS. After a quiet
 //! spell with no task call in flight, the shim drops the clean pages of its own executable
-//! (and of any library) and hands free heap back to the kernel.
+//! (and of any library), hands free heap back to the kernel, and drops the pages of its
+//! loop's stack that only its deepest calls used.
 //!
 //! What this frees: the shim's page-table entries, and it leaves the pages themselves as
 //! ordinary unmapped page cache, shared with every other tether shim and the first thing the
@@ -146,8 +147,8 @@ impl Idle {
 }
 
 /// Drops the clean file-backed pages of this process from its page tables
-/// (`madvise(MADV_DONTNEED)`: the mappings stay) and returns free heap to the kernel. Logs
-/// what it dropped at debug level.
+/// (`madvise(MADV_DONTNEED)`: the mappings stay), returns free heap to the kernel, and drops
+/// the calling thread's stack pages below its frame. Logs what it dropped at debug level.
 pub fn trim() {
     let started = Instant::now();
     let mut dropped_kib = 0;
@@ -167,6 +168,41 @@ pub fn trim() {
     // SAFETY: malloc_trim only releases free memory of malloc's own arenas.
     unsafe { libc::malloc_trim(0) };
     log::debug!("idle: dropped {dropped_kib} KiB of code and constants in {:?}", started.elapsed());
+    drop_stack_below_here();
+}
+
+/// Drops the pages of the calling thread's stack that lie more than a page below this
+/// function's frame. Deeper calls used them once (creating a container takes the deepest
+/// frames a shim ever has) and no frame uses them now; they stay resident, anonymous and
+/// charged to the node, until the thread ends, which for the loop's thread is never. A later
+/// call that goes as deep gets zeroed pages back, as a stack that grows does. Called last, so
+/// that nothing after it refaults what it dropped.
+#[inline(never)]
+fn drop_stack_below_here() {
+    let here = 0u8;
+    let sp = std::hint::black_box(&here) as *const u8 as usize;
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
+    let Some((start, end)) = unused_stack(&maps, sp, page_size()) else { return };
+    // SAFETY: the range lies in this thread's stack mapping, more than a page below the frame
+    // of this function: below the stack pointer of every live frame (and its red zone), so no
+    // live data is there; the madvise call itself uses far less than the page kept as margin.
+    unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+}
+
+/// In `maps` (the text of /proc/PID/maps), the range of the mapping holding `sp` that lies
+/// below the page under `sp`'s own page: what a thread whose stack pointer is `sp` does not use.
+fn unused_stack(maps: &str, sp: usize, page: usize) -> Option<(usize, usize)> {
+    maps.lines().find_map(|line| {
+        let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+        let (start, end) = (usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?);
+        let below = (sp & !(page - 1)).checked_sub(page)?;
+        (start <= sp && sp < end && start < below).then_some((start, below))
+    })
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf with a valid name.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
 /// One mapping [`trim`] may drop.
@@ -371,5 +407,57 @@ VmFlags: rd ex mr mw me de sd
         assert!(after < before, "RssFile {before} kB before the trim, {after} kB after");
         let text: String = (0..1000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
         assert_eq!(text.len(), 1000);
+    }
+
+    #[test]
+    fn the_unused_stack_is_what_lies_a_page_below_the_frame() {
+        let maps = "7ffd0000-7ffe0000 rw-p 00000000 00:00 0 [stack]\n00400000-00401000 r-xp 0 08:01 1 /bin/x\n";
+        assert_eq!(unused_stack(maps, 0x7ffd8123, 0x1000), Some((0x7ffd0000, 0x7ffd7000)));
+        assert_eq!(unused_stack(maps, 0x7ffd1010, 0x1000), None, "nothing below the margin");
+        assert_eq!(unused_stack(maps, 0x1000, 0x1000), None, "not in any mapping");
+    }
+
+    #[test]
+    fn the_pages_a_deep_call_left_on_the_stack_are_dropped() {
+        /// Touches about `kib` KiB of stack below the caller's frame.
+        #[inline(never)]
+        fn deep(kib: usize) -> u8 {
+            let mut frame = [0u8; 1024];
+            std::hint::black_box(&mut frame);
+            if kib == 0 {
+                return frame[7];
+            }
+            deep(kib - 1).wrapping_add(frame[kib % 1024])
+        }
+        /// Resident KiB of the mapping that holds this thread's stack.
+        fn stack_rss() -> u64 {
+            let here = 0u8;
+            let sp = std::hint::black_box(&here) as *const u8 as usize;
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+            let mut inside = false;
+            for line in smaps.lines() {
+                if let Some(range) = line.split_whitespace().next().and_then(|w| w.split_once('-')) {
+                    if let (Ok(start), Ok(end)) =
+                        (usize::from_str_radix(range.0, 16), usize::from_str_radix(range.1, 16))
+                    {
+                        inside = start <= sp && sp < end;
+                        continue;
+                    }
+                }
+                if let Some(kib) = line.strip_prefix("Rss:").filter(|_| inside) {
+                    return kib.trim().trim_end_matches(" kB").parse().unwrap();
+                }
+            }
+            panic!("no mapping holds the stack");
+        }
+        let thread = std::thread::Builder::new().stack_size(4 << 20).spawn(|| {
+            std::hint::black_box(deep(1024));
+            let before = stack_rss();
+            drop_stack_below_here();
+            (before, stack_rss())
+        });
+        let (before, after) = thread.unwrap().join().unwrap();
+        assert!(before >= 1024, "the deep call left {before} KiB resident");
+        assert!(after + 900 < before, "{before} KiB of stack resident before, {after} KiB after");
     }
 }
