@@ -8,15 +8,19 @@ use std::time::Instant;
 
 use k8s_cri::v1::{ContainerState, PodSandboxState};
 use tether_protos::api::{self, Status};
+use tether_protos::cgroups::metrics as v1;
+use tether_protos::cgroups_v2::metrics as v2;
+use tether_protos::{protobuf::Message, ttrpc::Code};
 use tether_tests::cri::{CriClient, CriEnv, Pod, K8S_NAMESPACE};
 use tether_tests::env::{children_of, parent_pid, pid_alive};
-use tether_tests::shim::ShimClient;
+use tether_tests::shim::{code_of, ShimClient};
 use tether_tests::{secs, wait_until, Case};
 
 tether_tests::for_each_sandbox_case!(
     pod_without_pause,
     stop_pod_sandbox_stops_what_is_left,
-    containerd_restart_mid_pod
+    containerd_restart_mid_pod,
+    sandbox_metrics
 );
 
 /// A container that runs until stopped.
@@ -172,6 +176,8 @@ fn containerd_restart_mid_pod(case: Case) {
     assert_eq!(parent_pid(env.container_pid(&after)), Some(shim), "the new container runs under the pod's shim");
 
     env.client.stop_pod_sandbox(&pod.id).expect("StopPodSandbox");
+    let status = env.sandbox_status(&pod);
+    assert_eq!(status.state, PodSandboxState::SandboxNotready as i32, "{status:?}");
     for id in [&before, &after] {
         assert_eq!(env.container_status(id).state, ContainerState::ContainerExited as i32, "{id}");
     }
@@ -180,4 +186,35 @@ fn containerd_restart_mid_pod(case: Case) {
     assert!(wait_until(secs(10), || (!pid_alive(shim)).then_some(())).is_some(), "the shim ends with its pod");
     let left = env.leftovers();
     assert!(left.is_empty(), "the removed pod left behind:\n  {}", left.join("\n  "));
+}
+
+/// SandboxMetrics: the pod's cgroup metrics, in the message containerd decodes (cgroup v1 or
+/// v2 `Metrics`), which hold its running container's cpu and memory; a sandbox the shim does
+/// not serve is not found.
+fn sandbox_metrics(case: Case) {
+    let Some(env) = CriEnv::for_case("sandbox_metrics", case) else { return };
+    let pod = env.run_pod("pod");
+    let id = env.start_container(&pod, env.container_config("busy", 0, "while :; do :; done"));
+    env.wait_running(&id, secs(30));
+    let stats = env.client.container_stats(&id).expect("ContainerStats");
+    let container_cpu = stats.cpu.and_then(|c| c.usage_core_nano_seconds).map_or(0, |v| v.value);
+    assert!(container_cpu > 0, "the container has used the cpu");
+    let shim = ShimClient::connect(&sandbox_address(&env, &pod)).expect("connecting to the pod's shim");
+    let (metric_id, data) = shim.sandbox_metrics(&pod.id).expect("SandboxMetrics");
+    assert_eq!(metric_id, pod.id);
+    let (cpu_ns, memory) = match data.type_url.as_str() {
+        "io.containerd.cgroups.v1.Metrics" => {
+            let m = v1::Metrics::parse_from_bytes(&data.value).unwrap();
+            (m.cpu.usage.total, m.memory.usage.usage)
+        }
+        "io.containerd.cgroups.v2.Metrics" => {
+            let m = v2::Metrics::parse_from_bytes(&data.value).unwrap();
+            (m.cpu.usage_usec * 1000, m.memory.usage)
+        }
+        other => panic!("SandboxMetrics data of type {other:?}"),
+    };
+    assert!(cpu_ns >= container_cpu, "the pod's cpu ({cpu_ns} ns) holds its container's ({container_cpu} ns)");
+    assert!(memory > 0, "the pod's memory usage");
+    let err = shim.sandbox_metrics("another-sandbox").expect_err("another sandbox");
+    assert_eq!(code_of(&err), Code::NOT_FOUND, "{err}");
 }

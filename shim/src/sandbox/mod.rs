@@ -16,7 +16,15 @@
 //!
 //! A pod whose containers share one PID namespace (`shareProcessNamespace`) needs a PID 1;
 //! such a pod is refused for now (docs/sandbox.md, "Left").
+//!
+//! | module | what |
+//! | --- | --- |
+//! | `pod` | what of the CRI's PodSandboxConfig the shim acts on |
+//! | `namespaces` | the pod's namespaces, hostname and sysctls, entered at StartSandbox |
+//! | `tasks` | the pod's containers: StopSandbox stops what is left |
+//! | `metrics` | SandboxMetrics: the pod cgroup's metrics |
 
+mod metrics;
 mod namespaces;
 mod pod;
 mod tasks;
@@ -228,8 +236,9 @@ pub fn platform() -> Platform {
     };
     Platform { os: "linux".into(), architecture: architecture.into(), ..Default::default() }
 }
-/// Every call runs on the loop: they only touch this service's state, and StartSandbox must
-/// run on the main thread, which is the loop's.
+/// Every call runs on the loop: StartSandbox must run on the main thread, which is the loop's;
+/// the others touch this service's state or read cgroup files, as the task API's Stats does.
+/// StopSandbox's kills alone run the runtime, on the blocking pool (`tasks`).
 #[async_trait::async_trait]
 impl Sandbox for SandboxService {
     async fn create_sandbox(
@@ -328,8 +337,8 @@ impl Sandbox for SandboxService {
         req: api::SandboxMetricsRequest,
     ) -> ttrpc::Result<api::SandboxMetricsResponse> {
         logged("SandboxMetrics", &req.sandbox_id, "", async {
-            self.with_pod(&req.sandbox_id, |_| Ok(()))?;
-            Err(Error::Unimplemented("SandboxMetrics"))
+            let cgroup_parent = self.with_pod(&req.sandbox_id, |pod| Ok(pod.config.cgroup_parent.clone()))?;
+            metrics::of_pod(&req.sandbox_id, &cgroup_parent)
         })
         .await
     }
