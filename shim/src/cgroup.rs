@@ -59,6 +59,16 @@ impl Cgroup {
         Ok(Cgroup::V1(paths))
     }
 
+    /// The cgroup at path `rel` of every hierarchy (`/kubepods/pod1`), in the host's cgroup
+    /// mode: a cgroup no process of the shim's names, such as a pod's.
+    pub fn at(rel: &str) -> io::Result<Cgroup> {
+        if Path::new(UNIFIED_ROOT).join("cgroup.controllers").exists() {
+            return Ok(Cgroup::V2(join_abs(Path::new(UNIFIED_ROOT), rel)));
+        }
+        let mounts = v1_mounts(&fs::read_to_string("/proc/self/mountinfo")?);
+        Ok(Cgroup::V1(mounts.into_iter().map(|(controller, root)| (controller, join_abs(&root, rel))).collect()))
+    }
+
     fn v1_dir(&self, controller: &str) -> Option<&Path> {
         match self {
             Cgroup::V1(paths) => paths.get(controller).map(PathBuf::as_path),

@@ -17,6 +17,9 @@ pub enum Error {
     /// The request itself is malformed.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A bounded wait ran out (what was waited for is named).
+    #[error("{0}")]
+    Timeout(String),
     /// The shim does not implement this call.
     #[error("{0} is not implemented by tether")]
     Unimplemented(&'static str),
@@ -58,6 +61,7 @@ impl Error {
                 Code::NOT_FOUND
             }
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
+            Error::Timeout(_) => Code::DEADLINE_EXCEEDED,
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::InvalidArgument(_)
             | Error::Config { .. }
@@ -102,6 +106,7 @@ mod tests {
         assert_eq!(code_of(Error::AlreadyExists("c1".into())), Code::ALREADY_EXISTS);
         assert_eq!(code_of(Error::FailedPrecondition("x".into())), Code::FAILED_PRECONDITION);
         assert_eq!(code_of(Error::Unimplemented("Stats")), Code::UNIMPLEMENTED);
+        assert_eq!(code_of(Error::Timeout("c1 did not exit".into())), Code::DEADLINE_EXCEEDED);
         assert_eq!(code_of(Error::Runtime(tether_runtime::Error::NotFound("c".into()))), Code::NOT_FOUND);
         assert_eq!(code_of(Error::Runtime(tether_runtime::Error::NotRunning("c".into()))), Code::NOT_FOUND);
     }

@@ -161,7 +161,7 @@ fn serve(args: &cli::Args) -> Result<()> {
     });
     let sandbox = {
         let end_shim = end_shim.clone();
-        Arc::new(SandboxService::new(move || end_shim("ShutdownSandbox")))
+        Arc::new(SandboxService::new(table.clone(), move || end_shim("ShutdownSandbox")))
     };
     let service = {
         let sandbox = sandbox.clone();

@@ -91,7 +91,7 @@ impl Env {
     /// `case.executor`. `None`, after saying why, when the runtime under test is not tether and
     /// the executor is not runc: containerd's Go shim has only the runc way.
     pub fn for_case(test: &str, case: Case) -> Option<Env> {
-        let Case { daemon, executor } = case;
+        let Case { daemon, executor, .. } = case;
         let runtime = Runtime::from_env();
         if executor != Executor::Runc && !runtime.is_tether() {
             skip(test, &format!("the {} executor is tether's (runtime is {})", executor.name(), runtime.name));

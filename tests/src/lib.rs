@@ -35,12 +35,22 @@ pub use runtime::Runtime;
 
 use std::time::Duration;
 
-/// One run of a behaviour scenario: which containerd drives tether, and which executor
-/// tether runs the containers with.
+/// One run of a behaviour scenario: which containerd drives tether, which executor tether
+/// runs the containers with, and (for CRI scenarios) who holds a pod's namespaces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Case {
     pub daemon: Daemon,
     pub executor: Executor,
+    pub sandboxer: Sandboxer,
+}
+
+/// Who makes a CRI pod: the CRI handler's `sandboxer` (containerd 2.x's name for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sandboxer {
+    /// containerd's own (`podsandbox`): a pause container holds the pod's namespaces.
+    Podsandbox,
+    /// tether's Sandbox API (`shim`, containerd 2.x): the pod's shim holds them, no pause.
+    Shim,
 }
 
 /// Runs each scenario `fn NAME(case: Case)` once per containerd generation and tether
@@ -50,24 +60,49 @@ pub struct Case {
 #[macro_export]
 macro_rules! for_each_executor {
     ($($scenario:ident),+ $(,)?) => {
-        $crate::for_each_executor!(@daemon containerd1, V1, $($scenario),+);
-        $crate::for_each_executor!(@daemon containerd2, V2, $($scenario),+);
-    };
-    (@daemon $module:ident, $daemon:ident, $($scenario:ident),+) => {
-        mod $module {
-            mod runc {
-                $(#[test]
-                fn $scenario() {
-                    super::super::$scenario($crate::Case { daemon: $crate::Daemon::$daemon, executor: $crate::Executor::Runc })
-                })+
-            }
-            mod native {
-                $(#[test]
-                fn $scenario() {
-                    super::super::$scenario($crate::Case { daemon: $crate::Daemon::$daemon, executor: $crate::Executor::Native })
-                })+
-            }
+        mod containerd1 {
+            $crate::for_each_executor!(@case runc, V1, Runc, Podsandbox, $($scenario),+);
+            $crate::for_each_executor!(@case native, V1, Native, Podsandbox, $($scenario),+);
         }
+        mod containerd2 {
+            $crate::for_each_executor!(@case runc, V2, Runc, Podsandbox, $($scenario),+);
+            $crate::for_each_executor!(@case native, V2, Native, Podsandbox, $($scenario),+);
+        }
+    };
+    (@case $module:ident, $daemon:ident, $executor:ident, $sandboxer:ident, $($scenario:ident),+) => {
+        mod $module {
+            $(#[test]
+            fn $scenario() {
+                super::super::$scenario($crate::Case {
+                    daemon: $crate::Daemon::$daemon,
+                    executor: $crate::Executor::$executor,
+                    sandboxer: $crate::Sandboxer::$sandboxer,
+                })
+            })+
+        }
+    };
+}
+
+/// Runs each CRI scenario `fn NAME(case: Case)` on pods of tether's own sandboxes (containerd
+/// 2.x, [`Sandboxer::Shim`]), per executor: the tests `containerd2_sandbox::runc::NAME` and
+/// `containerd2_sandbox::native::NAME`.
+#[macro_export]
+macro_rules! for_each_sandbox_case {
+    ($($scenario:ident),+ $(,)?) => {
+        mod containerd2_sandbox {
+            $crate::for_each_executor!(@case runc, V2, Runc, Shim, $($scenario),+);
+            $crate::for_each_executor!(@case native, V2, Native, Shim, $($scenario),+);
+        }
+    };
+}
+
+/// Runs each CRI scenario on every case: pause-based pods ([`for_each_executor!`]) and tether's
+/// own sandboxes ([`for_each_sandbox_case!`]).
+#[macro_export]
+macro_rules! for_each_cri_case {
+    ($($scenario:ident),+ $(,)?) => {
+        $crate::for_each_executor!($($scenario),+);
+        $crate::for_each_sandbox_case!($($scenario),+);
     };
 }
 

@@ -11,6 +11,7 @@ use tether_protos::{
         Message, MessageField,
     },
     runc_options::CheckpointOptions,
+    sandbox_api,
     ttrpc::{self, Code},
 };
 
@@ -22,6 +23,8 @@ pub const LINUX_RESOURCES: &str = "types.containerd.io/opencontainers/runtime-sp
 /// The task service under the name every shim serves (containerd 1.6/1.7 dial v2; the Go
 /// shim of containerd 1.6 knows no other).
 const TASK_SERVICE: &str = "containerd.task.v2.Task";
+/// containerd 2.x's sandbox service, which a shim sandboxer serves next to the task service.
+const SANDBOX_SERVICE: &str = "containerd.runtime.sandbox.v1.Sandbox";
 /// How long a call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -50,8 +53,18 @@ impl ShimClient {
 
     /// Calls task API `method` with `req`.
     pub fn call<Resp: Message>(&self, method: &str, req: &impl Message) -> Result<Resp, ttrpc::Error> {
+        self.call_service(TASK_SERVICE, method, req)
+    }
+
+    /// Calls `method` of `service` with `req`.
+    fn call_service<Resp: Message>(
+        &self,
+        service: &str,
+        method: &str,
+        req: &impl Message,
+    ) -> Result<Resp, ttrpc::Error> {
         let request = ttrpc::Request {
-            service: TASK_SERVICE.into(),
+            service: service.into(),
             method: method.into(),
             timeout_nano: CALL_TIMEOUT.as_nanos() as i64,
             payload: req.write_to_bytes().map_err(|e| ttrpc::Error::Others(e.to_string()))?,
@@ -119,6 +132,14 @@ impl ShimClient {
     pub fn wait(&self, id: &str) -> Result<u32, ttrpc::Error> {
         let req = api::WaitRequest { id: id.into(), ..Default::default() };
         self.call::<api::WaitResponse>("Wait", &req).map(|r| r.exit_status)
+    }
+
+    /// SandboxMetrics of sandbox `id`: the metric's id and data.
+    pub fn sandbox_metrics(&self, id: &str) -> Result<(String, Any), ttrpc::Error> {
+        let req = sandbox_api::SandboxMetricsRequest { sandbox_id: id.into(), ..Default::default() };
+        let resp: sandbox_api::SandboxMetricsResponse = self.call_service(SANDBOX_SERVICE, "SandboxMetrics", &req)?;
+        let metric = resp.metrics();
+        Ok((metric.id.clone(), metric.data.clone().unwrap_or_default()))
     }
 
     /// Delete task `id`; its exit status.

@@ -12,7 +12,7 @@ use tether_protos::{api, runc_options::CheckpointOptions, ttrpc::Code};
 use tether_tests::env::{skip, Env, Executor, TetherConfig};
 use tether_tests::runtime::recording_runc;
 use tether_tests::shim::{code_of, message_of, ShimClient};
-use tether_tests::{secs, wait_until, Case, Daemon};
+use tether_tests::{secs, wait_until, Case, Daemon, Sandboxer};
 
 tether_tests::for_each_daemon!(
     checkpoint_options_reach_the_runtime_and_failures_are_clear,
@@ -232,7 +232,12 @@ fn checkpoint_and_restore_round_trip(daemon: Daemon) {
 }
 
 fn native_checkpoint_failures_are_clear_and_restore_is_unimplemented(daemon: Daemon) {
-    let Some(env) = Env::for_case("native_checkpoint", Case { daemon, executor: Executor::Native }) else { return };
+    let Some(env) = Env::for_case(
+        "native_checkpoint",
+        Case { daemon, executor: Executor::Native, sandboxer: Sandboxer::Podsandbox },
+    ) else {
+        return;
+    };
     let ctr = &env.ctr;
     env.run("c1").detach().run(&["sh", "-c", COUNTER]).expect_ok();
     ctr.wait_status("c1", "RUNNING", secs(10));

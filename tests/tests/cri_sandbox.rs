@@ -4,14 +4,24 @@
 //! them through `/proc/<shim pid>/ns`.
 
 use std::fs;
+use std::time::Instant;
 
-use k8s_cri::v1::{ContainerState, NamespaceMode, NamespaceOption, PodSandboxState};
-use tether_tests::cri::config::sandbox_handler_for;
-use tether_tests::cri::{CriEnv, Pod, K8S_NAMESPACE};
-use tether_tests::env::{children_of, parent_pid, pid_alive, skip};
-use tether_tests::{secs, wait_until, Case, Daemon, Executor};
+use k8s_cri::v1::{ContainerState, PodSandboxState};
+use tether_protos::api::{self, Status};
+use tether_protos::cgroups::metrics as v1;
+use tether_protos::cgroups_v2::metrics as v2;
+use tether_protos::{protobuf::Message, ttrpc::Code};
+use tether_tests::cri::{CriClient, CriEnv, Pod, K8S_NAMESPACE};
+use tether_tests::env::{children_of, parent_pid, pid_alive};
+use tether_tests::shim::{code_of, ShimClient};
+use tether_tests::{secs, wait_until, Case};
 
-tether_tests::for_each_executor!(pod_without_pause);
+tether_tests::for_each_sandbox_case!(
+    pod_without_pause,
+    stop_pod_sandbox_stops_what_is_left,
+    containerd_restart_mid_pod,
+    sandbox_metrics
+);
 
 /// A container that runs until stopped.
 const LOOP: &str = "while :; do sleep 0.1; done";
@@ -24,49 +34,20 @@ fn ns(pid: &str, kind: &str) -> String {
         .to_string()
 }
 
-/// A pod's (or its container's) network: the pod's own.
-fn set_network(options: Option<&mut NamespaceOption>) {
-    options.expect("the harness' configs name their namespaces").network = NamespaceMode::Pod as i32;
-}
-
 /// RunPodSandbox starts no process: the sandbox's pid is its shim's, which has no child until
-/// a container starts. The shim holds a new IPC and UTS namespace (and joins the network namespace containerd made); both containers of the pod join them. StopPodSandbox stops the containers
-/// and reports the pod not ready; RemovePodSandbox ends the shim, and nothing is left.
+/// a container starts. The shim holds a new IPC and UTS namespace (and joins the network
+/// namespace containerd made); both containers of the pod join them. StopPodSandbox stops the
+/// containers and reports the pod not ready; RemovePodSandbox ends the shim, and nothing is
+/// left.
 fn pod_without_pause(case: Case) {
-    if case.daemon != Daemon::V2 {
-        skip("pod_without_pause", "sandboxer = \"shim\" is containerd 2.x's");
-        return;
-    }
-    if case.executor == Executor::Native {
-        // The native executor is chosen by the handler's ConfigPath, which containerd 2.1.9
-        // refuses for a sandbox's containers (docs/sandbox.md, "Left").
-        skip("pod_without_pause", "containerd 2.1 fails a sandboxed task whose handler has tether's options");
-        return;
-    }
-    let Some(mut env) = CriEnv::for_case("pod_without_pause", case) else { return };
-    if !env.runtime.is_tether() {
-        skip("pod_without_pause", "the Sandbox API is tether's");
-        return;
-    }
-    env.handler = sandbox_handler_for(case.executor);
-    // containerd 2.1 crashes on a hostNetwork pod of a shim sandboxer (containerd#12983, fixed
-    // by containerd#13131): the pod gets a network namespace of its own, from an inert CNI.
-    env.plugin().install_inert_cni();
-    let mut config = env.pod_config("pod1");
-    set_network(
-        config.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut()),
-    );
-    // The CRI plugin loads the CNI config a moment after it appears.
-    let id = wait_until(secs(20), || env.client.run_pod_sandbox(config.clone(), env.handler).ok())
-        .unwrap_or_else(|| panic!("RunPodSandbox: {:?}", env.client.run_pod_sandbox(config.clone(), env.handler)));
-    let pod = Pod { id, config };
+    let Some(env) = CriEnv::for_case("pod_without_pause", case) else { return };
+    let pod = env.run_pod("pod1");
     let status = env.client.pod_sandbox_status(&pod.id).expect("PodSandboxStatus").status.expect("a status");
     assert_eq!(status.state, PodSandboxState::SandboxReady as i32, "{status:?}");
     assert_eq!(status.runtime_handler, env.handler);
     // containerd 2.1's verbose PodSandboxStatus carries no pid for a shim sandboxer's pod.
-    let shims = env.shim_pids();
-    assert_eq!(shims.len(), 1, "one shim for the pod: {:?}", env.containerd.shim_processes());
-    let pid = shims[0];
+    assert_eq!(env.shim_pids().len(), 1, "one shim for the pod: {:?}", env.containerd.shim_processes());
+    let pid = env.shim_of(&pod);
     assert!(children_of(pid).is_empty(), "no pause process: the shim has children {:?}", children_of(pid));
     let shim = pid.to_string();
     assert_ne!(ns(&shim, "ipc"), ns("self", "ipc"), "the pod has an IPC namespace of its own");
@@ -75,11 +56,7 @@ fn pod_without_pause(case: Case) {
 
     let mut containers = Vec::new();
     for name in ["c1", "c2"] {
-        let mut config = env.container_config(name, 0, LOOP);
-        set_network(
-            config.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut()),
-        );
-        let id = env.start_container(&pod, config);
+        let id = env.start_container(&pod, env.container_config(name, 0, LOOP));
         env.wait_running(&id, secs(30));
         let cpid = env.container_pid(&id).to_string();
         assert_eq!(parent_pid(env.container_pid(&id)), Some(pid), "{name} runs under the pod's shim");
@@ -105,4 +82,139 @@ fn pod_without_pause(case: Case) {
     assert!(leftover.is_empty(), "no containerd container is left: {leftover:?}");
     let left = env.leftovers();
     assert!(left.is_empty(), "the removed pod left behind:\n  {}", left.join("\n  "));
+}
+
+/// StopPodSandbox stops what is left of the pod. The CRI plugin stops the containers it knows
+/// of before it calls StopSandbox, so the task left here is one another client created in the
+/// sandbox through its Task API endpoint (as containerd does for a sandboxed task): it runs in
+/// the pod's namespaces and ignores SIGTERM. The shim's StopSandbox SIGKILLs it and records its
+/// exit before it returns, so StopPodSandbox returns promptly with the task stopped, and the
+/// pod goes with nothing left behind.
+fn stop_pod_sandbox_stops_what_is_left(case: Case) {
+    let Some(env) = CriEnv::for_case("stop_what_is_left", case) else { return };
+    let pod = env.run_pod("pod");
+    let known = env.start_container(&pod, env.container_config("known", 0, LOOP));
+    env.wait_running(&known, secs(30));
+    let shim = ShimClient::connect(&sandbox_address(&env, &pod)).expect("connecting to the pod's shim");
+    let id = "stray";
+    let bundle = env.containerd.dir().join("work").join(id);
+    fs::create_dir_all(bundle.join("rootfs")).unwrap();
+    // The known container's spec (the pod's namespaces), with a command that ignores SIGTERM
+    // and a cgroup of its own.
+    let config = env.containerd.bundle(K8S_NAMESPACE, &known).join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(config).unwrap()).unwrap();
+    spec["process"]["args"] = serde_json::json!(["sh", "-c", format!("trap '' TERM; {LOOP}")]);
+    let cgroup = spec["linux"]["cgroupsPath"].as_str().unwrap().replace(&known, id);
+    spec["linux"]["cgroupsPath"] = cgroup.into();
+    fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    let rootfs = api::Mount {
+        type_: "bind".into(),
+        source: env.containerd.dir().join("images/rootfs").display().to_string(),
+        options: vec!["rbind".into(), "ro".into()],
+        ..Default::default()
+    };
+    let create = api::CreateTaskRequest {
+        id: id.into(),
+        bundle: bundle.display().to_string(),
+        rootfs: vec![rootfs],
+        ..Default::default()
+    };
+    shim.create(&create).expect("Create in the sandbox's shim");
+    let pid = shim.start(id).expect("Start");
+    assert_eq!(parent_pid(pid), Some(env.shim_of(&pod)), "the task runs in the pod's shim");
+
+    let started = Instant::now();
+    env.client.stop_pod_sandbox(&pod.id).expect("StopPodSandbox");
+    let took = started.elapsed();
+    assert!(took < secs(5), "StopPodSandbox took {took:?}");
+    let state: api::StateResponse =
+        shim.call("State", &api::StateRequest { id: id.into(), ..Default::default() }).expect("State");
+    assert_eq!(state.status.enum_value(), Ok(Status::STOPPED), "stopped with its pod: {state:?}");
+    assert_eq!(state.exit_status, 137, "SIGKILL: {state:?}");
+    assert!(!pid_alive(pid), "the task's process {pid} is gone");
+    assert_eq!(env.container_status(&known).state, ContainerState::ContainerExited as i32);
+    shim.delete(id).expect("Delete");
+    env.client.remove_pod_sandbox(&pod.id).expect("RemovePodSandbox");
+    let left = env.leftovers();
+    assert!(left.is_empty(), "the removed pod left behind:\n  {}", left.join("\n  "));
+}
+
+/// The address of the shim serving `pod`'s sandbox, from the sandbox's bundle.
+fn sandbox_address(env: &CriEnv, pod: &Pod) -> String {
+    let bundle = env.containerd.dir().join("state/io.containerd.sandbox.controller.v1.shim").join(K8S_NAMESPACE);
+    let file = bundle.join(&pod.id).join("address");
+    fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())).trim().to_string()
+}
+
+/// containerd restarts (killed, as a crash) in the middle of a pod's life: it finds the pod's
+/// shim again, the pod is ready and its container runs on; a new container starts in the pod,
+/// and the pod stops and goes away as usual, with nothing left behind.
+fn containerd_restart_mid_pod(case: Case) {
+    let Some(mut env) = CriEnv::for_case("restart_mid_pod", case) else { return };
+    let pod = env.run_pod("pod");
+    let before = env.start_container(&pod, env.container_config("before", 0, LOOP));
+    env.wait_running(&before, secs(30));
+    let (shim, pid) = (env.shim_of(&pod), env.container_pid(&before));
+
+    env.containerd.restart();
+    env.client = CriClient::connect(&env.containerd.address());
+    let ready = |env: &CriEnv| {
+        let status = env.client.pod_sandbox_status(&pod.id).ok()?.status?;
+        (status.state == PodSandboxState::SandboxReady as i32).then_some(())
+    };
+    assert!(
+        wait_until(secs(30), || ready(&env)).is_some(),
+        "the pod is ready after the restart: {:?}",
+        env.client.pod_sandbox_status(&pod.id)
+    );
+    assert_eq!(env.shim_of(&pod), shim, "the same shim serves the pod");
+    assert_eq!(env.container_status(&before).state, ContainerState::ContainerRunning as i32);
+    assert!(pid_alive(pid), "the container's process {pid} runs on");
+
+    let after = env.start_container(&pod, env.container_config("after", 0, LOOP));
+    env.wait_running(&after, secs(30));
+    assert_eq!(parent_pid(env.container_pid(&after)), Some(shim), "the new container runs under the pod's shim");
+
+    env.client.stop_pod_sandbox(&pod.id).expect("StopPodSandbox");
+    let status = env.sandbox_status(&pod);
+    assert_eq!(status.state, PodSandboxState::SandboxNotready as i32, "{status:?}");
+    for id in [&before, &after] {
+        assert_eq!(env.container_status(id).state, ContainerState::ContainerExited as i32, "{id}");
+    }
+    assert!(!pid_alive(pid), "the container's process {pid} is gone");
+    env.client.remove_pod_sandbox(&pod.id).expect("RemovePodSandbox");
+    assert!(wait_until(secs(10), || (!pid_alive(shim)).then_some(())).is_some(), "the shim ends with its pod");
+    let left = env.leftovers();
+    assert!(left.is_empty(), "the removed pod left behind:\n  {}", left.join("\n  "));
+}
+
+/// SandboxMetrics: the pod's cgroup metrics, in the message containerd decodes (cgroup v1 or
+/// v2 `Metrics`), which hold its running container's cpu and memory; a sandbox the shim does
+/// not serve is not found.
+fn sandbox_metrics(case: Case) {
+    let Some(env) = CriEnv::for_case("sandbox_metrics", case) else { return };
+    let pod = env.run_pod("pod");
+    let id = env.start_container(&pod, env.container_config("busy", 0, "while :; do :; done"));
+    env.wait_running(&id, secs(30));
+    let stats = env.client.container_stats(&id).expect("ContainerStats");
+    let container_cpu = stats.cpu.and_then(|c| c.usage_core_nano_seconds).map_or(0, |v| v.value);
+    assert!(container_cpu > 0, "the container has used the cpu");
+    let shim = ShimClient::connect(&sandbox_address(&env, &pod)).expect("connecting to the pod's shim");
+    let (metric_id, data) = shim.sandbox_metrics(&pod.id).expect("SandboxMetrics");
+    assert_eq!(metric_id, pod.id);
+    let (cpu_ns, memory) = match data.type_url.as_str() {
+        "io.containerd.cgroups.v1.Metrics" => {
+            let m = v1::Metrics::parse_from_bytes(&data.value).unwrap();
+            (m.cpu.usage.total, m.memory.usage.usage)
+        }
+        "io.containerd.cgroups.v2.Metrics" => {
+            let m = v2::Metrics::parse_from_bytes(&data.value).unwrap();
+            (m.cpu.usage_usec * 1000, m.memory.usage)
+        }
+        other => panic!("SandboxMetrics data of type {other:?}"),
+    };
+    assert!(cpu_ns >= container_cpu, "the pod's cpu ({cpu_ns} ns) holds its container's ({container_cpu} ns)");
+    assert!(memory > 0, "the pod's memory usage");
+    let err = shim.sandbox_metrics("another-sandbox").expect_err("another sandbox");
+    assert_eq!(code_of(&err), Code::NOT_FOUND, "{err}");
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tether_tests::env::{skip, usage, Env, Executor, TetherConfig};
 use tether_tests::runtime::{recording_runc, which};
-use tether_tests::{secs, wait_until, Case, Daemon};
+use tether_tests::{secs, wait_until, Case, Daemon, Sandboxer};
 
 tether_tests::for_each_daemon!(
     runtime_binary_under_another_name,
@@ -198,7 +198,11 @@ fn children(pid: u32) -> Vec<(u32, String)> {
 }
 
 fn native_executor_runs_containers_without_a_runtime_binary(daemon: Daemon) {
-    let Some(env) = Env::for_case("native_executor", Case { daemon, executor: Executor::Native }) else { return };
+    let Some(env) =
+        Env::for_case("native_executor", Case { daemon, executor: Executor::Native, sandboxer: Sandboxer::Podsandbox })
+    else {
+        return;
+    };
     let ctr = &env.ctr;
     // A runc that records every call, first on containerd's PATH and named as the runtime
     // binary: the native executor must never run it, nor the `delete` containerd runs after

@@ -17,6 +17,12 @@ impl Table {
         self.lock().is_empty() && self.creating.lock().unwrap().is_empty()
     }
 
+    /// The containers whose init has not stopped (created, running or paused): what a
+    /// sandbox's StopSandbox has left to kill.
+    pub fn live_containers(&self) -> Vec<String> {
+        self.lock().iter().filter(|(_, c)| c.init.status != super::Status::Stopped).map(|(id, _)| id.clone()).collect()
+    }
+
     /// Every container and process, as the debug service shows them (sorted by id).
     pub fn dump(&self) -> Vec<debug::Container> {
         let map = self.lock();

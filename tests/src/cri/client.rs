@@ -76,6 +76,13 @@ impl CriClient {
         self.image_call(|mut c| async move { c.image_status(req).await }).map(|r| r.image)
     }
 
+    /// Whether the CRI plugin reports its pod network ready (a CNI config loaded).
+    pub fn network_ready(&self) -> Result<bool, Status> {
+        let status = self.runtime_call(|mut c| async move { c.status(cri::StatusRequest::default()).await })?;
+        let conditions = status.status.map(|s| s.conditions).unwrap_or_default();
+        Ok(conditions.iter().any(|c| c.r#type == "NetworkReady" && c.status))
+    }
+
     /// RunPodSandbox on `handler`; the sandbox id.
     pub fn run_pod_sandbox(&self, config: cri::PodSandboxConfig, handler: &str) -> Result<String, Status> {
         let req = cri::RunPodSandboxRequest { config: Some(config), runtime_handler: handler.into() };

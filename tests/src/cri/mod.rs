@@ -5,9 +5,11 @@
 //! [`CriEnv::for_case`] starts the containerd (`Containerd::start_with_cri`), builds an
 //! OCI archive with a pause image (the sandbox image: sleeps until SIGTERM) and a busybox
 //! image from busybox-static, imports it into the `k8s.io` namespace and waits until the CRI
-//! plugin lists both. Pods use the host's network (no CNI) and a cgroup parent of this
-//! containerd's own; their CRI logs go below the temp dir. Dropping it stops and removes every
-//! pod through the CRI, then tears the containerd down.
+//! plugin lists both. Pause-based pods use the host's network (no CNI); pods of tether's own
+//! sandboxes ([`Sandboxer::Shim`]) get a network namespace from an inert CNI plugin (see
+//! [`CriEnv::network`]). Every pod has a cgroup parent of this containerd's own; their CRI logs
+//! go below the temp dir. Dropping it stops and removes every pod through the CRI, then tears
+//! the containerd down.
 
 pub mod client;
 pub mod config;
@@ -22,8 +24,8 @@ use crate::containerd::{cgroup_mount_points, mounted_below, Containerd};
 use crate::env::{skip, Executor, CONTAINER_PATH};
 use crate::process::wait_until;
 use crate::runtime::Runtime;
-use crate::Case;
 use crate::{oci_image, rootfs};
+use crate::{Case, Sandboxer};
 
 pub use client::CriClient;
 pub use config::{CriPlugin, BUSYBOX_IMAGE, SANDBOX_IMAGE};
@@ -50,6 +52,8 @@ pub struct Pod {
 pub struct CriEnv {
     pub runtime: Runtime,
     pub executor: Executor,
+    /// Who holds this test's pods' namespaces: a pause container, or the pod's shim.
+    pub sandboxer: Sandboxer,
     /// The runtime handler this test's pods run with.
     pub handler: &'static str,
     pub client: CriClient,
@@ -59,13 +63,15 @@ pub struct CriEnv {
 
 impl CriEnv {
     /// A containerd of `case.daemon` with the CRI plugin, images imported, whose pods run on
-    /// tether's `case.executor` (or on containerd's Go shim when that is the runtime under test). `None`,
-    /// after saying why, for a tether executor when the runtime under test is not tether.
+    /// tether's `case.executor` (or on containerd's Go shim when that is the runtime under test),
+    /// in pods of `case.sandboxer`. `None`, after saying why, for a case that cannot run: a
+    /// tether executor or sandboxer when the runtime under test is not tether, tether's
+    /// sandboxes on containerd 1.x or with the native executor.
     pub fn for_case(test: &str, case: Case) -> Option<CriEnv> {
-        let Case { daemon, executor } = case;
+        let Case { daemon, executor, sandboxer } = case;
         let runtime = Runtime::from_env();
-        if executor != Executor::Runc && !runtime.is_tether() {
-            skip(test, &format!("the {} executor is tether's (runtime is {})", executor.name(), runtime.name));
+        if let Some(why) = unsupported(case, &runtime) {
+            skip(test, &why);
             return None;
         }
         let containerd = Containerd::start_with_cri(&runtime, daemon);
@@ -78,13 +84,17 @@ impl CriEnv {
         oci_image::write_archive(&rootfs::build(&work.join("rootfs")), &images, &archive);
         oci_image::import(&containerd.ctr(K8S_NAMESPACE), &archive);
         let client = CriClient::connect(&containerd.address());
-        let env = CriEnv {
-            handler: config::handler_for(executor, runtime.is_go_runc()),
-            runtime,
-            executor,
-            client,
-            containerd,
+        let handler = match sandboxer {
+            Sandboxer::Podsandbox => config::handler_for(executor, runtime.is_go_runc()),
+            Sandboxer::Shim => config::sandbox_handler_for(executor),
         };
+        let env = CriEnv { handler, runtime, executor, sandboxer, client, containerd };
+        if sandboxer == Sandboxer::Shim {
+            env.plugin().install_inert_cni();
+            // The plugin loads a CNI config a moment after it appears.
+            wait_until(IMAGE_SYNC_TIMEOUT, || env.client.network_ready().ok().filter(|ready| *ready))
+                .unwrap_or_else(|| panic!("the CRI plugin never loaded the inert CNI config"));
+        }
         // The plugin learns of imported images from containerd's events.
         for image in [SANDBOX_IMAGE, BUSYBOX_IMAGE] {
             wait_until(IMAGE_SYNC_TIMEOUT, || env.client.image_status(image).ok().flatten())
@@ -98,8 +108,8 @@ impl CriEnv {
         self.containerd.cri().expect("the CRI plugin is on")
     }
 
-    /// A host-network pod named `name`, in this containerd's cgroup parent, its logs in the
-    /// temp dir.
+    /// A pod named `name` on [`CriEnv::network`], in this containerd's cgroup parent, its logs
+    /// in the temp dir.
     pub fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
         let log_directory = self.plugin().pod_log_dir(name);
         std::fs::create_dir_all(&log_directory).expect("create the pod's log dir");
@@ -114,7 +124,7 @@ impl CriEnv {
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: self.plugin().cgroup_parent(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespaces()),
+                    namespace_options: Some(self.namespaces()),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -154,7 +164,7 @@ impl CriEnv {
             log_path: format!("{name}_{attempt}.log"),
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(namespaces()),
+                    namespace_options: Some(self.namespaces()),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -220,12 +230,54 @@ impl CriEnv {
         info_pid(&resp.info).unwrap_or_else(|| panic!("no pid in ContainerStatus info of {id}: {:?}", resp.info))
     }
 
+    /// PodSandboxStatus of `pod` (panics on errors).
+    pub fn sandbox_status(&self, pod: &Pod) -> cri::PodSandboxStatus {
+        self.client
+            .pod_sandbox_status(&pod.id)
+            .unwrap_or_else(|e| panic!("PodSandboxStatus {}: {e}", pod.id))
+            .status
+            .unwrap_or_else(|| panic!("PodSandboxStatus {} without a status", pod.id))
+    }
+
     /// The host pid of pod `pod`'s sandbox (pause) process, and the sandbox's verbose info.
     pub fn sandbox_info(&self, pod: &str) -> (u32, serde_json::Value) {
         let resp = self.client.pod_sandbox_status(pod).unwrap_or_else(|e| panic!("PodSandboxStatus {pod}: {e}"));
         let pid =
             info_pid(&resp.info).unwrap_or_else(|| panic!("no pid in PodSandboxStatus info of {pod}: {:?}", resp.info));
         (pid, parse_info(&resp.info))
+    }
+
+    /// The network of this test's pods and containers: the host's for pause-based pods;
+    /// a network namespace of the pod's own (from the inert CNI plugin) for tether's sandboxes,
+    /// because containerd 2.1 crashes on a hostNetwork pod of a shim sandboxer
+    /// (containerd#12983, fixed by containerd#13131).
+    pub fn network(&self) -> cri::NamespaceMode {
+        match self.sandboxer {
+            Sandboxer::Podsandbox => cri::NamespaceMode::Node,
+            Sandboxer::Shim => cri::NamespaceMode::Pod,
+        }
+    }
+
+    /// The pod's network ([`CriEnv::network`]), a pid namespace per container (the kubelet's
+    /// default), the pod's IPC.
+    fn namespaces(&self) -> cri::NamespaceOption {
+        cri::NamespaceOption {
+            network: self.network() as i32,
+            pid: cri::NamespaceMode::Container as i32,
+            ipc: cri::NamespaceMode::Pod as i32,
+            ..Default::default()
+        }
+    }
+
+    /// The shim serving `pod`: the one started for the pod's id (its sandbox, pause or not).
+    pub fn shim_of(&self, pod: &Pod) -> u32 {
+        let named = |argv: &[String]| argv.windows(2).any(|w| w[0] == "-id" && w[1] == pod.id);
+        let shims = self.containerd.shim_processes();
+        shims
+            .iter()
+            .find(|(_, argv)| named(argv))
+            .map(|(pid, _)| *pid)
+            .unwrap_or_else(|| panic!("no shim serves pod {}: {shims:?}", pod.id))
     }
 
     /// Pids of the shims serving this containerd.
@@ -297,14 +349,25 @@ fn set_pid(options: Option<&mut cri::NamespaceOption>, pid: cri::NamespaceMode) 
     options.expect("the harness' configs name their namespaces").pid = pid as i32;
 }
 
-/// Host network, a pid namespace per container (the kubelet's default), the pod's IPC.
-fn namespaces() -> cri::NamespaceOption {
-    cri::NamespaceOption {
-        network: cri::NamespaceMode::Node as i32,
-        pid: cri::NamespaceMode::Container as i32,
-        ipc: cri::NamespaceMode::Pod as i32,
-        ..Default::default()
+/// Why `case` cannot run with `runtime` under test, if it cannot.
+fn unsupported(case: Case, runtime: &Runtime) -> Option<String> {
+    if case.executor != Executor::Runc && !runtime.is_tether() {
+        return Some(format!("the {} executor is tether's (runtime is {})", case.executor.name(), runtime.name));
     }
+    if case.sandboxer == Sandboxer::Podsandbox {
+        return None;
+    }
+    if !runtime.is_tether() {
+        return Some(format!("the shim sandboxer's Sandbox API is tether's (runtime is {})", runtime.name));
+    }
+    if !case.daemon.is_v2() {
+        return Some("sandboxer = \"shim\" is containerd 2.x's".into());
+    }
+    // The native executor is chosen by the handler's ConfigPath, and containerd 2.1 fails the
+    // Task API create of a sandboxed container whose handler has options other than runc's
+    // (docs/sandbox.md, "Left").
+    (case.executor == Executor::Native)
+        .then(|| "containerd 2.1 fails a sandboxed task whose handler has tether's options".into())
 }
 
 /// containerd puts its verbose details in `info["info"]`, a JSON document.

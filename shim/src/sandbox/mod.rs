@@ -16,16 +16,25 @@
 //!
 //! A pod whose containers share one PID namespace (`shareProcessNamespace`) needs a PID 1;
 //! such a pod is refused for now (docs/sandbox.md, "Left").
+//!
+//! | module | what |
+//! | --- | --- |
+//! | `pod` | what of the CRI's PodSandboxConfig the shim acts on |
+//! | `namespaces` | the pod's namespaces, hostname and sysctls, entered at StartSandbox |
+//! | `tasks` | the pod's containers: StopSandbox stops what is left |
+//! | `metrics` | SandboxMetrics: the pod cgroup's metrics |
+
+mod metrics;
+mod namespaces;
+mod pod;
+mod tasks;
 
 use std::{
-    collections::BTreeMap,
-    fs::{self, File},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
-use nix::sched::{setns, unshare, CloneFlags};
 use tether_protos::{
     protobuf::MessageField,
     sandbox_api as api,
@@ -35,6 +44,8 @@ use tether_protos::{
 };
 use tokio::sync::watch;
 
+pub use self::pod::{NamespaceMode, PodConfig};
+pub use self::tasks::PodTasks;
 use crate::{
     error::{Error, Result},
     events::timestamp,
@@ -45,182 +56,6 @@ use crate::{
 /// plugin shows for a sandbox of any controller.
 const STATE_READY: &str = "SANDBOX_READY";
 const STATE_NOT_READY: &str = "SANDBOX_NOTREADY";
-
-/// A namespace mode of the CRI (`runtime.v1.NamespaceMode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum NamespaceMode {
-    /// Shared by the pod's containers (the CRI's default, 0).
-    #[default]
-    Pod,
-    /// One per container.
-    Container,
-    /// The node's (hostNetwork, hostPID, hostIPC).
-    Node,
-    /// Another container's.
-    Target,
-}
-
-impl NamespaceMode {
-    fn from_wire(v: u64) -> Result<NamespaceMode> {
-        match v {
-            0 => Ok(NamespaceMode::Pod),
-            1 => Ok(NamespaceMode::Container),
-            2 => Ok(NamespaceMode::Node),
-            3 => Ok(NamespaceMode::Target),
-            _ => Err(Error::InvalidArgument(format!("unknown CRI namespace mode {v}"))),
-        }
-    }
-}
-
-/// What of the CRI's `PodSandboxConfig` (CreateSandbox's options) the shim acts on.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PodConfig {
-    /// The pod's hostname (set in its UTS namespace).
-    pub hostname: String,
-    pub network: NamespaceMode,
-    pub pid: NamespaceMode,
-    pub ipc: NamespaceMode,
-    /// Namespaced sysctls, written inside the pod's namespaces.
-    pub sysctls: BTreeMap<String, String>,
-    /// The pod's cgroup parent (the kubelet's pod cgroup).
-    pub cgroup_parent: String,
-}
-
-impl PodConfig {
-    /// Decodes the fields tether needs from an encoded `runtime.v1.PodSandboxConfig`; the
-    /// rest is skipped. tether has no CRI types of its own, so the wire is read directly
-    /// (field numbers from the CRI's api.proto).
-    pub fn decode(bytes: &[u8]) -> Result<PodConfig> {
-        let mut pod = PodConfig::default();
-        for field in wire::fields(bytes)? {
-            match field {
-                (2, wire::Value::Bytes(b)) => pod.hostname = wire::string(b)?,
-                (8, wire::Value::Bytes(linux)) => pod.decode_linux(linux)?,
-                _ => {}
-            }
-        }
-        Ok(pod)
-    }
-
-    /// `LinuxPodSandboxConfig`: 1 cgroup_parent, 2 security_context, 3 sysctls.
-    fn decode_linux(&mut self, bytes: &[u8]) -> Result<()> {
-        for field in wire::fields(bytes)? {
-            match field {
-                (1, wire::Value::Bytes(b)) => self.cgroup_parent = wire::string(b)?,
-                (2, wire::Value::Bytes(security)) => {
-                    // LinuxSandboxSecurityContext: 1 namespace_options.
-                    for field in wire::fields(security)? {
-                        if let (1, wire::Value::Bytes(options)) = field {
-                            self.decode_namespaces(options)?;
-                        }
-                    }
-                }
-                (3, wire::Value::Bytes(entry)) => {
-                    // A map entry: 1 key, 2 value.
-                    let (mut key, mut value) = (String::new(), String::new());
-                    for field in wire::fields(entry)? {
-                        match field {
-                            (1, wire::Value::Bytes(b)) => key = wire::string(b)?,
-                            (2, wire::Value::Bytes(b)) => value = wire::string(b)?,
-                            _ => {}
-                        }
-                    }
-                    self.sysctls.insert(key, value);
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// `NamespaceOption`: 1 network, 2 pid, 3 ipc.
-    fn decode_namespaces(&mut self, bytes: &[u8]) -> Result<()> {
-        for field in wire::fields(bytes)? {
-            match field {
-                (1, wire::Value::Varint(v)) => self.network = NamespaceMode::from_wire(v)?,
-                (2, wire::Value::Varint(v)) => self.pid = NamespaceMode::from_wire(v)?,
-                (3, wire::Value::Varint(v)) => self.ipc = NamespaceMode::from_wire(v)?,
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether the pod has a UTS namespace of its own: every pod but a hostNetwork one (the
-    /// CRI gives hostNetwork pods the node's UTS namespace too).
-    pub fn own_uts(&self) -> bool {
-        self.network != NamespaceMode::Node
-    }
-
-    /// Whether the pod has an IPC namespace of its own (not hostIPC).
-    pub fn own_ipc(&self) -> bool {
-        self.ipc != NamespaceMode::Node
-    }
-}
-
-/// A minimal protobuf wire reader: the fields of one message, nested messages left encoded.
-mod wire {
-    use crate::error::{Error, Result};
-
-    /// One field's value: a varint, or the bytes of a length-delimited field.
-    #[derive(Debug, PartialEq)]
-    pub enum Value<'a> {
-        Varint(u64),
-        Bytes(&'a [u8]),
-        /// A fixed 32 or 64 bit value (none of the fields tether reads).
-        Fixed,
-    }
-
-    fn bad(what: &str) -> Error {
-        Error::InvalidArgument(format!("malformed PodSandboxConfig: {what}"))
-    }
-
-    fn varint(bytes: &[u8], at: &mut usize) -> Result<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *bytes.get(*at).ok_or_else(|| bad("truncated varint"))?;
-            *at += 1;
-            value |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(bad("varint too long"))
-    }
-
-    fn take<'a>(bytes: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8]> {
-        let end = at.checked_add(n).filter(|e| *e <= bytes.len()).ok_or_else(|| bad("truncated field"))?;
-        let slice = &bytes[*at..end];
-        *at = end;
-        Ok(slice)
-    }
-
-    /// Every (field number, value) of the message `bytes`, in wire order.
-    pub fn fields(bytes: &[u8]) -> Result<Vec<(u32, Value<'_>)>> {
-        let mut out = Vec::new();
-        let mut at = 0;
-        while at < bytes.len() {
-            let key = varint(bytes, &mut at)?;
-            let number = u32::try_from(key >> 3).map_err(|_| bad("field number"))?;
-            let value = match key & 7 {
-                0 => Value::Varint(varint(bytes, &mut at)?),
-                1 => take(bytes, &mut at, 8).map(|_| Value::Fixed)?,
-                2 => {
-                    let n = usize::try_from(varint(bytes, &mut at)?).map_err(|_| bad("length"))?;
-                    Value::Bytes(take(bytes, &mut at, n)?)
-                }
-                5 => take(bytes, &mut at, 4).map(|_| Value::Fixed)?,
-                t => return Err(bad(&format!("wire type {t}"))),
-            };
-            out.push((number, value));
-        }
-        Ok(out)
-    }
-
-    pub fn string(bytes: &[u8]) -> Result<String> {
-        String::from_utf8(bytes.to_vec()).map_err(|_| bad("a string that is not UTF-8"))
-    }
-}
 
 /// Where a sandbox is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,6 +81,8 @@ struct Pod {
 /// shim per sandbox, named by the sandbox id).
 pub struct SandboxService {
     pod: Mutex<Option<Pod>>,
+    /// The pod's containers (the shim's process table).
+    tasks: Arc<dyn PodTasks>,
     /// The exit (at StopSandbox) that WaitSandbox returns.
     exited: watch::Sender<Option<SystemTime>>,
     /// Ends the shim (ShutdownSandbox), once the reply is on its way.
@@ -253,9 +90,15 @@ pub struct SandboxService {
 }
 
 impl SandboxService {
-    /// A service with no sandbox yet; `on_shutdown` ends the shim.
-    pub fn new(on_shutdown: impl Fn() + Send + Sync + 'static) -> Self {
-        SandboxService { pod: Mutex::new(None), exited: watch::channel(None).0, on_shutdown: Box::new(on_shutdown) }
+    /// A service with no sandbox yet, whose containers are `tasks`; `on_shutdown` ends the
+    /// shim.
+    pub fn new(tasks: Arc<dyn PodTasks>, on_shutdown: impl Fn() + Send + Sync + 'static) -> Self {
+        SandboxService {
+            pod: Mutex::new(None),
+            tasks,
+            exited: watch::channel(None).0,
+            on_shutdown: Box::new(on_shutdown),
+        }
     }
 
     /// The ttrpc service for the shim's async server.
@@ -323,7 +166,7 @@ impl SandboxService {
             if pod.phase != Phase::Created {
                 return Err(Error::FailedPrecondition(format!("sandbox {id} was started already")));
             }
-            enter_namespaces(&pod.config, &pod.netns)?;
+            namespaces::enter(&pod.config, &pod.netns)?;
             pod.phase = Phase::Running;
             pod.created_at = SystemTime::now();
             log::info!("sandbox {id} started (bundle {})", pod.bundle.display());
@@ -331,9 +174,12 @@ impl SandboxService {
         })
     }
 
-    /// StopSandbox: the sandbox is over; WaitSandbox returns. The namespaces stay until the
+    /// StopSandbox: kills the containers still running and waits at most `within` for their
+    /// exits; then the sandbox is over and WaitSandbox returns. The namespaces stay until the
     /// shim ends (ShutdownSandbox), as a pause container's would stay until it is deleted.
-    pub fn stop(&self, id: &str) -> Result<()> {
+    pub async fn stop(&self, id: &str, within: Duration) -> Result<()> {
+        self.with_pod(id, |_| Ok(()))?;
+        tasks::stop_all(&self.tasks, within).await?;
         let at = self.with_pod(id, |pod| {
             if pod.phase != Phase::Stopped {
                 pod.phase = Phase::Stopped;
@@ -390,57 +236,9 @@ pub fn platform() -> Platform {
     };
     Platform { os: "linux".into(), architecture: architecture.into(), ..Default::default() }
 }
-
-/// Makes the calling thread, which must be the process's main thread, a member of the pod's
-/// namespaces: `netns` (if the pod has a network of its own), a new IPC and UTS namespace
-/// unless the pod uses the node's; then sets the pod's hostname and sysctls in them.
-fn enter_namespaces(pod: &PodConfig, netns: &str) -> Result<()> {
-    // /proc/<pid>/ns shows the main thread's namespaces; entering them on any other thread
-    // would leave the containers joining the host's.
-    if nix::unistd::gettid() != nix::unistd::getpid() {
-        return Err(Error::FailedPrecondition("StartSandbox must run on the shim's main thread".into()));
-    }
-    if !netns.is_empty() {
-        let file = File::open(netns).map_err(|e| Error::io(format!("opening {netns}"), e))?;
-        setns(&file, CloneFlags::CLONE_NEWNET)
-            .map_err(|e| Error::io(format!("joining the network namespace {netns}"), e.into()))?;
-    }
-    let mut flags = CloneFlags::empty();
-    if pod.own_ipc() {
-        flags |= CloneFlags::CLONE_NEWIPC;
-    }
-    if pod.own_uts() {
-        flags |= CloneFlags::CLONE_NEWUTS;
-    }
-    if !flags.is_empty() {
-        unshare(flags).map_err(|e| Error::io("creating the pod's IPC and UTS namespaces", e.into()))?;
-    }
-    if pod.own_uts() && !pod.hostname.is_empty() {
-        // SAFETY: sethostname reads `len` bytes of a live buffer.
-        if unsafe { libc::sethostname(pod.hostname.as_ptr().cast(), pod.hostname.len()) } < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(Error::io(format!("setting the hostname {}", pod.hostname), e));
-        }
-    }
-    for (key, value) in &pod.sysctls {
-        let path = sysctl_path(key)?;
-        fs::write(&path, value).map_err(|e| Error::io(format!("setting sysctl {key}={value}"), e))?;
-    }
-    Ok(())
-}
-
-/// `/proc/sys/...` of a sysctl named with dots (`net.ipv4.ip_forward`) or slashes (the form
-/// that allows dots inside a name, `net/ipv4/conf/eth0.100/forwarding`).
-fn sysctl_path(key: &str) -> Result<PathBuf> {
-    let relative = if key.contains('/') { key.to_string() } else { key.replace('.', "/") };
-    if relative.is_empty() || relative.split('/').any(|part| part.is_empty() || part == "..") {
-        return Err(Error::InvalidArgument(format!("bad sysctl name {key:?}")));
-    }
-    Ok(Path::new("/proc/sys").join(relative))
-}
-
-/// Every call runs on the loop: they only touch this service's state, and StartSandbox must
-/// run on the main thread, which is the loop's.
+/// Every call runs on the loop: StartSandbox must run on the main thread, which is the loop's;
+/// the others touch this service's state or read cgroup files, as the task API's Stats does.
+/// StopSandbox's kills alone run the runtime, on the blocking pool (`tasks`).
 #[async_trait::async_trait]
 impl Sandbox for SandboxService {
     async fn create_sandbox(
@@ -480,8 +278,14 @@ impl Sandbox for SandboxService {
         _: &TtrpcContext,
         req: api::StopSandboxRequest,
     ) -> ttrpc::Result<api::StopSandboxResponse> {
-        logged("StopSandbox", &req.sandbox_id, "", async { self.stop(&req.sandbox_id).map(|()| Default::default()) })
-            .await
+        let within = match req.timeout_secs {
+            0 => tasks::DEFAULT_STOP_TIMEOUT,
+            secs => Duration::from_secs(secs.into()),
+        };
+        logged("StopSandbox", &req.sandbox_id, "", async {
+            self.stop(&req.sandbox_id, within).await.map(|()| Default::default())
+        })
+        .await
     }
 
     async fn wait_sandbox(
@@ -533,8 +337,8 @@ impl Sandbox for SandboxService {
         req: api::SandboxMetricsRequest,
     ) -> ttrpc::Result<api::SandboxMetricsResponse> {
         logged("SandboxMetrics", &req.sandbox_id, "", async {
-            self.with_pod(&req.sandbox_id, |_| Ok(()))?;
-            Err(Error::Unimplemented("SandboxMetrics"))
+            let cgroup_parent = self.with_pod(&req.sandbox_id, |pod| Ok(pod.config.cgroup_parent.clone()))?;
+            metrics::of_pod(&req.sandbox_id, &cgroup_parent)
         })
         .await
     }
@@ -542,69 +346,55 @@ impl Sandbox for SandboxService {
 
 #[cfg(test)]
 mod tests {
+    use super::pod::tests::pod_config;
     use super::*;
 
-    /// Encodes a field: key, then a varint or length-delimited bytes.
-    fn field(number: u32, value: &[u8]) -> Vec<u8> {
-        let mut out = vec![(number << 3 | 2) as u8, value.len() as u8];
-        out.extend_from_slice(value);
-        out
+    /// Containers that exit when killed, unless told to hang.
+    #[derive(Default)]
+    struct FakeTasks {
+        live: Mutex<Vec<String>>,
+        killed: Mutex<Vec<String>>,
+        hang: bool,
+        exits: tokio::sync::Notify,
     }
 
-    fn varint_field(number: u32, v: u8) -> Vec<u8> {
-        vec![(number << 3) as u8, v]
-    }
-
-    /// A PodSandboxConfig as the kubelet sends it: metadata, hostname, log dir, linux with
-    /// cgroup parent, namespaces and two sysctls.
-    fn pod_config(network: u8, pid: u8, ipc: u8) -> Vec<u8> {
-        let namespaces = [varint_field(1, network), varint_field(2, pid), varint_field(3, ipc)].concat();
-        let security = field(1, &namespaces);
-        let sysctl = |k: &str, v: &str| field(3, &[field(1, k.as_bytes()), field(2, v.as_bytes())].concat());
-        let linux = [
-            field(1, b"/kubepods/pod1"),
-            field(2, &security),
-            sysctl("net.ipv4.ip_unprivileged_port_start", "0"),
-            sysctl("kernel.shm_rmid_forced", "1"),
-        ]
-        .concat();
-        [field(1, &field(1, b"pod1")), field(2, b"pod1-host"), field(3, b"/var/log/pods/x"), field(8, &linux)].concat()
-    }
-
-    #[test]
-    fn decodes_what_the_kubelet_sends() {
-        let pod = PodConfig::decode(&pod_config(0, 1, 0)).unwrap();
-        assert_eq!(pod.hostname, "pod1-host");
-        assert_eq!(pod.cgroup_parent, "/kubepods/pod1");
-        assert_eq!((pod.network, pod.pid, pod.ipc), (NamespaceMode::Pod, NamespaceMode::Container, NamespaceMode::Pod));
-        assert_eq!(pod.sysctls["net.ipv4.ip_unprivileged_port_start"], "0");
-        assert_eq!(pod.sysctls["kernel.shm_rmid_forced"], "1");
-        assert!(pod.own_ipc() && pod.own_uts());
-
-        let host = PodConfig::decode(&pod_config(2, 2, 2)).unwrap();
-        assert!(!host.own_ipc() && !host.own_uts(), "hostNetwork and hostIPC: the node's namespaces");
-        assert_eq!(host.pid, NamespaceMode::Node);
-    }
-
-    #[test]
-    fn malformed_configs_are_invalid_arguments() {
-        for bytes in [&[0x12, 9, b'x'][..], &[0x80], &[0x0b], &[0x42, 2, 0x0b, 0]] {
-            let err = PodConfig::decode(bytes).unwrap_err();
-            assert_eq!(err.code(), ttrpc::Code::INVALID_ARGUMENT, "{bytes:?}: {err}");
+    #[async_trait::async_trait]
+    impl PodTasks for FakeTasks {
+        fn live(&self) -> Vec<String> {
+            self.live.lock().unwrap().clone()
         }
-        assert_eq!(PodConfig::decode(&[]).unwrap(), PodConfig::default());
+
+        fn kill(&self, id: &str) -> Result<()> {
+            self.killed.lock().unwrap().push(id.to_string());
+            if !self.hang {
+                self.live.lock().unwrap().retain(|c| c != id);
+                self.exits.notify_waiters();
+            }
+            Ok(())
+        }
+
+        async fn exited(&self, id: &str) -> Result<()> {
+            loop {
+                let exit = self.exits.notified();
+                if !self.live().iter().any(|c| c == id) {
+                    return Ok(());
+                }
+                exit.await;
+            }
+        }
     }
 
-    #[test]
-    fn sysctl_names_map_to_proc_sys() {
-        assert_eq!(sysctl_path("net.ipv4.ip_forward").unwrap(), Path::new("/proc/sys/net/ipv4/ip_forward"));
-        assert_eq!(
-            sysctl_path("net/ipv4/conf/eth0.100/forwarding").unwrap(),
-            Path::new("/proc/sys/net/ipv4/conf/eth0.100/forwarding")
-        );
-        for bad in ["", "net..x", "net/../../etc", "/abs"] {
-            assert!(sysctl_path(bad).is_err(), "{bad}");
-        }
+    fn service_over(tasks: FakeTasks) -> (Arc<FakeTasks>, SandboxService) {
+        let tasks = Arc::new(tasks);
+        (tasks.clone(), SandboxService::new(tasks, || {}))
+    }
+
+    fn service() -> SandboxService {
+        service_over(FakeTasks::default()).1
+    }
+
+    fn stop(service: &SandboxService, id: &str, within: Duration) -> Result<()> {
+        crate::rt::handle().block_on(service.stop(id, within))
     }
 
     fn create_request(id: &str, config: Vec<u8>) -> api::CreateSandboxRequest {
@@ -622,21 +412,21 @@ mod tests {
 
     #[test]
     fn one_sandbox_per_shim_and_its_errors() {
-        let service = SandboxService::new(|| {});
+        let service = service();
         assert!(!service.holds_shim());
         assert_eq!(service.status("s1").unwrap_err().code(), ttrpc::Code::NOT_FOUND);
         service.create(&create_request("s1", pod_config(2, 1, 2))).unwrap();
         assert!(service.holds_shim());
         let again = service.create(&create_request("s2", pod_config(2, 1, 2))).unwrap_err();
         assert_eq!(again.code(), ttrpc::Code::ALREADY_EXISTS);
-        assert_eq!(service.stop("s2").unwrap_err().code(), ttrpc::Code::NOT_FOUND);
+        assert_eq!(stop(&service, "s2", Duration::ZERO).unwrap_err().code(), ttrpc::Code::NOT_FOUND);
         let status = service.status("s1").unwrap();
         assert_eq!((status.state.as_str(), status.pid), (STATE_NOT_READY, std::process::id()));
     }
 
     #[test]
     fn shared_pid_namespaces_and_missing_netns_are_refused() {
-        let service = SandboxService::new(|| {});
+        let service = service();
         let err = service.create(&create_request("s1", pod_config(2, 0, 2))).unwrap_err();
         assert_eq!(err.code(), ttrpc::Code::UNIMPLEMENTED, "{err}");
         let mut req = create_request("s1", pod_config(0, 1, 0));
@@ -647,7 +437,7 @@ mod tests {
 
     #[test]
     fn stop_ends_the_wait() {
-        let service = Arc::new(SandboxService::new(|| {}));
+        let service = Arc::new(service());
         // hostNetwork and hostIPC: Start enters no namespace, so it runs in the test too
         // (off the main thread it must refuse, and does).
         service.create(&create_request("s1", pod_config(2, 1, 2))).unwrap();
@@ -655,7 +445,7 @@ mod tests {
             let service = service.clone();
             crate::rt::spawn(async move { service.wait("s1").await })
         };
-        service.stop("s1").unwrap();
+        stop(&service, "s1", Duration::ZERO).unwrap();
         let exited = crate::rt::handle().block_on(waiter).unwrap().unwrap();
         let status = service.status("s1").unwrap();
         assert_eq!(status.state, STATE_NOT_READY);
@@ -663,8 +453,31 @@ mod tests {
     }
 
     #[test]
+    fn stop_kills_what_is_left_and_waits_for_its_exits() {
+        let live = vec!["c1".to_string(), "c2".to_string()];
+        let (tasks, service) = service_over(FakeTasks { live: Mutex::new(live.clone()), ..Default::default() });
+        service.create(&create_request("s1", pod_config(2, 1, 2))).unwrap();
+        stop(&service, "s1", Duration::from_secs(5)).unwrap();
+        assert_eq!(*tasks.killed.lock().unwrap(), live);
+        assert!(tasks.live().is_empty());
+        assert_eq!(service.status("s1").unwrap().state, STATE_NOT_READY);
+    }
+
+    #[test]
+    fn stop_fails_when_a_container_outlives_the_timeout() {
+        let hanging = FakeTasks { live: Mutex::new(vec!["c1".into()]), hang: true, ..Default::default() };
+        let (tasks, service) = service_over(hanging);
+        service.create(&create_request("s1", pod_config(2, 1, 2))).unwrap();
+        let err = stop(&service, "s1", Duration::from_millis(50)).unwrap_err();
+        assert_eq!(err.code(), ttrpc::Code::DEADLINE_EXCEEDED, "{err}");
+        assert_eq!(*tasks.killed.lock().unwrap(), ["c1"]);
+        let status = service.status("s1").unwrap();
+        assert!(status.exited_at.is_none(), "not stopped while a container runs: {status:?}");
+    }
+
+    #[test]
     fn start_refuses_other_threads() {
-        let service = SandboxService::new(|| {});
+        let service = service();
         service.create(&create_request("s1", pod_config(2, 1, 2))).unwrap();
         let err = std::thread::scope(|s| s.spawn(|| service.start("s1")).join().unwrap()).unwrap_err();
         assert_eq!(err.code(), ttrpc::Code::FAILED_PRECONDITION, "{err}");
