@@ -8,7 +8,8 @@ tether-bench: tether (runc and native executors) against containerd's Go shim, s
 usage: tether-bench [OPTIONS]   (as root; build the shim first: cargo dist)
 
   --quick               tiny counts for a smoke run (10 iterations, 5 containers, 64 MiB,
-                        4 pods polled for 12 s, a 10 s idle window, storms of 100 and 500)
+                        4 pods polled for 12 s, a 10 s idle window, 3 pod starts, storms
+                        of 100 and 500)
   --iterations N        iterations of every latency figure (lifecycle, exec, shim start,
                         shim lifecycle)
   --lifecycle N         create→start→exit→delete through containerd   [200]
@@ -31,19 +32,31 @@ usage: tether-bench [OPTIONS]   (as root; build the shim first: cargo dist)
   --in-flight N         concurrent creations in a burst, execs in the
                         exec storm                                    [8]
   --burst-rounds N      bursts per target                             [3]
+  --pod-starts N        pods started through the CRI (containerd 2.x)
+                        per kind of pod                               [30]
   --stdio-mib N         MiB a container writes to stdout              [1024]
   --stdio-rounds N      stdio runs per target                         [3]
   --only LIST           figures to run, comma-separated, of: node-memory, memory,
-                        lifecycle, exec, burst, stdio, shim-start, shim-lifecycle,
-                        exec-storm                 [all but exec-storm, which is on demand]
+                        lifecycle, exec, burst, pod-start, stdio, shim-start,
+                        shim-lifecycle, exec-storm [all but exec-storm, which is on demand]
   --targets LIST        of: go, runc, native                          [go,runc,native]
   --out DIR             where tether-bench.json and tether-bench.svg go [bench-results]
   -h, --help            this text
 ";
 
 /// The figures, as `--only` names them, in the order they run.
-pub const FIGURES: [&str; 9] =
-    ["node-memory", "memory", "lifecycle", "exec", "burst", "stdio", "shim-start", "shim-lifecycle", "exec-storm"];
+pub const FIGURES: [&str; 10] = [
+    "node-memory",
+    "memory",
+    "lifecycle",
+    "exec",
+    "burst",
+    "pod-start",
+    "stdio",
+    "shim-start",
+    "shim-lifecycle",
+    "exec-storm",
+];
 /// Figures that run only when `--only` names them: the exec storm takes an hour or more.
 pub const ON_DEMAND: [&str; 1] = ["exec-storm"];
 /// The targets, as `--targets` names them.
@@ -65,6 +78,7 @@ pub struct Options {
     pub burst: usize,
     pub in_flight: usize,
     pub burst_rounds: usize,
+    pub pod_starts: usize,
     pub stdio_mib: usize,
     pub stdio_rounds: usize,
     pub figures: Vec<String>,
@@ -90,6 +104,7 @@ impl Default for Options {
             burst: 100,
             in_flight: 8,
             burst_rounds: 3,
+            pod_starts: 30,
             stdio_mib: 1024,
             stdio_rounds: 3,
             figures: FIGURES.iter().filter(|f| !ON_DEMAND.contains(f)).map(|f| f.to_string()).collect(),
@@ -129,6 +144,7 @@ impl Options {
             n("burst_containers", self.burst),
             n("burst_in_flight", self.in_flight),
             n("burst_rounds", self.burst_rounds),
+            n("pod_starts", self.pod_starts),
             n("stdio_mib", self.stdio_mib),
             n("stdio_rounds", self.stdio_rounds),
             ("figures".into(), self.figures.join(",")),
@@ -152,6 +168,7 @@ impl Options {
             burst: 16,
             in_flight: 8,
             burst_rounds: 1,
+            pod_starts: 3,
             stdio_mib: 64,
             stdio_rounds: 2,
             figures: std::mem::take(&mut self.figures),
@@ -206,6 +223,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--burst" => o.burst = count(value()?)?,
             "--in-flight" => o.in_flight = count(value()?)?.max(1),
             "--burst-rounds" => o.burst_rounds = count(value()?)?,
+            "--pod-starts" => o.pod_starts = count(value()?)?,
             "--stdio-mib" => o.stdio_mib = count(value()?)?.max(1),
             "--stdio-rounds" => o.stdio_rounds = count(value()?)?,
             "--only" => o.figures = list(&flag, &value()?, &FIGURES)?,

@@ -8,6 +8,8 @@ pub const GO: &str = "go";
 pub const TETHER_RUNC: &str = "tether-runc";
 /// tether with its native (libcontainer) executor.
 pub const TETHER_NATIVE: &str = "tether-native";
+/// tether's own sandbox (runc executor): a pod without a pause container.
+pub const TETHER_RUNC_NO_PAUSE: &str = "tether-runc, no pause";
 /// The stdio ceiling: a plain pipe between two processes.
 pub const RAW_PIPE: &str = "raw pipe";
 
