@@ -17,12 +17,15 @@
 
 use std::{
     collections::HashMap,
-    sync::{mpsc, Arc, Mutex},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
 use tether_runtime::ChildWaiter;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::oneshot,
+};
 
 use crate::{
     pidfd::{waitid_peek, Handle},
@@ -243,13 +246,15 @@ fn reap(pid: i32) -> Option<i32> {
     }
 }
 
+/// A runtime call's child, awaited on the loop: the watch completes a oneshot.
+#[async_trait::async_trait]
 impl ChildWaiter for Reaper {
-    fn wait_child(&self, pid: i32, spawned: Instant) -> i32 {
-        let (tx, rx) = mpsc::sync_channel(1);
+    async fn wait_child(&self, pid: i32, spawned: Instant) -> i32 {
+        let (tx, rx) = oneshot::channel();
         self.watch(pid, spawned, move |exit| {
             let _ = tx.send(exit.status);
         });
-        rx.recv().expect("the reaper outlives every watch")
+        rx.await.expect("the reaper outlives every watch")
     }
 }
 
@@ -261,7 +266,7 @@ pub(crate) mod tests {
         fs,
         io::{BufRead, BufReader},
         process::{Child, Command, Stdio},
-        sync::OnceLock,
+        sync::{mpsc, OnceLock},
         thread,
     };
 
@@ -319,7 +324,7 @@ pub(crate) mod tests {
         let reaper = shared();
         let spawned = Instant::now();
         let child = Command::new("sh").args(["-c", "exit 5"]).spawn().unwrap();
-        let status = reaper.wait_child(child.id() as i32, spawned);
+        let status = rt::handle().block_on(reaper.wait_child(child.id() as i32, spawned));
         assert_eq!(exit_code(status), 5);
     }
 
@@ -364,7 +369,7 @@ pub(crate) mod tests {
             .env(IN_PID_NAMESPACE, "1")
             .spawn()
             .expect("running unshare (util-linux)");
-        let status = reaper.wait_child(child.id() as i32, spawned);
+        let status = rt::handle().block_on(reaper.wait_child(child.id() as i32, spawned));
         assert_eq!(exit_code(status), 0, "the test failed inside its pid namespace (see its output above)");
     }
 
