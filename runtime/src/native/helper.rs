@@ -5,10 +5,12 @@
 //!
 //! libcontainer creates a container by cloning the calling process (raw `clone3`, which skips
 //! glibc's fork handlers) and then runs ordinary Rust in the clone: it allocates, formats
-//! errors, serialises messages. In a multi-threaded process such as the serving shim, another
-//! thread may hold the malloc arena lock (or the stderr lock, or any other) at the instant of
-//! the clone; the clone inherits the lock held, with no thread left to release it, and
-//! deadlocks on its first allocation. So the shim never clones itself for libcontainer.
+//! errors, serialises messages. In a multi-threaded process (a test binary; the shim, once it
+//! had a blocking pool), another thread may hold the malloc arena lock (or the stderr lock, or
+//! any other) at the instant of the clone; the clone inherits the lock held, with no thread
+//! left to release it, and deadlocks on its first allocation. And in the serving shim, one
+//! thread or not, the clone would carry the shim's event loop, and the shim's reaper would take
+//! the exits libcontainer waits for. So the shim never clones itself for libcontainer.
 //!
 //! Instead the shim execs a fresh copy of its own binary as the helper (`fork` + `exec` from a
 //! threaded process is safe: between the two only async-signal-safe calls run, in

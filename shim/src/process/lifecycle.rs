@@ -62,7 +62,7 @@ impl Table {
             None
         } else {
             let target = req.bundle.join("rootfs");
-            mount::mount_all(&req.rootfs, &target)?;
+            mount::mount_all(req.rootfs.clone(), target.clone()).await?;
             Some(target)
         };
         let undo_mount = || {
@@ -71,7 +71,7 @@ impl Table {
             }
         };
 
-        let (mut io, stdio, console) = match ProcessIo::prepare(&req.stdio, &req.id, &self.namespace) {
+        let (mut io, stdio, console) = match ProcessIo::prepare(&req.stdio, &req.id, &self.namespace).await {
             Ok(p) => p,
             Err(e) => {
                 undo_mount();
@@ -249,7 +249,7 @@ impl Table {
         let spec_file = bundle::exec_spec(bundle_dir, exec_id);
         let pid_file = bundle::exec_pid(bundle_dir, exec_id);
         fs::write(&spec_file, spec).map_err(|e| Error::io("writing the exec's process spec", e))?;
-        let (mut io, streams, console) = ProcessIo::prepare(stdio, id, &self.namespace)?;
+        let (mut io, streams, console) = ProcessIo::prepare(stdio, id, &self.namespace).await?;
         let spawned = Instant::now();
         let result = executor
             .exec(
