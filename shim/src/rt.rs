@@ -9,7 +9,10 @@
 //! (pid files, state files, cgroup files, the runtime's log), system calls. The kernel's
 //! cgroup-move grace period, which the shim starts ahead of a runtime's move, is waited out
 //! by a child process (`cgroup::start_migration_grace_period`). So the shim has no blocking
-//! pool: a serving shim is one thread, however many calls are in flight.
+//! pool: a serving shim is one thread, however many calls are in flight. The one exception is
+//! a Create's rootfs mounts, on a thread of their own for the milliseconds they take
+//! (`mount::mount_all`): containerd-shim's mount blocks until its child's exit comes back from
+//! the reaper, a task of this loop.
 //!
 //! Code on any thread (a test's too) starts tasks with [`spawn`]: the loop's handle is kept
 //! here once [`start`] made it, so that a module need not be handed one.

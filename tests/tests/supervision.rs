@@ -85,8 +85,7 @@ fn a_shim_whose_containers_just_run_does_not_wake_on_a_timer(daemon: Daemon) {
     env.run("c1").detach().run(&["sleep", "1000"]).expect_ok();
     env.ctr.wait_status("c1", "RUNNING", secs(10));
     let shim = env.shim_pid_of("c1");
-    // Past the trim, and past the life of the threads that ran the runtime: from then on the
-    // shim is its loop alone.
+    // Past the trim (and the rootfs mount's thread): from then on the shim is its loop alone.
     thread::sleep(secs(3));
     assert_eq!(usage(shim).threads, 1, "an idle shim serving one container runs one thread");
     // The loop (the main thread) waits on the init's pidfd, the signals and the sockets:
