@@ -2,6 +2,7 @@
 
 use std::{os::fd::OwnedFd, path::PathBuf};
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
@@ -102,47 +103,55 @@ pub struct ContainerState {
 ///
 /// Calls for different containers may run concurrently; the shim serialises the lifecycle
 /// calls of one container.
+///
+/// Every call is a future that the caller's event loop (the serving shim's one thread) drives:
+/// an implementation never blocks that thread on a process or a peer. It awaits its children's
+/// exits (through a [`crate::ChildWaiter`]) and output, and its helper's answers, as events of
+/// the loop; what it does in between is short file I/O and system calls (state files, pid
+/// files, signals, cgroup files), which may run on the loop. Futures are `Send`, so that a
+/// multi-threaded caller may drive them too.
+#[async_trait]
 pub trait Executor: Send + Sync {
     /// A short name for logs and errors (`runc`, `crun`, `native`).
     fn name(&self) -> &str;
 
     /// Creates the container and its init process, stopped before the user's program runs.
     /// Returns the init's pid, which is a child of the shim (subreaper) from then on.
-    fn create(&self, opts: CreateOpts) -> Result<i32>;
+    async fn create(&self, opts: CreateOpts) -> Result<i32>;
 
     /// Runs the user's program in a created container.
-    fn start(&self, id: &str) -> Result<()>;
+    async fn start(&self, id: &str) -> Result<()>;
 
     /// Starts an additional process in a running container and returns its pid.
-    fn exec(&self, id: &str, opts: ExecOpts) -> Result<i32>;
+    async fn exec(&self, id: &str, opts: ExecOpts) -> Result<i32>;
 
     /// Sends `signal` to the init, or with `all` to every process of the container.
-    fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()>;
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()>;
 
     /// Freezes every process of the container.
-    fn pause(&self, id: &str) -> Result<()>;
+    async fn pause(&self, id: &str) -> Result<()>;
 
     /// Thaws a paused container.
-    fn resume(&self, id: &str) -> Result<()>;
+    async fn resume(&self, id: &str) -> Result<()>;
 
     /// Removes the container's runtime state; with `force` a running container is killed first.
     /// Deleting a container the runtime does not know succeeds.
-    fn delete(&self, id: &str, force: bool) -> Result<()>;
+    async fn delete(&self, id: &str, force: bool) -> Result<()>;
 
     /// The runtime's view of the container.
-    fn state(&self, id: &str) -> Result<ContainerState>;
+    async fn state(&self, id: &str) -> Result<ContainerState>;
 
     /// The pids of every process in the container.
-    fn ps(&self, id: &str) -> Result<Vec<i32>>;
+    async fn ps(&self, id: &str) -> Result<Vec<i32>>;
 
     /// Applies new resource limits: `resources` is an OCI runtime spec `LinuxResources`
     /// object as JSON.
-    fn update(&self, id: &str, resources: &[u8]) -> Result<()>;
+    async fn update(&self, id: &str, resources: &[u8]) -> Result<()>;
 
     /// Checkpoints the running container with CRIU into `opts.criu.image_path`.
-    fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()>;
+    async fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()>;
 
     /// Creates a container from a checkpoint and resumes its processes; returns the restored
     /// init's pid, a child of the shim from then on.
-    fn restore(&self, opts: RestoreOpts) -> Result<i32>;
+    async fn restore(&self, opts: RestoreOpts) -> Result<i32>;
 }

@@ -4,10 +4,12 @@
 use std::{
     ffi::OsString,
     fs,
-    io::Read,
-    os::unix::{fs::DirBuilderExt, process::CommandExt},
+    os::{
+        fd::OwnedFd,
+        unix::{fs::DirBuilderExt, process::CommandExt},
+    },
     path::{Path, PathBuf},
-    process::{Command, Stdio as ProcStdio},
+    process::{ChildStdout, Command, Stdio as ProcStdio},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -15,7 +17,9 @@ use std::{
     time::Instant,
 };
 
+use async_trait::async_trait;
 use serde::Deserialize;
+use tokio::{io::AsyncReadExt, net::unix::pipe};
 
 use crate::{
     exit_code, CheckpointOpts, ChildWaiter, ContainerState, CreateOpts, CriuOpts, Error, ExecOpts, Executor,
@@ -114,8 +118,9 @@ impl RuncExecutor {
     }
 
     /// Runs `<binary> --root R --log L --log-format json [--systemd-cgroup] args...` and returns
-    /// its stdout when `stdio` is not given (streams are then captured/null).
-    fn run(&self, op: &'static str, args: Vec<OsString>, stdio: Option<Stdio>) -> Result<Vec<u8>> {
+    /// its stdout when `stdio` is not given (streams are then captured/null). The runtime's
+    /// output and exit are awaited on the caller's loop; no thread waits for them.
+    async fn run(&self, op: &'static str, args: Vec<OsString>, stdio: Option<Stdio>) -> Result<Vec<u8>> {
         // Runtime state (and our per-call logs) is root's alone.
         fs::DirBuilder::new()
             .recursive(true)
@@ -140,7 +145,6 @@ impl RuncExecutor {
                 Ok(())
             });
         }
-        let capture = stdio.is_none();
         match stdio {
             Some(s) => {
                 cmd.stdin(into_stdio(s.stdin)).stdout(into_stdio(s.stdout)).stderr(into_stdio(s.stderr));
@@ -156,15 +160,17 @@ impl RuncExecutor {
         // The Command keeps our copies of the streams; drop them now so the container's
         // pipes see EOF once the container (not this call) closes them.
         drop(cmd);
-        let mut out = Vec::new();
-        if capture {
-            if let Some(mut stdout) = child.stdout.take() {
-                stdout
-                    .read_to_end(&mut out)
-                    .map_err(|e| Error::io(format!("reading {} {op} output", self.binary_name()), e))?;
+        // Only a call without the container's streams captures the runtime's stdout.
+        let out = match child.stdout.take() {
+            Some(stdout) => {
+                read_all(stdout).await.map_err(|e| Error::io(format!("reading {} {op} output", self.binary_name()), e))
             }
-        }
-        let status = self.waiter.wait_child(child.id() as i32, spawned);
+            None => Ok(Vec::new()),
+        };
+        // Awaited even when the output could not be read (the runtime then sees its stdout
+        // closed): its exit is the waiter's to collect either way.
+        let status = self.waiter.wait_child(child.id() as i32, spawned).await;
+        let out = out?;
         let log_text = fs::read_to_string(&log).unwrap_or_default();
         let _ = fs::remove_file(&log);
         if exit_code(status) == 0 {
@@ -232,7 +238,15 @@ fn create_args(opts: &CreateOpts) -> Vec<OsString> {
     args
 }
 
-fn into_stdio(fd: Option<std::os::fd::OwnedFd>) -> ProcStdio {
+/// All of a runtime's stdout, read whenever the loop finds the pipe readable.
+async fn read_all(stdout: ChildStdout) -> std::io::Result<Vec<u8>> {
+    let mut pipe = pipe::Receiver::from_owned_fd(OwnedFd::from(stdout))?;
+    let mut out = Vec::new();
+    pipe.read_to_end(&mut out).await?;
+    Ok(out)
+}
+
+fn into_stdio(fd: Option<OwnedFd>) -> ProcStdio {
     fd.map(ProcStdio::from).unwrap_or_else(ProcStdio::null)
 }
 
@@ -323,27 +337,28 @@ fn error_message(log: &str) -> Option<String> {
     }
 }
 
+#[async_trait]
 impl Executor for RuncExecutor {
     fn name(&self) -> &str {
         self.config.binary.to_str().unwrap_or("runc")
     }
 
-    fn create(&self, opts: CreateOpts) -> Result<i32> {
+    async fn create(&self, opts: CreateOpts) -> Result<i32> {
         let mut args = vec![os("create")];
         args.extend(create_args(&opts));
         if opts.no_new_keyring {
             args.push(os("--no-new-keyring"));
         }
         args.push(os(&opts.id));
-        self.run("create", args, Some(opts.stdio))?;
+        self.run("create", args, Some(opts.stdio)).await?;
         read_pid(&opts.pid_file)
     }
 
-    fn start(&self, id: &str) -> Result<()> {
-        self.run("start", vec![os("start"), os(id)], None).map(drop).map_err(|e| self.absent_as(id, e))
+    async fn start(&self, id: &str) -> Result<()> {
+        self.run("start", vec![os("start"), os(id)], None).await.map(drop).map_err(|e| self.absent_as(id, e))
     }
 
-    fn exec(&self, id: &str, opts: ExecOpts) -> Result<i32> {
+    async fn exec(&self, id: &str, opts: ExecOpts) -> Result<i32> {
         let mut args = vec![
             os("exec"),
             os("--detach"),
@@ -357,47 +372,47 @@ impl Executor for RuncExecutor {
             args.push(sock.into());
         }
         args.push(os(id));
-        self.run("exec", args, Some(opts.stdio)).map_err(|e| self.absent_as(id, e))?;
+        self.run("exec", args, Some(opts.stdio)).await.map_err(|e| self.absent_as(id, e))?;
         read_pid(&opts.pid_file)
     }
 
-    fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
         let mut args = vec![os("kill")];
         if all {
             args.push(os("--all"));
         }
         args.extend([os(id), os(signal.to_string())]);
-        self.run("kill", args, None).map(drop).map_err(|e| self.absent_as(id, e))
+        self.run("kill", args, None).await.map(drop).map_err(|e| self.absent_as(id, e))
     }
 
-    fn pause(&self, id: &str) -> Result<()> {
-        self.run("pause", vec![os("pause"), os(id)], None).map(drop).map_err(|e| self.absent_as(id, e))
+    async fn pause(&self, id: &str) -> Result<()> {
+        self.run("pause", vec![os("pause"), os(id)], None).await.map(drop).map_err(|e| self.absent_as(id, e))
     }
 
-    fn resume(&self, id: &str) -> Result<()> {
-        self.run("resume", vec![os("resume"), os(id)], None).map(drop).map_err(|e| self.absent_as(id, e))
+    async fn resume(&self, id: &str) -> Result<()> {
+        self.run("resume", vec![os("resume"), os(id)], None).await.map(drop).map_err(|e| self.absent_as(id, e))
     }
 
-    fn delete(&self, id: &str, force: bool) -> Result<()> {
+    async fn delete(&self, id: &str, force: bool) -> Result<()> {
         let mut args = vec![os("delete")];
         if force {
             args.push(os("--force"));
         }
         args.push(os(id));
-        match self.run("delete", args, None).map_err(|e| self.absent_as(id, e)) {
+        match self.run("delete", args, None).await.map_err(|e| self.absent_as(id, e)) {
             Ok(_) | Err(Error::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    fn state(&self, id: &str) -> Result<ContainerState> {
+    async fn state(&self, id: &str) -> Result<ContainerState> {
         #[derive(Deserialize)]
         struct State {
             status: String,
             #[serde(default)]
             pid: i32,
         }
-        let out = self.run("state", vec![os("state"), os(id)], None).map_err(|e| self.absent_as(id, e))?;
+        let out = self.run("state", vec![os("state"), os(id)], None).await.map_err(|e| self.absent_as(id, e))?;
         let s: State = serde_json::from_slice(&out).map_err(|e| Error::Output {
             binary: self.binary_name(),
             op: "state",
@@ -406,9 +421,10 @@ impl Executor for RuncExecutor {
         Ok(ContainerState { status: s.status, pid: s.pid })
     }
 
-    fn ps(&self, id: &str) -> Result<Vec<i32>> {
+    async fn ps(&self, id: &str) -> Result<Vec<i32>> {
         let out = self
             .run("ps", vec![os("ps"), os("--format"), os("json"), os(id)], None)
+            .await
             .map_err(|e| self.absent_as(id, e))?;
         let pids: Option<Vec<i32>> = serde_json::from_slice(&out).map_err(|e| Error::Output {
             binary: self.binary_name(),
@@ -418,15 +434,15 @@ impl Executor for RuncExecutor {
         Ok(pids.unwrap_or_default())
     }
 
-    fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
+    async fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
         let file = self.scratch_file("update", "json");
         fs::write(&file, resources).map_err(|e| Error::io(format!("writing {}", file.display()), e))?;
-        let result = self.run("update", vec![os("update"), os("--resources"), file.clone().into(), os(id)], None);
+        let result = self.run("update", vec![os("update"), os("--resources"), file.clone().into(), os(id)], None).await;
         let _ = fs::remove_file(&file);
         result.map(drop).map_err(|e| self.absent_as(id, e))
     }
 
-    fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
+    async fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
         crate::require_criu(self.config.criu.as_deref(), "checkpoint a container")?;
         let mut args = vec![os("checkpoint")];
         args.extend(criu_args(&opts.criu));
@@ -434,10 +450,10 @@ impl Executor for RuncExecutor {
             args.push(os("--leave-running"));
         }
         args.push(os(id));
-        self.run("checkpoint", args, None).map(drop).map_err(|e| self.absent_as(id, e))
+        self.run("checkpoint", args, None).await.map(drop).map_err(|e| self.absent_as(id, e))
     }
 
-    fn restore(&self, opts: RestoreOpts) -> Result<i32> {
+    async fn restore(&self, opts: RestoreOpts) -> Result<i32> {
         crate::require_criu(self.config.criu.as_deref(), "restore a container from a checkpoint")?;
         // --detach: runc returns once the processes run; --no-subreaper: the shim is the
         // subreaper that reaps them.
@@ -445,7 +461,7 @@ impl Executor for RuncExecutor {
         args.extend(create_args(&opts.create));
         args.extend(criu_args(&opts.criu));
         args.push(os(&opts.create.id));
-        self.run("restore", args, Some(opts.create.stdio))?;
+        self.run("restore", args, Some(opts.create.stdio)).await?;
         read_pid(&opts.create.pid_file)
     }
 }
@@ -462,6 +478,31 @@ mod tests {
         fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
         path
+    }
+
+    /// Drives `f` on a runtime of one thread, as the shim's loop would.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn calls_in_flight_share_one_thread() {
+        let dir = std::env::temp_dir().join(format!("tether-runc-concurrent-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let slow = script(&dir, "slow-runtime", r#"sleep 1; echo '{"status":"running","pid":42}'"#);
+        let exec = RuncExecutor::new(
+            RuncConfig { binary: slow, root: dir.join("root"), systemd_cgroup: false, criu: None },
+            Arc::new(crate::DirectWaiter),
+        );
+        let started = Instant::now();
+        let states =
+            block_on(async { tokio::join!(exec.state("a"), exec.state("b"), exec.state("c"), exec.state("d")) });
+        // One after another they would take 4 s: their output and exits were awaited together.
+        assert!(started.elapsed() < std::time::Duration::from_millis(3000), "took {:?}", started.elapsed());
+        for state in [states.0, states.1, states.2, states.3] {
+            assert_eq!(state.unwrap(), ContainerState { status: "running".into(), pid: 42 });
+        }
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -530,7 +571,7 @@ mod tests {
             },
             Arc::new(crate::DirectWaiter),
         );
-        let err = exec.state("x").unwrap_err();
+        let err = block_on(exec.state("x")).unwrap_err();
         assert!(matches!(err, Error::Spawn { .. }), "{err}");
         assert!(err.to_string().contains("/nonexistent/runc-binary"));
         let _ = fs::remove_dir_all(dir);

@@ -8,9 +8,12 @@
 
 use std::{
     collections::HashMap,
+    ffi::CString,
     fs, io,
+    os::unix::ffi::OsStringExt,
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
 };
 
 use tether_protos::{
@@ -19,7 +22,7 @@ use tether_protos::{
     protobuf::{well_known_types::any::Any, MessageField},
 };
 
-use crate::events::to_any;
+use crate::{events::to_any, reaper::Reaper};
 
 /// Where the unified (v2-only) hierarchy is mounted when the host runs cgroup v2.
 const UNIFIED_ROOT: &str = "/sys/fs/cgroup";
@@ -419,29 +422,50 @@ fn parse_proc_cgroup(text: &str) -> HashMap<String, String> {
 /// Whether a [`start_migration_grace_period`] move is being made.
 static UNDER_WAY: AtomicBool = AtomicBool::new(false);
 
-/// Starts, on the blocking pool, the RCU grace period that the runtime's move of a new
-/// process into its cgroup is about to wait for, so that the wait overlaps with the runtime's
-/// start-up instead of following it.
+/// Starts the RCU grace period that the runtime's move of a new process into its cgroup is
+/// about to wait for, so that the wait overlaps with the runtime's start-up instead of
+/// following it.
 ///
 /// Writing `cgroup.procs` takes the kernel's global `cgroup_threadgroup_rwsem` for writing,
 /// and when no move happened in the last few milliseconds that first waits for a grace
 /// period (10–20 ms on the machines tether is measured on); moves that follow closely find it
-/// passed. So when a move is near (the shim starts serving, a Create or an exec begins), the
-/// shim moves itself into the cgroup it is already in (a no-op; "0" names the writer), and the
-/// runtime's own move a few milliseconds later waits for the rest of that grace period only
-/// (native Create: median 21.6 → 14.3 ms). One such move at a time is enough; if the shim may
-/// not write its cgroup, only the head start is lost.
-pub fn start_migration_grace_period() {
+/// passed. So when a move is near (the shim starts serving, a Create or an exec begins), a
+/// child forked for the purpose moves itself into the cgroup it is already in, the shim's (a
+/// no-op; "0" names the writer), and the runtime's own move a few milliseconds later waits
+/// for the rest of that grace period only (native Create: median 21.6 → 14.3 ms). A child,
+/// not a thread: the shim's one thread must not wait out the grace period, and a child's exit
+/// comes to `reaper` like every other. One such move at a time is enough; if the move cannot
+/// be made, only the head start is lost.
+pub fn start_migration_grace_period(reaper: &Reaper) {
     if UNDER_WAY.swap(true, Ordering::AcqRel) {
         return;
     }
-    // The write blocks for the kernel's grace period: on the blocking pool.
-    crate::rt::blocking(|| {
-        if let Err(e) = own_cgroup_procs().and_then(|procs| fs::write(procs, "0")) {
-            log::debug!("moving the shim into its own cgroup: {e}");
+    let procs = own_cgroup_procs().and_then(|p| CString::new(p.into_os_string().into_vec()).map_err(io::Error::other));
+    let procs = match procs {
+        Ok(p) => p,
+        Err(e) => {
+            log::debug!("no cgroup to move into: {e}");
+            UNDER_WAY.store(false, Ordering::Release);
+            return;
         }
-        UNDER_WAY.store(false, Ordering::Release);
-    });
+    };
+    let spawned = Instant::now();
+    // SAFETY: the child makes only async-signal-safe system calls (open, write, _exit) on
+    // memory prepared before the fork, so it is sound even where other threads exist (tests).
+    match unsafe { libc::fork() } {
+        0 => unsafe {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+            }
+            libc::_exit(0)
+        },
+        -1 => {
+            log::debug!("forking the cgroup move: {}", io::Error::last_os_error());
+            UNDER_WAY.store(false, Ordering::Release);
+        }
+        pid => reaper.watch(pid, spawned, |_| UNDER_WAY.store(false, Ordering::Release)),
+    }
 }
 
 /// The `cgroup.procs` of the cgroup this process is in (in any one hierarchy).
@@ -620,10 +644,10 @@ mod tests {
         let before = fs::read_to_string("/proc/self/cgroup").unwrap();
         let procs = own_cgroup_procs().unwrap();
         assert!(procs.exists(), "{}", procs.display());
-        start_migration_grace_period();
+        start_migration_grace_period(&crate::reaper::tests::shared());
         // The move is done once the flag is down again.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while UNDER_WAY.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while UNDER_WAY.load(Ordering::Acquire) && Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert!(!UNDER_WAY.load(Ordering::Acquire), "the move did not finish");

@@ -144,13 +144,17 @@ pub fn delete(args: &Args) -> Result<Vec<u8>> {
                 log::warn!("{}: unreadable {} ({e}); force-deleting with the defaults", args.id, bundle::SETTINGS);
                 Settings::defaults(&args.namespace)
             });
-            match settings.standalone_executor() {
-                Ok(executor) => {
-                    if let Err(e) = executor.delete(&args.id, true) {
-                        log::warn!("force-deleting {}: {e}", args.id);
-                    }
-                }
-                Err(e) => log::warn!("cannot force-delete {}: {e}", args.id),
+            let deleted = settings.standalone_executor().and_then(|executor| {
+                // This process has no loop: a runtime of its one thread drives the call (the
+                // native executor clones this process, which must keep a single thread).
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::io("making an event loop for the delete", e))?;
+                Ok(runtime.block_on(executor.delete(&args.id, true))?)
+            });
+            if let Err(e) = deleted {
+                log::warn!("force-deleting {}: {e}", args.id);
             }
         }
     }

@@ -128,19 +128,18 @@ fn serve(args: &cli::Args) -> Result<()> {
     // SIGTERM (a node shutting down, systemd stopping containerd's unit) ends the shim the way
     // Shutdown does; installed first, so that none is missed while the shim sets up.
     let mut term = Signal::catch(libc::SIGTERM).map_err(|e| Error::io("installing the SIGTERM handler", e))?;
-    // An arena per thread would keep memory from every burst of calls on the blocking pool:
-    // the loop and the pool's short-lived threads share one, which costs nothing in speed
-    // (a shim's calls spend their time in the runtime, not in malloc).
+    // An arena per thread would keep, for the shim's life, what the rootfs mount's
+    // short-lived thread allocated (see `mount`): every thread shares the loop's.
     // SAFETY: mallopt with integer arguments, before any other thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     // SAFETY: prctl with plain integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
         return Err(Error::io("becoming a subreaper", std::io::Error::last_os_error()));
     }
+    let reaper = Reaper::start().map_err(|e| Error::io("starting the reaper", e))?;
     // containerd starts a shim to create a task in it: moving that task's init into its
     // cgroup is milliseconds away, so its wait for the kernel can begin now.
-    cgroup::start_migration_grace_period();
-    let reaper = Reaper::start().map_err(|e| Error::io("starting the reaper", e))?;
+    cgroup::start_migration_grace_period(&reaper);
     let events = Publisher::start(std::env::var("TTRPC_ADDRESS").ok(), &args.namespace, spill_dir());
     let oom = OomMonitor::start(events.clone()).map_err(|e| Error::io("starting the OOM monitor", e))?;
     let table = Table::new(&args.namespace, Arc::new(Runtimes::new(reaper.clone())), reaper, events.clone(), oom);

@@ -1,14 +1,34 @@
 //! The container's root filesystem: the mounts containerd passes in Create (a snapshot, e.g.
 //! overlay), mounted at `<bundle>/rootfs` and removed again on Delete.
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use tether_protos::api::Mount;
+use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 
 /// Mounts each of `mounts` at `target`, in order; on failure, undoes what was mounted.
-pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
+///
+/// On a thread of its own, for the few milliseconds the mounts take: containerd-shim's
+/// `mount_rootfs` forks a child for each mount and blocks until the exit of that child reaches
+/// the crate's monitor, which only the shim's reaper, a task of the loop, feeds. The loop
+/// therefore must not be the thread that waits. The thread ends with the mounts.
+pub async fn mount_all(mounts: Vec<Mount>, target: PathBuf) -> Result<()> {
+    let (done, mounted) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("mount".into())
+        .spawn(move || {
+            let _ = done.send(mount_each(&mounts, &target));
+        })
+        .map_err(|e| Error::io("starting the rootfs mount's thread", e))?;
+    mounted.await.map_err(|_| Error::io("mounting the rootfs", std::io::Error::other("the mount's thread ended")))?
+}
+
+fn mount_each(mounts: &[Mount], target: &Path) -> Result<()> {
     fs::create_dir_all(target).map_err(|e| Error::io(format!("creating rootfs {}", target.display()), e))?;
     for m in mounts {
         let bind = m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");

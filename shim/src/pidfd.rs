@@ -206,7 +206,7 @@ mod tests {
         assert!(handle.is_running());
         assert!(!handle.is_lost(|| false));
         handle.signal(libc::SIGKILL).unwrap();
-        assert_eq!(reaper.wait_child(pid, spawned), libc::SIGKILL);
+        assert_eq!(crate::rt::handle().block_on(reaper.wait_child(pid, spawned)), libc::SIGKILL);
         assert!(!handle.is_running());
         let err = handle.signal(libc::SIGTERM).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ESRCH), "a reaped process is never signalled");

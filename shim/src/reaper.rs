@@ -17,16 +17,18 @@
 
 use std::{
     collections::HashMap,
-    sync::{mpsc, Arc, Mutex},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
+
+use tether_runtime::ChildWaiter;
+use tokio::sync::oneshot;
 
 use crate::{
     pidfd::{waitid_peek, Handle},
     rt,
     signals::Signal,
 };
-use tether_runtime::ChildWaiter;
 
 /// How long an exit nobody claimed is kept. Such exits come from processes that were never
 /// the shim's concern (e.g. orphans re-parented to the subreaper); container processes are
@@ -240,13 +242,15 @@ fn reap(pid: i32) -> Option<i32> {
     }
 }
 
+/// A runtime call's child, awaited on the loop: the watch completes a oneshot.
+#[async_trait::async_trait]
 impl ChildWaiter for Reaper {
-    fn wait_child(&self, pid: i32, spawned: Instant) -> i32 {
-        let (tx, rx) = mpsc::sync_channel(1);
+    async fn wait_child(&self, pid: i32, spawned: Instant) -> i32 {
+        let (tx, rx) = oneshot::channel();
         self.watch(pid, spawned, move |exit| {
             let _ = tx.send(exit.status);
         });
-        rx.recv().expect("the reaper outlives every watch")
+        rx.await.expect("the reaper outlives every watch")
     }
 }
 
@@ -258,7 +262,7 @@ pub(crate) mod tests {
         fs,
         io::{BufRead, BufReader},
         process::{Child, Command, Stdio},
-        sync::OnceLock,
+        sync::{mpsc, OnceLock},
         thread,
     };
 
@@ -316,7 +320,7 @@ pub(crate) mod tests {
         let reaper = shared();
         let spawned = Instant::now();
         let child = Command::new("sh").args(["-c", "exit 5"]).spawn().unwrap();
-        let status = reaper.wait_child(child.id() as i32, spawned);
+        let status = rt::handle().block_on(reaper.wait_child(child.id() as i32, spawned));
         assert_eq!(exit_code(status), 5);
     }
 
@@ -361,7 +365,7 @@ pub(crate) mod tests {
             .env(IN_PID_NAMESPACE, "1")
             .spawn()
             .expect("running unshare (util-linux)");
-        let status = reaper.wait_child(child.id() as i32, spawned);
+        let status = rt::handle().block_on(reaper.wait_child(child.id() as i32, spawned));
         assert_eq!(exit_code(status), 0, "the test failed inside its pid namespace (see its output above)");
     }
 
@@ -478,6 +482,13 @@ pub(crate) mod tests {
         // exits, it comes to us (pid 1 here, the subreaper in the shim) with its status.
         let spawned = Instant::now();
         let pid = grandchild(600, "exec sleep 1000");
+        // Killed while its parent is still the shell, the sleep could be reaped by the shell
+        // on its way to exec (a slow machine): it must be the non-reaping `sleep` by then.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fs::read_to_string("/proc/600/comm").unwrap_or_default().trim() != "sleep" {
+            assert!(Instant::now() < deadline, "pid 600 never exec'd sleep");
+            thread::sleep(Duration::from_millis(5));
+        }
         let orphan = reaper.supervise(pid, spawned, report("orphan"));
         orphan.signal(libc::SIGKILL).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -1,26 +1,29 @@
 //! The shim's one event loop: a current-thread tokio runtime that runs on the shim's main
 //! thread and owns everything the shim waits on (its ttrpc server, exits, stdio, OOM
-//! notifications, events, signals).
+//! notifications, events, signals, and the OCI runtime calls).
 //!
-//! Work that must block (an OCI runtime call, a drain with a deadline) runs on tokio's
-//! blocking pool through [`blocking`]; those threads exist only while such work does and end
-//! after [`BLOCKING_KEEP_ALIVE`] without any. Nothing that blocks may run on the loop itself.
+//! Nothing waits on a thread of its own. A runtime call spawns the runtime binary (a brief
+//! fork and exec), then awaits its output (a pipe registered here) and its exit (the reaper's
+//! SIGCHLD); the native executor awaits its helper's reply on a socket registered here. What
+//! runs on the loop between two awaits is short: table updates, small file reads and writes
+//! (pid files, state files, cgroup files, the runtime's log), system calls. The kernel's
+//! cgroup-move grace period, which the shim starts ahead of a runtime's move, is waited out
+//! by a child process (`cgroup::start_migration_grace_period`). So the shim has no blocking
+//! pool: a serving shim is one thread, however many calls are in flight. The one exception is
+//! a Create's rootfs mounts, on a thread of their own for the milliseconds they take
+//! (`mount::mount_all`): containerd-shim's mount blocks until its child's exit comes back from
+//! the reaper, a task of this loop.
 //!
-//! Code on any thread, loop or pool, starts tasks with [`spawn`]: the loop's handle is kept
+//! Code on any thread (a test's too) starts tasks with [`spawn`]: the loop's handle is kept
 //! here once [`start`] made it, so that a module need not be handed one.
 
-use std::{future::Future, io, os::fd::OwnedFd, sync::OnceLock, time::Duration};
+use std::{future::Future, io, os::fd::OwnedFd, sync::OnceLock};
 
 use tokio::{
     io::{unix::AsyncFd, Interest},
     runtime::{Builder, Handle, Runtime},
     task::JoinHandle,
 };
-
-/// How long an idle thread of the blocking pool lives: long enough to serve a burst of calls
-/// (an exec storm, a pod's containers starting) without a thread per call, short enough that
-/// an idle shim soon runs on its one thread again.
-pub const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(2);
 
 /// How many readiness events the loop takes from the kernel per turn. A shim waits on a
 /// handful of descriptors per process (its sockets, stdio pipes, pidfds), and events beyond
@@ -33,12 +36,7 @@ static LOOP: OnceLock<Handle> = OnceLock::new();
 /// Makes the shim's runtime; the caller runs it on its own thread (`Runtime::block_on`).
 /// Called once, before anything is spawned.
 pub fn start() -> io::Result<Runtime> {
-    let runtime = Builder::new_current_thread()
-        .enable_all()
-        .max_io_events_per_tick(EVENTS_PER_TURN)
-        .thread_name("blocking")
-        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
-        .build()?;
+    let runtime = Builder::new_current_thread().enable_all().max_io_events_per_tick(EVENTS_PER_TURN).build()?;
     if LOOP.set(runtime.handle().clone()).is_err() {
         return Err(io::Error::other("the shim's runtime is made once"));
     }
@@ -66,15 +64,6 @@ where
     F::Output: Send + 'static,
 {
     handle().spawn(task)
-}
-
-/// Runs `work`, which may block, on the blocking pool; its result comes back to the loop.
-pub fn blocking<F, R>(work: F) -> JoinHandle<R>
-where
-    F: FnOnce() -> R + Send + 'static,
-    R: Send + 'static,
-{
-    handle().spawn_blocking(work)
 }
 
 /// Registers `fd` with the loop (from any thread), so that a task can await its

@@ -37,23 +37,28 @@ impl TaskService {
         TaskService { table, on_shutdown: Box::new(on_shutdown) }
     }
 
-    /// Runs `f`, a call that may block (it runs the OCI runtime, or waits on a container's
-    /// lifecycle lock), on the blocking pool, so that the loop serves every other call
-    /// meanwhile; traced as `call` on `id`/`exec_id`, which `f` is handed with the table.
-    async fn off_loop<T: Send + 'static>(
+    /// Runs `f`, a call that changes what runs (it awaits the OCI runtime, or a container's
+    /// lifecycle lock), as a task of its own on the loop, traced as `call` on `id`/`exec_id`,
+    /// which `f` is handed with the table. The handler only awaits that task: ttrpc drops a
+    /// handler whose deadline passes or whose connection closes, and the call must still run
+    /// to its end, or the table would keep a Start half done, a Create's id reserved, a
+    /// container the runtime made but nobody knows.
+    async fn in_task<T, F>(
         &self,
-        call: &str,
+        call: &'static str,
         id: &str,
         exec_id: &str,
-        f: impl FnOnce(&Arc<Table>, &str, &str) -> Result<T> + Send + 'static,
-    ) -> ttrpc::Result<T> {
-        let (table, owned_id, owned_exec_id) = (self.table.clone(), id.to_string(), exec_id.to_string());
-        traced(call, id, exec_id, async move {
-            rt::blocking(move || f(&table, &owned_id, &owned_exec_id))
-                .await
-                .map_err(|e| Error::io("a call on the blocking pool", std::io::Error::other(e)))?
-        })
-        .await
+        f: impl FnOnce(Arc<Table>, String, String) -> F,
+    ) -> ttrpc::Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let work = f(self.table.clone(), id.to_string(), exec_id.to_string());
+        let (id, exec_id) = (id.to_string(), exec_id.to_string());
+        rt::spawn(async move { traced(call, &id, &exec_id, work).await })
+            .await
+            .unwrap_or_else(|e| Err(Error::io(format!("the task of {call}"), std::io::Error::other(e)).into()))
     }
 
     /// The ttrpc service, registered under both task API versions, for the shim's async
@@ -93,8 +98,9 @@ pub(crate) async fn logged<T>(
     result.map_err(ttrpc::Error::from)
 }
 
-/// The calls that only read the table, the cgroup or a file descriptor run on the loop; those
-/// that run the runtime or take a container's lifecycle lock go [`TaskService::off_loop`].
+/// Every call is served on the loop. Those that only read the table, the cgroup or a file
+/// descriptor are answered in the handler; those that run the runtime or take a container's
+/// lifecycle lock run in a task of their own ([`TaskService::in_task`]).
 #[async_trait::async_trait]
 impl Task for TaskService {
     async fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> ttrpc::Result<api::StateResponse> {
@@ -110,25 +116,25 @@ impl Task for TaskService {
             options: req.options.into_option(),
             checkpoint: Some(PathBuf::from(&req.checkpoint)).filter(|p| !p.as_os_str().is_empty()),
         };
-        self.off_loop("Create", &req.id, "", move |table, _, _| {
+        self.in_task("Create", &req.id, "", |table, _, _| async move {
             if request.bundle.as_os_str().is_empty() {
                 return Err(Error::InvalidArgument("create needs a bundle path".into()));
             }
-            Ok(api::CreateTaskResponse { pid: table.create(request)?, ..Default::default() })
+            Ok(api::CreateTaskResponse { pid: table.create(request).await?, ..Default::default() })
         })
         .await
     }
 
     async fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
-        self.off_loop("Start", &req.id, &req.exec_id, |table, id, exec_id| {
-            Ok(api::StartResponse { pid: table.start(id, exec_id)?, ..Default::default() })
+        self.in_task("Start", &req.id, &req.exec_id, |table, id, exec_id| async move {
+            Ok(api::StartResponse { pid: table.start(&id, &exec_id).await?, ..Default::default() })
         })
         .await
     }
 
     async fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> ttrpc::Result<api::DeleteResponse> {
-        self.off_loop("Delete", &req.id, &req.exec_id, |table, id, exec_id| {
-            let exit = table.delete(id, exec_id)?;
+        self.in_task("Delete", &req.id, &req.exec_id, |table, id, exec_id| async move {
+            let exit = table.delete(&id, &exec_id).await?;
             Ok(api::DeleteResponse {
                 pid: exit.pid,
                 exit_status: exit.code,
@@ -140,32 +146,39 @@ impl Task for TaskService {
     }
 
     async fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> ttrpc::Result<api::PidsResponse> {
-        self.off_loop("Pids", &req.id, "", |table, id, _| {
-            Ok(api::PidsResponse { processes: table.pids(id)?, ..Default::default() })
+        self.in_task("Pids", &req.id, "", |table, id, _| async move {
+            Ok(api::PidsResponse { processes: table.pids(&id).await?, ..Default::default() })
         })
         .await
     }
 
     async fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> ttrpc::Result<Empty> {
-        self.off_loop("Pause", &req.id, "", |table, id, _| table.pause(id).map(|()| Empty::new())).await
+        self.in_task("Pause", &req.id, "", |table, id, _| async move { table.pause(&id).await.map(|()| Empty::new()) })
+            .await
     }
 
     async fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> ttrpc::Result<Empty> {
-        self.off_loop("Resume", &req.id, "", |table, id, _| table.resume(id).map(|()| Empty::new())).await
+        self.in_task(
+            "Resume",
+            &req.id,
+            "",
+            |table, id, _| async move { table.resume(&id).await.map(|()| Empty::new()) },
+        )
+        .await
     }
 
     async fn checkpoint(&self, _: &TtrpcContext, req: api::CheckpointTaskRequest) -> ttrpc::Result<Empty> {
         let request = CheckpointRequest { path: PathBuf::from(&req.path), options: req.options.into_option() };
-        self.off_loop("Checkpoint", &req.id, "", move |table, id, _| {
-            table.checkpoint(id, request).map(|()| Empty::new())
+        self.in_task("Checkpoint", &req.id, "", |table, id, _| async move {
+            table.checkpoint(&id, request).await.map(|()| Empty::new())
         })
         .await
     }
 
     async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
         let (signal, all) = (req.signal, req.all);
-        self.off_loop("Kill", &req.id, &req.exec_id, move |table, id, exec_id| {
-            table.kill(id, exec_id, signal, all).map(|()| Empty::new())
+        self.in_task("Kill", &req.id, &req.exec_id, |table, id, exec_id| async move {
+            table.kill(&id, &exec_id, signal, all).await.map(|()| Empty::new())
         })
         .await
     }
@@ -173,9 +186,9 @@ impl Task for TaskService {
     async fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
         let spec = req.spec.into_option().map(|a| a.value);
         let stdio = StdioSpec { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
-        self.off_loop("Exec", &req.id, &req.exec_id, move |table, id, exec_id| {
+        traced("Exec", &req.id, &req.exec_id, async {
             let spec = spec.ok_or_else(|| Error::InvalidArgument("exec needs a process spec".into()))?;
-            table.exec(id, exec_id, spec, stdio).map(|()| Empty::new())
+            self.table.exec(&req.id, &req.exec_id, spec, stdio).map(|()| Empty::new())
         })
         .await
     }
@@ -199,9 +212,9 @@ impl Task for TaskService {
 
     async fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
         let resources = req.resources.into_option();
-        self.off_loop("Update", &req.id, "", move |table, id, _| {
+        self.in_task("Update", &req.id, "", |table, id, _| async move {
             let resources = resources.ok_or_else(|| Error::InvalidArgument("update needs resources".into()))?;
-            table.update(id, &resources).map(|()| Empty::new())
+            table.update(&id, &resources).await.map(|()| Empty::new())
         })
         .await
     }

@@ -290,9 +290,8 @@ impl ProcessIo {
     /// Opens what the client asked for and returns the runtime's streams. Nothing is copied
     /// until [`ProcessIo::start`], after the runtime created the process. Never waits for a
     /// FIFO's peer (output FIFOs are opened read-write); a `binary://` logger is given up to
-    /// [`LOGGER_READY_TIMEOUT`] to say it is ready, so call it off the loop when one is asked
-    /// for (runtime calls run on the blocking pool).
-    pub fn prepare(spec: &StdioSpec, id: &str, namespace: &str) -> Result<Prepared> {
+    /// [`LOGGER_READY_TIMEOUT`] to say it is ready, awaited on the loop.
+    pub async fn prepare(spec: &StdioSpec, id: &str, namespace: &str) -> Result<Prepared> {
         let mut io = ProcessIo {
             spec: spec.clone(),
             drain: Drain::new(),
@@ -324,18 +323,18 @@ impl ProcessIo {
             let (out_r, out_w) = pipe()?;
             let (err_r, err_w) = pipe()?;
             io.pipes = OutputPipes { stdout: pipe_inode(&out_r)?, stderr: pipe_inode(&err_r)? };
-            start_logger(path, args, id, namespace, out_r, err_r)?;
+            start_logger(path, args, id, namespace, out_r, err_r).await?;
             stdio.stdout = Some(out_w);
             stdio.stderr = Some(err_w);
             return Ok((io, stdio, None));
         }
-        stdio.stdout = io.output(&stdout, "stdout", id, namespace)?;
-        stdio.stderr = io.output(&stderr, "stderr", id, namespace)?;
+        stdio.stdout = io.output(&stdout, "stdout", id, namespace).await?;
+        stdio.stderr = io.output(&stderr, "stderr", id, namespace).await?;
         Ok((io, stdio, None))
     }
 
     /// The runtime-side fd for one output stream, starting its copy where one is needed.
-    fn output(&mut self, out: &Output, name: &str, id: &str, ns: &str) -> Result<Option<OwnedFd>> {
+    async fn output(&mut self, out: &Output, name: &str, id: &str, ns: &str) -> Result<Option<OwnedFd>> {
         match out {
             Output::Null => Ok(None),
             // The file itself is the process's stream: nothing to copy.
@@ -353,7 +352,7 @@ impl ProcessIo {
                 self.record_pipe(name, &r)?;
                 let (unused_r, _unused_w) = pipe()?;
                 let (out_r, err_r) = if name == "stdout" { (r, unused_r) } else { (unused_r, r) };
-                start_logger(path, args, id, ns, out_r, err_r)?;
+                start_logger(path, args, id, ns, out_r, err_r).await?;
                 Ok(Some(w))
             }
         }
@@ -780,8 +779,8 @@ async fn copy_stdin(fifo: AsyncFd<File>, sink: End, mut cancel: oneshot::Receive
 }
 
 /// Starts a `binary://` logger: its fd 3 and 4 read the process's stdout and stderr, and it
-/// closes fd 5 once it is ready (containerd's logging-binary protocol).
-fn start_logger(path: &Path, args: &[String], id: &str, ns: &str, out: OwnedFd, err: OwnedFd) -> Result<()> {
+/// closes fd 5 once it is ready (containerd's logging-binary protocol), which the loop awaits.
+async fn start_logger(path: &Path, args: &[String], id: &str, ns: &str, out: OwnedFd, err: OwnedFd) -> Result<()> {
     let (ready_r, ready_w) = pipe()?;
     let mut cmd = Command::new(path);
     cmd.args(args)
@@ -794,17 +793,17 @@ fn start_logger(path: &Path, args: &[String], id: &str, ns: &str, out: OwnedFd, 
         .map_err(|e| Error::io("passing fds to the logging binary", e))?;
     tether_runtime::spawn(&mut cmd).map_err(|e| Error::io(format!("starting logging binary {}", path.display()), e))?;
     drop((cmd, passed, ready_w, out, err));
-    // The logger closes (or writes to) its fd 5 once ready: wait for that, bounded.
-    let mut ready = File::from(ready_r);
-    let mut fds = [PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
-    let ms = LOGGER_READY_TIMEOUT.as_millis().min(u16::MAX as u128) as u16;
-    match poll(&mut fds, PollTimeout::from(ms)) {
-        Ok(0) => Err(Error::io(
+    // The logger closes (or writes to) its fd 5 once ready: await that, bounded.
+    let ready = rt::watch(ready_r).map_err(|e| Error::io("watching the logging binary's ready pipe", e))?;
+    match tokio::time::timeout(LOGGER_READY_TIMEOUT, ready.readable()).await {
+        Err(_) => Err(Error::io(
             format!("logging binary {} did not signal ready", path.display()),
             io::ErrorKind::TimedOut.into(),
         )),
-        _ => {
-            let _ = ready.read(&mut [0u8; 1]);
+        // An error of the registration is left to the logger's output to show.
+        Ok(_) => {
+            // Readable: this read finds the byte or the end at once.
+            let _ = File::from(ready.into_inner()).read(&mut [0u8; 1]);
             Ok(())
         }
     }
@@ -847,7 +846,7 @@ mod tests {
         mkfifo(&fifo).unwrap();
         let spec = StdioSpec { stdout: fifo.display().to_string(), ..Default::default() };
         let mut reader = open_fifo(&fifo, libc::O_RDONLY | libc::O_NONBLOCK, "test").unwrap();
-        let (mut io, stdio, console) = ProcessIo::prepare(&spec, "c", "ns").unwrap();
+        let (mut io, stdio, console) = rt::handle().block_on(ProcessIo::prepare(&spec, "c", "ns")).unwrap();
         assert!(console.is_none());
         io.start(None).unwrap();
         let mut w = File::from(stdio.stdout.unwrap());
@@ -934,7 +933,7 @@ mod tests {
         } else {
             StdioSpec { stdout: path, ..Default::default() }
         };
-        let (mut io, stdio, _) = ProcessIo::prepare(&spec, "c", "ns").unwrap();
+        let (mut io, stdio, _) = rt::handle().block_on(ProcessIo::prepare(&spec, "c", "ns")).unwrap();
         io.start(None).unwrap();
         let end = if stdin { stdio.stdin } else { stdio.stdout };
         (dir, fifo, io, File::from(end.unwrap()))

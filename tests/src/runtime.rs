@@ -156,6 +156,16 @@ pub fn recording_runc(dir: &Path, name: &str, record: &Path) -> PathBuf {
     write_script(dir, name, &text)
 }
 
+/// A slow runc: a wrapper that sleeps `seconds` before each call of the subcommand `op`
+/// (`exec`, ...), then runs the real runc.
+pub fn slow_runc(dir: &Path, name: &str, op: &str, seconds: u32) -> PathBuf {
+    let text = format!(
+        "#!/bin/sh\nfor arg; do [ \"$arg\" = '{op}' ] && sleep {seconds} && break; done\nexec '{}' \"$@\"\n",
+        host_runc().display()
+    );
+    write_script(dir, name, &text)
+}
+
 /// A runc whose containers are not the shim's children: `create` runs under a subreaper of
 /// its own that stays behind when the call returns, so the container's init is that
 /// process's child, which reaps it. The shim never sees the init's exit status (a perl

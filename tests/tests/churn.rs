@@ -20,7 +20,7 @@ const IN_FLIGHT: usize = 8;
 const GROUP: &str = "io.containerd.runc.v2.group";
 /// The shim's quiet time before its idle trim, in this test.
 const QUIET: Duration = Duration::from_millis(500);
-/// How long after its last call the shim has trimmed and its blocking pool's threads are gone.
+/// How long after its last call the shim has trimmed (and its rootfs mounts' threads are gone).
 const SETTLE: Duration = Duration::from_secs(4);
 
 /// The most anonymous memory the second round may add, per container or exec it ran. What
@@ -109,7 +109,7 @@ fn churn_of_containers_and_execs_leaves_nothing_behind(case: Case) {
     // grows again with the second, the same size.
     in_parallel(CONTAINERS, |i| container(CONTAINERS + i));
     in_parallel(EXECS, |i| exec(EXECS + i));
-    // Past the trim, and past the life of the blocking pool's threads.
+    // Past the trim.
     std::thread::sleep(SETTLE);
     let before = usage(shim);
 

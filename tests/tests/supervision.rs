@@ -1,17 +1,24 @@
 //! Processes the shim cannot reap: a container whose init is another process's child. Its
 //! exit status never reaches the shim, yet the task must not seem to run forever.
 //! And the watch for them costs nothing while all is well: an idle shim is one thread, and no
-//! timer wakes it.
+//! timer wakes it. Nor does a runtime call: the shim awaits the runtime's exit on its loop, so
+//! a busy shim is one thread too.
 
-use std::fs;
+use std::{
+    fs, thread,
+    time::{Duration, Instant},
+};
 
+use tether_protos::{api, protobuf::well_known_types::empty::Empty};
 use tether_tests::env::{parent_pid, pid_alive, usage, Env, TetherConfig};
-use tether_tests::runtime::adopting_runc;
+use tether_tests::runtime::{adopting_runc, slow_runc};
+use tether_tests::shim::{exec_request, ShimClient};
 use tether_tests::{secs, wait_until, Daemon};
 
 tether_tests::for_each_daemon!(
     an_init_the_shim_cannot_reap_still_exits,
     a_shim_whose_containers_just_run_does_not_wake_on_a_timer,
+    runtime_calls_in_flight_hold_no_thread,
 );
 
 /// The exit code tether reports for a process whose exit status it could not see.
@@ -78,17 +85,79 @@ fn a_shim_whose_containers_just_run_does_not_wake_on_a_timer(daemon: Daemon) {
     env.run("c1").detach().run(&["sleep", "1000"]).expect_ok();
     env.ctr.wait_status("c1", "RUNNING", secs(10));
     let shim = env.shim_pid_of("c1");
-    // Past the trim, and past the life of the threads that ran the runtime: from then on the
-    // shim is its loop alone.
-    std::thread::sleep(secs(3));
+    // Past the trim (and the rootfs mount's thread): from then on the shim is its loop alone.
+    thread::sleep(secs(3));
     assert_eq!(usage(shim).threads, 1, "an idle shim serving one container runs one thread");
     // The loop (the main thread) waits on the init's pidfd, the signals and the sockets:
     // nothing wakes it while the init runs (it used to look for lost exits every 5 s,
     // faulting its code back into an idle shim).
     let before = sleeps_of_thread(shim, shim).expect("the shim's main thread");
-    std::thread::sleep(secs(7));
+    thread::sleep(secs(7));
     assert_eq!(sleeps_of_thread(shim, shim), Some(before), "the shim's loop woke while nothing happened");
     // ...and an exit still wakes it at once, not after a timer's period.
     env.ctr.kill("c1", "SIGKILL", false).expect_ok();
     env.ctr.wait_status("c1", "STOPPED", secs(2));
+}
+
+/// How long each `runc exec` of [`runtime_calls_in_flight_hold_no_thread`] takes.
+const SLOW_EXEC_SECS: u32 = 2;
+
+fn runtime_calls_in_flight_hold_no_thread(daemon: Daemon) {
+    let env = Env::new("slow_runtime", daemon);
+    if !env.tether_only("runtime_calls_in_flight_hold_no_thread") {
+        return;
+    }
+    // Four containers in one shim, whose runtime takes 2 s for every exec.
+    let runc = slow_runc(&env.work().join("bin"), "slow-runc", "exec", SLOW_EXEC_SECS);
+    let ids = ["s0", "s1", "s2", "s3"];
+    for id in ids {
+        env.run(id)
+            .detach()
+            .runtime_binary(&runc.display().to_string())
+            .annotation("io.containerd.runc.v2.group", "slow")
+            .run(&["sleep", "1000"])
+            .expect_ok();
+        env.ctr.wait_status(id, "RUNNING", secs(10));
+    }
+    let shim = env.shim_pid_of("s0");
+    for id in ids {
+        assert_eq!(env.shim_pid_of(id), shim, "{id} is served by the group's one shim");
+    }
+
+    // An exec of each at once: four runtime calls in flight (one container's lifecycle calls
+    // are serialised, different containers' are not).
+    let started = Instant::now();
+    let execs: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (client, id) = (ShimClient::for_task(&env, id), id.to_string());
+            thread::spawn(move || {
+                client.call::<Empty>("Exec", &exec_request(&id, "slow", &["true"]))?;
+                let start = api::StartRequest { id, exec_id: "slow".into(), ..Default::default() };
+                client.call::<api::StartResponse>("Start", &start)
+            })
+        })
+        .collect();
+    let client = ShimClient::for_task(&env, "s0");
+    thread::sleep(Duration::from_millis(500));
+    let mut looked = 0;
+    while started.elapsed() < Duration::from_millis(u64::from(SLOW_EXEC_SECS) * 1000 - 300) {
+        assert_eq!(usage(shim).threads, 1, "the shim runs one thread while runtime calls are in flight");
+        let asked = Instant::now();
+        let state: api::StateResponse =
+            client.call("State", &api::StateRequest { id: "s0".into(), ..Default::default() }).expect("State");
+        let took = asked.elapsed();
+        assert!(took < Duration::from_millis(500), "State took {took:?} while runtime calls were in flight");
+        assert_eq!(state.status.enum_value(), Ok(api::Status::RUNNING));
+        looked += 1;
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(looked > 0, "the calls were still in flight when looked at");
+    for exec in execs {
+        let pid = exec.join().unwrap().expect("the exec started").pid;
+        assert!(pid > 0);
+    }
+    // Together, not one after another.
+    let took = started.elapsed();
+    assert!(took < secs(3 * SLOW_EXEC_SECS as u64), "four {SLOW_EXEC_SECS} s execs took {took:?}");
 }

@@ -5,10 +5,12 @@
 //!
 //! libcontainer creates a container by cloning the calling process (raw `clone3`, which skips
 //! glibc's fork handlers) and then runs ordinary Rust in the clone: it allocates, formats
-//! errors, serialises messages. In a multi-threaded process such as the serving shim, another
-//! thread may hold the malloc arena lock (or the stderr lock, or any other) at the instant of
-//! the clone; the clone inherits the lock held, with no thread left to release it, and
-//! deadlocks on its first allocation. So the shim never clones itself for libcontainer.
+//! errors, serialises messages. In a multi-threaded process (a test binary; the shim, once it
+//! had a blocking pool), another thread may hold the malloc arena lock (or the stderr lock, or
+//! any other) at the instant of the clone; the clone inherits the lock held, with no thread
+//! left to release it, and deadlocks on its first allocation. And in the serving shim, one
+//! thread or not, the clone would carry the shim's event loop, and the shim's reaper would take
+//! the exits libcontainer waits for. So the shim never clones itself for libcontainer.
 //!
 //! Instead the shim execs a fresh copy of its own binary as the helper (`fork` + `exec` from a
 //! threaded process is safe: between the two only async-signal-safe calls run, in
@@ -45,6 +47,7 @@ use std::{
 };
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tokio::io::{unix::AsyncFd, Interest};
 
 use super::{
     wire::{self, Failure, Reply, Request},
@@ -69,7 +72,9 @@ const IDLE_EXIT_MS: u16 = 2000;
 pub struct Helper {
     /// The binary to run with [`HELPER_ARG`]: the shim's own (`/proc/self/exe`).
     exe: PathBuf,
-    control: Mutex<Option<Arc<OwnedFd>>>,
+    /// The shim's end of the running helper's control socket, non-blocking and registered
+    /// with the loop that started the helper.
+    control: Mutex<Option<Arc<AsyncFd<OwnedFd>>>>,
 }
 
 impl Helper {
@@ -79,17 +84,21 @@ impl Helper {
         Helper { exe: exe.into(), control: Mutex::new(None) }
     }
 
-    /// Has a worker carry out `req` with the process streams `stdio`, and waits for its reply.
-    pub fn call(&self, req: &Request, stdio: [OwnedFd; 3]) -> Reply {
+    /// Has a worker carry out `req` with the process streams `stdio`, and awaits its reply.
+    /// Both sockets are registered with the caller's runtime (a tokio runtime with IO
+    /// enabled): the request goes out, and the reply comes in, whenever the loop finds them
+    /// ready, so no thread waits for the worker.
+    pub async fn call(&self, req: &Request, stdio: [OwnedFd; 3]) -> Reply {
         let bytes = serde_json::to_vec(req).expect("requests serialise");
         let (mine, theirs) = wire::pair().map_err(|e| internal("creating a reply socket", e))?;
+        let mine = registered(mine).map_err(|e| internal("registering the reply socket", e))?;
         let fds = [theirs.as_raw_fd(), stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()];
         // A helper that died (or was killed, or left when idle) since the last call is
         // replaced once; nothing was sent to it, so the request cannot run twice.
-        let mut sent = Err(nix::errno::Errno::EPIPE);
+        let mut sent = Err(std::io::Error::from(nix::errno::Errno::EPIPE));
         for _ in 0..2 {
             let control = self.control().map_err(|e| (Failure::Runtime, e.to_string()))?;
-            sent = wire::send(control.as_raw_fd(), &bytes, &fds);
+            sent = control.async_io(Interest::WRITABLE, |fd| as_io(wire::send(fd.as_raw_fd(), &bytes, &fds))).await;
             if sent.is_ok() {
                 break;
             }
@@ -104,7 +113,7 @@ impl Helper {
         // streams, or a dead worker would leave us (and the container's readers) waiting.
         drop(theirs);
         drop(stdio);
-        match wire::recv(mine.as_raw_fd()) {
+        match mine.async_io(Interest::READABLE, |fd| as_io(wire::recv(fd.as_raw_fd()))).await {
             Ok(Some((reply, _))) => serde_json::from_slice(&reply)
                 .unwrap_or_else(|e| Err((Failure::Runtime, format!("unreadable reply from the native helper: {e}")))),
             Ok(None) => Err((Failure::Runtime, "the native helper's worker exited without an answer".into())),
@@ -113,7 +122,7 @@ impl Helper {
     }
 
     /// The control socket of a running helper, starting one if there is none.
-    fn control(&self) -> Result<Arc<OwnedFd>> {
+    fn control(&self) -> Result<Arc<AsyncFd<OwnedFd>>> {
         let mut control = self.control.lock().unwrap();
         if let Some(c) = control.as_ref() {
             return Ok(c.clone());
@@ -123,7 +132,7 @@ impl Helper {
         Ok(c)
     }
 
-    fn spawn(&self) -> Result<OwnedFd> {
+    fn spawn(&self) -> Result<AsyncFd<OwnedFd>> {
         let (ours, helpers) = wire::pair().map_err(|e| Error::io("creating the native helper's socket", e.into()))?;
         let helper_fd = helpers.as_raw_fd();
         let mut cmd = Command::new(&self.exe);
@@ -146,8 +155,28 @@ impl Helper {
         }
         // The helper is the shim's child: the shim's reaper collects it when it exits.
         crate::spawn(&mut cmd).map_err(|source| Error::Spawn { binary: self.exe.clone(), source })?;
-        Ok(ours)
+        registered(ours).map_err(|e| Error::io("registering the native helper's socket", e))
     }
+}
+
+/// The shim's end of a socket to the helper or a worker, made non-blocking and registered
+/// with the current runtime. The other end stays blocking: the helper and its workers wait
+/// on their own single thread.
+fn registered(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: fcntl with integer arguments on a descriptor this process owns.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the AsyncFd owns `fd`, so it stays open, and the same socket, while registered.
+    unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)
+}
+
+/// A socket call's result as tokio's readiness loop reads it (EAGAIN is `WouldBlock`).
+fn as_io<T>(result: nix::Result<T>) -> std::io::Result<T> {
+    result.map_err(std::io::Error::from)
 }
 
 /// Whether `fd` has something to read (or is closed) within `ms` milliseconds.
@@ -165,7 +194,7 @@ fn readable_within(fd: RawFd, ms: u16) -> bool {
     }
 }
 
-fn internal(what: &str, err: nix::errno::Errno) -> (Failure, String) {
+fn internal(what: &str, err: impl std::fmt::Display) -> (Failure, String) {
     (Failure::Runtime, format!("{what}: {err}"))
 }
 

@@ -6,11 +6,13 @@
 //! [`helper::Helper`], for the fork-safety reasons given there, and because the shim's reaper
 //! would take the exit of a hook process that libcontainer waits for. Start always does:
 //! libcontainer changes the working directory of the whole process while it connects to the
-//! container's notify socket. Calls that only read state, write cgroup files, send signals or
+//! container's notify socket. The shim awaits the worker's reply on its loop (see
+//! [`helper::Helper::call`]). Calls that only read state, write cgroup files, send signals or
 //! remove directories (state, ps, kill, pause, resume, update; delete without hooks) run in
-//! the calling thread: they never clone, so the shim's threads are no danger to them, and they
-//! spare the fork of a worker (and, for the delete of a container that ran a while, the start
-//! of a new helper).
+//! the calling thread, the shim's loop: they never clone, and they are short file I/O and
+//! system calls, which spare the fork of a worker (and, for the delete of a container that
+//! ran a while, the start of a new helper). libcgroups does sleep in some of them, in steps of
+//! 10 ms, while a freezer state settles or a cgroup being emptied still refuses its removal.
 //!
 //! State lives where libcontainer keeps it, `<root>/<id>`, so that a fresh process (the
 //! shim's `delete` subcommand) can find and remove a container that a dead shim created.
@@ -27,8 +29,10 @@ use std::{
     fs::{self, OpenOptions},
     os::{fd::OwnedFd, unix::fs::DirBuilderExt},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
+
+use async_trait::async_trait;
 
 use libcgroups::common::{
     create_cgroup_manager, AnyCgroupManager, AnyManagerError, CgroupConfig, CgroupManager, ControllerOpt,
@@ -70,17 +74,18 @@ enum Runner {
 ///
 /// One executor serves one container (the shim makes one per container), and its calls are
 /// serialised: libcontainer rewrites the container's `state.json` in place, so a call reading
-/// it while another writes it would find it empty.
+/// it while another writes it would find it empty. A call waiting for its turn waits on the
+/// loop (an async mutex), as does one waiting for a worker's reply.
 pub struct NativeExecutor {
     config: NativeConfig,
     runner: Runner,
-    serial: Mutex<()>,
+    serial: tokio::sync::Mutex<()>,
 }
 
 impl NativeExecutor {
     /// An executor whose forking calls run in `helper`'s workers.
     pub fn new(config: NativeConfig, helper: Arc<Helper>) -> Self {
-        NativeExecutor { config, runner: Runner::Helper(helper), serial: Mutex::default() }
+        NativeExecutor { config, runner: Runner::Helper(helper), serial: tokio::sync::Mutex::const_new(()) }
     }
 
     /// An executor that makes every call in the calling process.
@@ -88,7 +93,7 @@ impl NativeExecutor {
     /// Only for a process that has, and keeps, a single thread while the executor is in use:
     /// libcontainer clones the caller (see [`helper`]).
     pub fn single_threaded(config: NativeConfig) -> Self {
-        NativeExecutor { config, runner: Runner::Direct, serial: Mutex::default() }
+        NativeExecutor { config, runner: Runner::Direct, serial: tokio::sync::Mutex::const_new(()) }
     }
 
     /// The settings this executor runs with.
@@ -97,7 +102,7 @@ impl NativeExecutor {
     }
 
     /// Carries out `op`: in a worker if it `forks` (and this is the serving shim), else here.
-    fn run(&self, id: &str, op: Op, stdio: Stdio, forks: bool) -> Result<i32> {
+    async fn run(&self, id: &str, op: Op, stdio: Stdio, forks: bool) -> Result<i32> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -111,9 +116,9 @@ impl NativeExecutor {
             op,
         };
         let stdio = [stream(stdio.stdin)?, stream(stdio.stdout)?, stream(stdio.stderr)?];
-        let _serial = self.serial.lock().unwrap();
+        let _serial = self.serial.lock().await;
         let reply = match &self.runner {
-            Runner::Helper(helper) if forks => helper.call(&req, stdio),
+            Runner::Helper(helper) if forks => helper.call(&req, stdio).await,
             _ => worker::run(req, stdio),
         };
         reply.map_err(|(failure, message)| failure_to_error(id, name, failure, message))
@@ -121,14 +126,14 @@ impl NativeExecutor {
 
     /// Calls `f` on the container's state, loaded from `<root>/<id>`, while no other call of
     /// this executor runs.
-    fn with_container<T>(
+    async fn with_container<T>(
         &self,
         id: &str,
         op: &'static str,
         f: impl FnOnce(&mut Container) -> std::result::Result<T, LibcontainerError>,
     ) -> Result<T> {
         let dir = self.config.root.join(id);
-        let _serial = self.serial.lock().unwrap();
+        let _serial = self.serial.lock().await;
         if !dir.join("state.json").exists() {
             return Err(Error::NotFound(id.to_string()));
         }
@@ -137,25 +142,27 @@ impl NativeExecutor {
 
     /// Whether `id`'s config has poststop hooks (libcontainer runs them as processes at
     /// delete). Where that cannot be read, it is taken to have them.
-    fn has_poststop_hooks(&self, id: &str) -> bool {
+    async fn has_poststop_hooks(&self, id: &str) -> bool {
         let has = |h: &Hooks| h.poststop().as_ref().is_some_and(|v| !v.is_empty());
-        self.with_container(id, "load", |c| Ok(c.spec()?.hooks.as_ref().is_some_and(has))).unwrap_or(true)
+        self.with_container(id, "load", |c| Ok(c.spec()?.hooks.as_ref().is_some_and(has))).await.unwrap_or(true)
     }
 
     /// Calls `f` with the manager of the container's cgroup.
-    fn with_cgroup<T>(
+    async fn with_cgroup<T>(
         &self,
         id: &str,
         op: &'static str,
         f: impl FnOnce(&AnyCgroupManager) -> std::result::Result<T, AnyManagerError>,
     ) -> Result<T> {
-        let manager = self.with_container(id, op, |c| {
-            Ok(create_cgroup_manager(CgroupConfig {
-                cgroup_path: c.spec()?.cgroup_path,
-                systemd_cgroup: c.systemd(),
-                container_name: id.to_string(),
-            })?)
-        })?;
+        let manager = self
+            .with_container(id, op, |c| {
+                Ok(create_cgroup_manager(CgroupConfig {
+                    cgroup_path: c.spec()?.cgroup_path,
+                    systemd_cgroup: c.systemd(),
+                    container_name: id.to_string(),
+                })?)
+            })
+            .await?;
         f(&manager).map_err(|e| runtime(op, worker::describe(&e)))
     }
 }
@@ -224,33 +231,34 @@ fn status_name(status: ContainerStatus) -> &'static str {
     }
 }
 
+#[async_trait]
 impl Executor for NativeExecutor {
     fn name(&self) -> &str {
         NAME
     }
 
-    fn create(&self, opts: CreateOpts) -> Result<i32> {
+    async fn create(&self, opts: CreateOpts) -> Result<i32> {
         let op = Op::Create {
             bundle: opts.bundle,
             pid_file: opts.pid_file,
             console_socket: opts.console_socket,
             no_pivot_root: opts.no_pivot_root,
         };
-        self.run(&opts.id, op, opts.stdio, true)
+        self.run(&opts.id, op, opts.stdio, true).await
     }
 
-    fn start(&self, id: &str) -> Result<()> {
-        self.run(id, Op::Start, Stdio::default(), true).map(drop)
+    async fn start(&self, id: &str) -> Result<()> {
+        self.run(id, Op::Start, Stdio::default(), true).await.map(drop)
     }
 
-    fn exec(&self, id: &str, opts: ExecOpts) -> Result<i32> {
+    async fn exec(&self, id: &str, opts: ExecOpts) -> Result<i32> {
         complete_process_spec(&opts.process_spec)?;
         let op =
             Op::Exec { process_spec: opts.process_spec, pid_file: opts.pid_file, console_socket: opts.console_socket };
-        self.run(id, op, opts.stdio, true)
+        self.run(id, op, opts.stdio, true).await
     }
 
-    fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
         let signal = i32::try_from(signal)
             .ok()
             .and_then(|s| Signal::try_from(s).ok())
@@ -262,36 +270,38 @@ impl Executor for NativeExecutor {
             // did; a created container marked so could no longer be started.
             c.set_status(status).save()
         })
+        .await
     }
 
-    fn pause(&self, id: &str) -> Result<()> {
-        self.with_container(id, "pause", |c| c.pause())
+    async fn pause(&self, id: &str) -> Result<()> {
+        self.with_container(id, "pause", |c| c.pause()).await
     }
 
-    fn resume(&self, id: &str) -> Result<()> {
-        self.with_container(id, "resume", |c| c.resume())
+    async fn resume(&self, id: &str) -> Result<()> {
+        self.with_container(id, "resume", |c| c.resume()).await
     }
 
-    fn delete(&self, id: &str, force: bool) -> Result<()> {
-        let hooks = self.has_poststop_hooks(id);
-        match self.run(id, Op::Delete { force }, Stdio::default(), hooks) {
+    async fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let hooks = self.has_poststop_hooks(id).await;
+        match self.run(id, Op::Delete { force }, Stdio::default(), hooks).await {
             Ok(_) | Err(Error::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    fn state(&self, id: &str) -> Result<ContainerState> {
+    async fn state(&self, id: &str) -> Result<ContainerState> {
         self.with_container(id, "state", |c| {
             Ok(ContainerState { status: status_name(c.status()).to_string(), pid: c.pid().map_or(0, |p| p.as_raw()) })
         })
+        .await
     }
 
-    fn ps(&self, id: &str) -> Result<Vec<i32>> {
-        let pids = self.with_cgroup(id, "ps", |m| m.get_all_pids())?;
+    async fn ps(&self, id: &str) -> Result<Vec<i32>> {
+        let pids = self.with_cgroup(id, "ps", |m| m.get_all_pids()).await?;
         Ok(pids.into_iter().map(|p| p.as_raw()).collect())
     }
 
-    fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
+    async fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
         let resources: LinuxResources = serde_json::from_slice(resources).map_err(|e| Error::BadSpec {
             binary: NAME.into(),
             op: "update",
@@ -303,15 +313,15 @@ impl Executor for NativeExecutor {
             oom_score_adj: None,
             freezer_state: None,
         };
-        self.with_cgroup(id, "update", |m| m.apply(&opts))
+        self.with_cgroup(id, "update", |m| m.apply(&opts)).await
     }
 
-    fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
+    async fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
         crate::require_criu(None, "checkpoint a container")?;
-        self.run(id, Op::Checkpoint(opts.clone()), Stdio::default(), true).map(drop)
+        self.run(id, Op::Checkpoint(opts.clone()), Stdio::default(), true).await.map(drop)
     }
 
-    fn restore(&self, _opts: RestoreOpts) -> Result<i32> {
+    async fn restore(&self, _opts: RestoreOpts) -> Result<i32> {
         Err(Error::Unsupported { executor: NAME, op: "restore" })
     }
 }

@@ -17,7 +17,7 @@ use crate::{
 
 impl Table {
     /// Checkpoints the container with CRIU, and publishes /tasks/checkpointed.
-    pub fn checkpoint(&self, id: &str, req: CheckpointRequest) -> Result<()> {
+    pub async fn checkpoint(&self, id: &str, req: CheckpointRequest) -> Result<()> {
         let options = match &req.options {
             Some(any) if !any.type_url.is_empty() => {
                 if !any.type_url.ends_with("containerd.runc.v1.CheckpointOptions") {
@@ -32,7 +32,7 @@ impl Table {
             _ => CheckpointOptions::default(),
         };
         let lifecycle = self.lifecycle(id)?;
-        let _serial = lifecycle.lock().unwrap();
+        let _serial = lifecycle.lock().await;
         let (executor, bundle_dir) = self.with(id, |c| {
             c.init.check(Op::Checkpoint)?;
             Ok((c.executor.clone(), c.bundle.clone()))
@@ -61,7 +61,7 @@ impl Table {
             },
             leave_running: !options.exit,
         };
-        let result = executor.checkpoint(id, &opts).map_err(|e| criu_failure(e, &work_path, &bundle_dir, "dump"));
+        let result = executor.checkpoint(id, &opts).await.map_err(|e| criu_failure(e, &work_path, &bundle_dir, "dump"));
         if !keep_work {
             let _ = fs::remove_dir_all(&work_path);
         }

@@ -184,17 +184,14 @@ impl Table {
     /// what is left in its cgroup, as the kernel would have done in its own namespace (and as
     /// containerd's Go shim does). A worker left behind would hold the container's output
     /// open, and containerd 2.x waits for that output to close before it deletes the task:
-    /// the pod could never stop. The runtime's kill runs on the blocking pool.
+    /// the pod could never stop.
     async fn kill_orphans(&self, id: &str) {
         let Ok(Some(executor)) = self.with(id, |c| Ok((!c.owns_pid_namespace).then(|| c.executor.clone()))) else {
             return;
         };
-        let owned_id = id.to_string();
-        let killed = rt::blocking(move || executor.kill(&owned_id, libc::SIGKILL as u32, true)).await;
-        match killed {
-            Ok(Ok(()) | Err(tether_runtime::Error::NotFound(_) | tether_runtime::Error::NotRunning(_))) => {}
-            Ok(Err(e)) => log::warn!("{id}: cannot kill the processes left after its init exited: {e}"),
-            Err(e) => log::warn!("{id}: the kill of the processes left after its init exited ended: {e}"),
+        match executor.kill(id, libc::SIGKILL as u32, true).await {
+            Ok(()) | Err(tether_runtime::Error::NotFound(_) | tether_runtime::Error::NotRunning(_)) => {}
+            Err(e) => log::warn!("{id}: cannot kill the processes left after its init exited: {e}"),
         }
     }
 

@@ -28,7 +28,7 @@ use crate::{
 impl Table {
     /// Creates a container: mounts its rootfs, prepares stdio, has the executor create it.
     /// /tasks/create is published before the init can be seen to exit.
-    pub fn create(self: &Arc<Self>, req: CreateRequest) -> Result<u32> {
+    pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<u32> {
         bundle::validate_id(&req.id)?;
         let facts = bundle::check(&req.bundle, req.rootfs.is_empty())?;
         {
@@ -38,14 +38,14 @@ impl Table {
                 return Err(Error::AlreadyExists(format!("container {}", req.id)));
             }
         }
-        let result = self.create_reserved(&req, facts);
+        let result = self.create_reserved(&req, facts).await;
         self.creating.lock().unwrap().remove(&req.id);
         result
     }
 
-    fn create_reserved(self: &Arc<Self>, req: &CreateRequest, facts: bundle::SpecFacts) -> Result<u32> {
+    async fn create_reserved(self: &Arc<Self>, req: &CreateRequest, facts: bundle::SpecFacts) -> Result<u32> {
         // The new container's init is moved into its cgroup.
-        cgroup::start_migration_grace_period();
+        cgroup::start_migration_grace_period(&self.reaper);
         let settings = Settings::from_options(&self.namespace, req.options.as_ref())?;
         if let Some(level) = settings.log_level {
             logger::set_level(level.filter());
@@ -62,7 +62,7 @@ impl Table {
             None
         } else {
             let target = req.bundle.join("rootfs");
-            mount::mount_all(&req.rootfs, &target)?;
+            mount::mount_all(req.rootfs.clone(), target.clone()).await?;
             Some(target)
         };
         let undo_mount = || {
@@ -71,7 +71,7 @@ impl Table {
             }
         };
 
-        let (mut io, stdio, console) = match ProcessIo::prepare(&req.stdio, &req.id, &self.namespace) {
+        let (mut io, stdio, console) = match ProcessIo::prepare(&req.stdio, &req.id, &self.namespace).await {
             Ok(p) => p,
             Err(e) => {
                 undo_mount();
@@ -89,7 +89,7 @@ impl Table {
             no_new_keyring: false,
         };
         let created = match &req.checkpoint {
-            None => executor.create(opts).map_err(Error::from),
+            None => executor.create(opts).await.map_err(Error::from),
             Some(image) => {
                 let criu = CriuOpts {
                     image_path: image.clone(),
@@ -97,14 +97,14 @@ impl Table {
                     terminal: req.stdio.terminal,
                     ..Default::default()
                 };
-                let restored = executor.restore(RestoreOpts { create: opts, criu: criu.clone() });
+                let restored = executor.restore(RestoreOpts { create: opts, criu: criu.clone() }).await;
                 restored.map_err(|e| criu_failure(e, &criu.work_path, &req.bundle, "restore"))
             }
         };
         let pid = match created.and_then(|pid| io.start(console).map(|()| pid)) {
             Ok(pid) => pid,
             Err(e) => {
-                let _ = executor.delete(&req.id, true);
+                let _ = executor.delete(&req.id, true).await;
                 undo_mount();
                 return Err(e);
             }
@@ -171,18 +171,18 @@ impl Table {
 
     /// Starts the init (empty `exec_id`) or an exec; returns its pid. An exit that comes
     /// while it starts is reported after /tasks/start (or /tasks/exec-started).
-    pub fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
+    pub async fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
         let lifecycle = self.lifecycle(id)?;
-        let _serial = lifecycle.lock().unwrap();
+        let _serial = lifecycle.lock().await;
         if !exec_id.is_empty() {
-            return self.start_exec(id, exec_id);
+            return self.start_exec(id, exec_id).await;
         }
         let (executor, restored) = self.with(id, |c| {
             c.init.check(Op::Start)?;
             c.init.starting = true;
             Ok((c.executor.clone(), c.restored))
         })?;
-        let result = if restored { Ok(()) } else { executor.start(id).map_err(Error::from) };
+        let result = if restored { Ok(()) } else { executor.start(id).await.map_err(Error::from) };
         let started = self.with(id, |c| {
             c.init.starting = false;
             result?;
@@ -198,7 +198,7 @@ impl Table {
         started
     }
 
-    fn start_exec(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
+    async fn start_exec(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
         let (executor, stdio, spec, bundle_dir) = self.with(id, |c| {
             c.init.check(Op::StartExec)?;
             let (executor, bundle_dir) = (c.executor.clone(), c.bundle.clone());
@@ -207,7 +207,7 @@ impl Table {
             p.starting = true;
             Ok((executor, p.stdio.clone(), p.spec.clone(), bundle_dir))
         })?;
-        let started = self.run_exec(id, exec_id, &executor, &stdio, &spec, &bundle_dir);
+        let started = self.run_exec(id, exec_id, &executor, &stdio, &spec, &bundle_dir).await;
         let recorded = self.with(id, |c| {
             let p = c.process_mut(exec_id)?;
             p.starting = false;
@@ -235,7 +235,7 @@ impl Table {
     }
 
     /// Runs the runtime's exec for `exec_id`; its pid, stdio and supervision handle.
-    fn run_exec(
+    async fn run_exec(
         &self,
         id: &str,
         exec_id: &str,
@@ -245,11 +245,11 @@ impl Table {
         bundle_dir: &std::path::Path,
     ) -> Result<(i32, ProcessIo, Arc<crate::pidfd::Handle>)> {
         // The exec'd process joins the container's cgroup.
-        cgroup::start_migration_grace_period();
+        cgroup::start_migration_grace_period(&self.reaper);
         let spec_file = bundle::exec_spec(bundle_dir, exec_id);
         let pid_file = bundle::exec_pid(bundle_dir, exec_id);
         fs::write(&spec_file, spec).map_err(|e| Error::io("writing the exec's process spec", e))?;
-        let (mut io, streams, console) = ProcessIo::prepare(stdio, id, &self.namespace)?;
+        let (mut io, streams, console) = ProcessIo::prepare(stdio, id, &self.namespace).await?;
         let spawned = Instant::now();
         let result = executor
             .exec(
@@ -261,6 +261,7 @@ impl Table {
                     stdio: streams,
                 },
             )
+            .await
             .map_err(Error::from)
             .and_then(|pid| io.start(console).map(|()| pid));
         let _ = fs::remove_file(&spec_file);
@@ -304,7 +305,7 @@ impl Table {
     /// Sends a signal to the init (with `all`, to every process of the container) or an exec.
     /// With `all`, whatever is left in the container's cgroup is signalled even after its init
     /// has exited.
-    pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+    pub async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let vanished = self.notice_vanished(id, exec_id);
         let (executor, handle) = self.with(id, |c| {
             let p = c.process(exec_id)?;
@@ -319,7 +320,7 @@ impl Table {
             if vanished && !all {
                 return Err(finished());
             }
-            return Ok(executor.kill(id, signal, all)?);
+            return Ok(executor.kill(id, signal, all).await?);
         }
         if vanished {
             return Err(finished());
@@ -335,27 +336,27 @@ impl Table {
     }
 
     /// Freezes the container.
-    pub fn pause(&self, id: &str) -> Result<()> {
-        self.freeze(id, Op::Pause)
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        self.freeze(id, Op::Pause).await
     }
 
     /// Thaws the container.
-    pub fn resume(&self, id: &str) -> Result<()> {
-        self.freeze(id, Op::Resume)
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        self.freeze(id, Op::Resume).await
     }
 
     /// Pause or Resume (`op`).
-    fn freeze(&self, id: &str, op: Op) -> Result<()> {
+    async fn freeze(&self, id: &str, op: Op) -> Result<()> {
         let lifecycle = self.lifecycle(id)?;
-        let _serial = lifecycle.lock().unwrap();
+        let _serial = lifecycle.lock().await;
         let executor = self.with(id, |c| {
             c.init.check(op)?;
             Ok(c.executor.clone())
         })?;
         if op == Op::Pause {
-            executor.pause(id)?;
+            executor.pause(id).await?;
         } else {
-            executor.resume(id)?;
+            executor.resume(id).await?;
         }
         self.with(id, |c| {
             c.init.apply(op)?;
@@ -374,9 +375,9 @@ impl Table {
     /// Deletes a stopped (or never started) process; deleting the init removes the container.
     /// Waits for a Start of the same container in flight, so that no process it starts is
     /// left running unknown.
-    pub fn delete(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
+    pub async fn delete(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
         let lifecycle = self.lifecycle(id)?;
-        let _serial = lifecycle.lock().unwrap();
+        let _serial = lifecycle.lock().await;
         if !exec_id.is_empty() {
             return self.with(id, |c| {
                 let p = c.process(exec_id)?;
@@ -391,7 +392,7 @@ impl Table {
             c.init.check(Op::Delete)?;
             Ok(c.executor.clone())
         })?;
-        executor.delete(id, true)?;
+        executor.delete(id, true).await?;
         // Only once the runtime let go: a failed delete leaves the container, still watched.
         self.oom.unwatch(id);
         let (c, info) = {
@@ -430,13 +431,13 @@ impl Table {
     }
 
     /// Applies new resource limits (an OCI `LinuxResources`, JSON in `resources`).
-    pub fn update(&self, id: &str, resources: &Any) -> Result<()> {
+    pub async fn update(&self, id: &str, resources: &Any) -> Result<()> {
         let json = resources::validate(resources)?;
         let executor = self.with(id, |c| {
             c.init.check(Op::Update)?;
             Ok(c.executor.clone())
         })?;
-        Ok(executor.update(id, &json)?)
+        Ok(executor.update(id, &json).await?)
     }
 
     pub(super) fn io(&self, id: &str, exec_id: &str) -> Result<Arc<ProcessIo>> {

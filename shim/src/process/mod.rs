@@ -10,14 +10,20 @@
 //! | `queries` | State, Wait, Pids, Stats and the debug dump |
 //! | `checkpoint` | checkpoints with CRIU |
 //!
+//! The calls that run the runtime are futures on the shim's loop: each awaits the executor,
+//! and the loop serves everything else meanwhile. The task service runs each as a task of its
+//! own, so that it completes even if its caller goes away.
+//!
 //! Locks, always taken in this order:
-//! 1. a container's lifecycle lock: serialises the calls that run the runtime on one
-//!    container (start, exec start, pause, resume, delete, checkpoint), so that two never
-//!    drive it at once. Exits never take it: one container's slow runtime call holds back
-//!    nothing of another's, nor its own exits.
+//! 1. a container's lifecycle lock (an async mutex, awaited on the loop): serialises the calls
+//!    that run the runtime on one container (start, exec start, pause, resume, delete,
+//!    checkpoint), so that two never drive it at once; it is held across their runtime call.
+//!    Exits never take it: one container's slow runtime call holds back nothing of another's,
+//!    nor its own exits.
 //! 2. the table lock: every read and change of the process records, held only for moments
-//!    (never across a runtime call or a wait for output). A state change and the event that
-//!    announces it are made under it together, so events go out in the order of the changes.
+//!    and never across an await (a runtime call, a wait for output). A state change and the
+//!    event that announces it are made under it together, so events go out in the order of
+//!    the changes.
 //! 3. the event queue's lock (inside `Publisher::publish`).
 
 mod checkpoint;
@@ -90,7 +96,7 @@ struct Container {
     /// of the container when the init exits. Otherwise the shim does (see `exits`).
     owns_pid_namespace: bool,
     /// Serialises the runtime calls on this container (see the module docs).
-    lifecycle: Arc<Mutex<()>>,
+    lifecycle: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Container {
@@ -197,7 +203,7 @@ impl Table {
         f(c)
     }
 
-    fn lifecycle(&self, id: &str) -> Result<Arc<Mutex<()>>> {
+    fn lifecycle(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<()>>> {
         self.with(id, |c| Ok(c.lifecycle.clone()))
     }
 }

@@ -94,7 +94,7 @@ impl Table {
     }
 
     /// The container's processes, exec processes named by their exec id.
-    pub fn pids(&self, id: &str) -> Result<Vec<api::ProcessInfo>> {
+    pub async fn pids(&self, id: &str) -> Result<Vec<api::ProcessInfo>> {
         let (executor, execs) = self.with(id, |c| {
             // Only execs still running: the pid of one that ended may be another process's.
             let execs: HashMap<i32, String> = c
@@ -105,7 +105,7 @@ impl Table {
                 .collect();
             Ok((c.executor.clone(), execs))
         })?;
-        let pids = executor.ps(id)?;
+        let pids = executor.ps(id).await?;
         Ok(pids
             .into_iter()
             .map(|pid| {

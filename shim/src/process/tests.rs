@@ -6,14 +6,16 @@ use std::{
     collections::HashMap,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::{mpsc, Arc, Condvar, Mutex},
+    sync::{mpsc, Arc, Mutex},
     thread,
     time::{Duration, Instant, SystemTime},
 };
 
+use async_trait::async_trait;
 use tempfile::TempDir;
 use tether_protos::ttrpc::Code;
 use tether_runtime::{CheckpointOpts, ContainerState, CreateOpts, ExecOpts, Executor, RestoreOpts};
+use tokio::sync::watch;
 
 use super::{CreateRequest, Executors, Table};
 use crate::{
@@ -26,25 +28,30 @@ use crate::{
     stdio::StdioSpec,
 };
 
-/// A held door: `wait` blocks while it is shut.
-#[derive(Default)]
-struct Door {
-    shut: Mutex<bool>,
-    moved: Condvar,
+/// A held door: `wait` resolves once it is open (a runtime call held on the loop, as a slow
+/// one is, without holding the thread).
+struct Door(watch::Sender<bool>);
+
+impl Default for Door {
+    fn default() -> Door {
+        Door(watch::channel(false).0)
+    }
 }
 
 impl Door {
     fn set(&self, shut: bool) {
-        *self.shut.lock().unwrap() = shut;
-        self.moved.notify_all();
+        self.0.send_replace(shut);
     }
 
-    fn wait(&self) {
-        let mut shut = self.shut.lock().unwrap();
-        while *shut {
-            shut = self.moved.wait(shut).unwrap();
-        }
+    async fn wait(&self) {
+        // The sender lives as long as the door: the wait ends only when it opens.
+        let _ = self.0.subscribe().wait_for(|shut| !shut).await;
     }
+}
+
+/// Drives a table call to its end from the test's thread; the loop runs on its own.
+fn block_on<F: std::future::Future>(call: F) -> F::Output {
+    crate::rt::handle().block_on(call)
 }
 
 /// Containers as plain processes: the init runs the command named in the bundle's
@@ -79,33 +86,34 @@ fn unsupported(op: &'static str) -> tether_runtime::Error {
     tether_runtime::Error::Unsupported { executor: "fake", op }
 }
 
+#[async_trait]
 impl Executor for Fake {
     fn name(&self) -> &str {
         "fake"
     }
 
-    fn create(&self, opts: CreateOpts) -> tether_runtime::Result<i32> {
+    async fn create(&self, opts: CreateOpts) -> tether_runtime::Result<i32> {
         let config = std::fs::read(opts.bundle.join("config.json")).unwrap();
         let pid = spawn(&args_of(&config))?;
         self.pids.lock().unwrap().insert(opts.id, vec![pid]);
         Ok(pid)
     }
 
-    fn start(&self, _: &str) -> tether_runtime::Result<()> {
+    async fn start(&self, _: &str) -> tether_runtime::Result<()> {
         Ok(())
     }
 
-    fn exec(&self, id: &str, opts: ExecOpts) -> tether_runtime::Result<i32> {
+    async fn exec(&self, id: &str, opts: ExecOpts) -> tether_runtime::Result<i32> {
         let door = self.held_exec.lock().unwrap().clone().filter(|(held, _)| held == id);
         if let Some((_, door)) = door {
-            door.wait();
+            door.wait().await;
         }
         let pid = spawn(&args_of(&std::fs::read(&opts.process_spec).unwrap()))?;
         self.pids.lock().unwrap().entry(id.to_string()).or_default().push(pid);
         Ok(pid)
     }
 
-    fn kill(&self, id: &str, signal: u32, all: bool) -> tether_runtime::Result<()> {
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> tether_runtime::Result<()> {
         let pids = self.pids.lock().unwrap().get(id).cloned().unwrap_or_default();
         for pid in if all { &pids[..] } else { &pids[..1] } {
             // SAFETY: signalling a child this test started.
@@ -114,39 +122,39 @@ impl Executor for Fake {
         Ok(())
     }
 
-    fn pause(&self, _: &str) -> tether_runtime::Result<()> {
+    async fn pause(&self, _: &str) -> tether_runtime::Result<()> {
         Ok(())
     }
 
-    fn resume(&self, _: &str) -> tether_runtime::Result<()> {
+    async fn resume(&self, _: &str) -> tether_runtime::Result<()> {
         Ok(())
     }
 
-    fn delete(&self, id: &str, _: bool) -> tether_runtime::Result<()> {
-        self.kill(id, libc::SIGKILL as u32, true)?;
+    async fn delete(&self, id: &str, _: bool) -> tether_runtime::Result<()> {
+        self.kill(id, libc::SIGKILL as u32, true).await?;
         self.pids.lock().unwrap().remove(id);
         Ok(())
     }
 
-    fn state(&self, _: &str) -> tether_runtime::Result<ContainerState> {
+    async fn state(&self, _: &str) -> tether_runtime::Result<ContainerState> {
         Err(unsupported("state"))
     }
 
-    fn ps(&self, id: &str) -> tether_runtime::Result<Vec<i32>> {
+    async fn ps(&self, id: &str) -> tether_runtime::Result<Vec<i32>> {
         Ok(self.pids.lock().unwrap().get(id).cloned().unwrap_or_default())
     }
 
-    fn update(&self, _: &str, _: &[u8]) -> tether_runtime::Result<()> {
+    async fn update(&self, _: &str, _: &[u8]) -> tether_runtime::Result<()> {
         Ok(())
     }
 
-    fn checkpoint(&self, _: &str, _: &CheckpointOpts) -> tether_runtime::Result<()> {
+    async fn checkpoint(&self, _: &str, _: &CheckpointOpts) -> tether_runtime::Result<()> {
         Err(unsupported("checkpoint"))
     }
 
-    fn restore(&self, opts: RestoreOpts) -> tether_runtime::Result<i32> {
+    async fn restore(&self, opts: RestoreOpts) -> tether_runtime::Result<i32> {
         // The restored process runs at once, as CRIU's does.
-        self.create(opts.create)
+        self.create(opts.create).await
     }
 }
 
@@ -212,7 +220,7 @@ impl World {
             options: None,
             checkpoint,
         };
-        self.table.create(req).unwrap_or_else(|e| panic!("create {id}: {e}"))
+        block_on(self.table.create(req)).unwrap_or_else(|e| panic!("create {id}: {e}"))
     }
 
     /// Registers exec `exec_id` of `id` running `args`.
@@ -244,9 +252,9 @@ impl World {
 
     /// Kills and deletes whatever is left of container `id`.
     fn remove(&self, id: &str) {
-        let _ = self.table.kill(id, "", libc::SIGKILL as u32, true);
+        let _ = block_on(self.table.kill(id, "", libc::SIGKILL as u32, true));
         let _ = self.wait_within(id, "", Duration::from_secs(10));
-        self.table.delete(id, "").unwrap_or_else(|e| panic!("delete {id}: {e}"));
+        block_on(self.table.delete(id, "")).unwrap_or_else(|e| panic!("delete {id}: {e}"));
     }
 }
 
@@ -269,10 +277,10 @@ const SECOND: Duration = Duration::from_secs(1);
 fn a_container_is_announced_created_started_exited_deleted_in_that_order() {
     let w = World::new();
     w.create("c1", &["sleep", "1000"]);
-    w.table.start("c1", "").unwrap();
-    w.table.kill("c1", "", libc::SIGKILL as u32, false).unwrap();
+    block_on(w.table.start("c1", "")).unwrap();
+    block_on(w.table.kill("c1", "", libc::SIGKILL as u32, false)).unwrap();
     assert_eq!(w.wait_within("c1", "", 10 * SECOND), Some(137));
-    let info = w.table.delete("c1", "").unwrap();
+    let info = block_on(w.table.delete("c1", "")).unwrap();
     assert_eq!(info.code, 137);
     assert_eq!(w.topics_of("c1"), ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]);
 }
@@ -284,17 +292,17 @@ fn an_init_that_dies_before_its_start_is_created_before_it_exits() {
     w.create("c1", &["true"]);
     assert_eq!(w.wait_within("c1", "", 10 * SECOND), Some(0));
     assert_eq!(w.topics_of("c1"), ["/tasks/create", "/tasks/exit"]);
-    assert_eq!(w.table.start("c1", "").unwrap_err().code(), Code::FAILED_PRECONDITION);
-    w.table.delete("c1", "").unwrap();
+    assert_eq!(block_on(w.table.start("c1", "")).unwrap_err().code(), Code::FAILED_PRECONDITION);
+    block_on(w.table.delete("c1", "")).unwrap();
 }
 
 #[test]
 fn an_exec_that_exits_while_it_starts_is_reported_after_its_start() {
     let w = World::new();
     w.create("c1", &["sleep", "1000"]);
-    w.table.start("c1", "").unwrap();
+    block_on(w.table.start("c1", "")).unwrap();
     w.exec("c1", "e1", &["sh", "-c", "exit 3"]).unwrap();
-    w.table.start("c1", "e1").unwrap();
+    block_on(w.table.start("c1", "e1")).unwrap();
     assert_eq!(w.wait_within("c1", "e1", 10 * SECOND), Some(3));
     assert_eq!(w.topics_of("e1"), ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"]);
     w.remove("c1");
@@ -304,14 +312,14 @@ fn an_exec_that_exits_while_it_starts_is_reported_after_its_start() {
 fn the_inits_exit_is_reported_after_its_execs_exits() {
     let w = World::new();
     w.create("c1", &["sleep", "1000"]);
-    w.table.start("c1", "").unwrap();
+    block_on(w.table.start("c1", "")).unwrap();
     w.exec("c1", "e1", &["sleep", "1000"]).unwrap();
-    w.table.start("c1", "e1").unwrap();
+    block_on(w.table.start("c1", "e1")).unwrap();
     // The fake's kill without `all` reaches the init alone.
-    w.table.kill("c1", "", libc::SIGKILL as u32, false).unwrap();
+    block_on(w.table.kill("c1", "", libc::SIGKILL as u32, false)).unwrap();
     assert_eq!(w.wait_within("c1", "", SECOND / 2), None, "held back while e1 runs");
     assert_eq!(w.table.state("c1", "").unwrap().status.enum_value(), Ok(tether_protos::api::Status::RUNNING));
-    w.table.kill("c1", "e1", libc::SIGKILL as u32, false).unwrap();
+    block_on(w.table.kill("c1", "e1", libc::SIGKILL as u32, false)).unwrap();
     assert_eq!(w.wait_within("c1", "", 10 * SECOND), Some(137));
     let exits: Vec<String> = w
         .events()
@@ -320,33 +328,34 @@ fn the_inits_exit_is_reported_after_its_execs_exits() {
         .map(|(_, text)| if text.contains("\"e1\"") { "e1".into() } else { "c1".into() })
         .collect();
     assert_eq!(exits, ["e1", "c1"]);
-    w.table.delete("c1", "").unwrap();
+    block_on(w.table.delete("c1", "")).unwrap();
 }
 
 #[test]
 fn delete_of_an_exec_waits_for_its_start_and_leaves_nothing_unknown() {
     let w = World::new();
     w.create("c1", &["sleep", "1000"]);
-    w.table.start("c1", "").unwrap();
+    block_on(w.table.start("c1", "")).unwrap();
     let door = Arc::new(Door::default());
     door.set(true);
     *w.fake.held_exec.lock().unwrap() = Some(("c1".into(), door.clone()));
     w.exec("c1", "e1", &["sleep", "1000"]).unwrap();
     let table = w.table.clone();
-    let starting = thread::spawn(move || table.start("c1", "e1"));
+    // On the loop, as the service runs it: the held runtime call holds no thread.
+    let starting = crate::rt::spawn(async move { table.start("c1", "e1").await });
     thread::sleep(SECOND / 5);
     // containerd's Delete when an ExecSync deadline passes, while `runc exec` still runs.
     let (tx, rx) = mpsc::channel();
     let table = w.table.clone();
-    thread::spawn(move || tx.send(table.delete("c1", "e1").map(|_| ()).map_err(|e| e.code())).unwrap());
+    crate::rt::spawn(async move { tx.send(table.delete("c1", "e1").await.map(|_| ()).map_err(|e| e.code())).unwrap() });
     assert!(rx.recv_timeout(SECOND / 2).is_err(), "Delete waits for the Start in flight");
     door.set(false);
-    let pid = starting.join().unwrap().expect("the exec started");
+    let pid = block_on(starting).unwrap().expect("the exec started");
     assert_eq!(rx.recv_timeout(10 * SECOND).unwrap(), Err(Code::FAILED_PRECONDITION), "a running exec stays");
     assert_eq!(w.table.state("c1", "e1").unwrap().pid, pid, "the shim knows the process it started");
-    w.table.kill("c1", "e1", libc::SIGKILL as u32, false).unwrap();
+    block_on(w.table.kill("c1", "e1", libc::SIGKILL as u32, false)).unwrap();
     assert_eq!(w.wait_within("c1", "e1", 10 * SECOND), Some(137));
-    w.table.delete("c1", "e1").unwrap();
+    block_on(w.table.delete("c1", "e1")).unwrap();
     w.remove("c1");
 }
 
@@ -354,15 +363,15 @@ fn delete_of_an_exec_waits_for_its_start_and_leaves_nothing_unknown() {
 fn an_exit_that_is_not_its_processs_is_not_taken() {
     let w = World::new();
     w.create("c1", &["sleep", "1000"]);
-    w.table.start("c1", "").unwrap();
+    block_on(w.table.start("c1", "")).unwrap();
     w.exec("c1", "e1", &["sleep", "1000"]).unwrap();
-    w.table.start("c1", "e1").unwrap();
+    block_on(w.table.start("c1", "e1")).unwrap();
     // The exit of an earlier process under the same exec id, as after a Delete and a reuse.
     let stale = Exit { pid: i32::MAX, status: 0, at: SystemTime::now(), reaped: Instant::now() };
     w.table.exit_arrived("c1", "e1", stale);
     assert_eq!(w.wait_within("c1", "e1", SECOND / 2), None);
     assert_eq!(w.table.state("c1", "e1").unwrap().status.enum_value(), Ok(tether_protos::api::Status::RUNNING));
-    w.table.kill("c1", "e1", libc::SIGKILL as u32, false).unwrap();
+    block_on(w.table.kill("c1", "e1", libc::SIGKILL as u32, false)).unwrap();
     assert_eq!(w.wait_within("c1", "e1", 10 * SECOND), Some(137));
     w.remove("c1");
 }
@@ -371,41 +380,46 @@ fn an_exit_that_is_not_its_processs_is_not_taken() {
 fn a_stalled_runtime_call_on_one_container_holds_back_no_exit_of_another() {
     let w = World::new();
     w.create("a", &["sleep", "1000"]);
-    w.table.start("a", "").unwrap();
+    block_on(w.table.start("a", "")).unwrap();
     w.create("b", &["sleep", "1000"]);
-    w.table.start("b", "").unwrap();
+    block_on(w.table.start("b", "")).unwrap();
     let door = Arc::new(Door::default());
     door.set(true);
     *w.fake.held_exec.lock().unwrap() = Some(("a".into(), door.clone()));
     w.exec("a", "slow", &["sleep", "1000"]).unwrap();
     let table = w.table.clone();
-    let stalled = thread::spawn(move || table.start("a", "slow"));
+    // Held on the loop, which goes on serving exits meanwhile.
+    let stalled = crate::rt::spawn(async move { table.start("a", "slow").await });
     thread::sleep(SECOND / 5);
     // An exit of `a` while its exec is stuck in the runtime, then one of `b`.
-    w.table.kill("a", "", libc::SIGKILL as u32, false).unwrap();
+    block_on(w.table.kill("a", "", libc::SIGKILL as u32, false)).unwrap();
     thread::sleep(SECOND / 5);
-    w.table.kill("b", "", libc::SIGKILL as u32, false).unwrap();
+    block_on(w.table.kill("b", "", libc::SIGKILL as u32, false)).unwrap();
     assert_eq!(w.wait_within("b", "", 2 * SECOND), Some(137), "b's exit did not wait for a's exec");
     assert!(w.topics_of("b").contains(&"/tasks/exit".to_string()));
     door.set(false);
-    stalled.join().unwrap().expect("a's exec started once the runtime answered");
-    w.table.delete("b", "").unwrap();
-    w.table.kill("a", "slow", libc::SIGKILL as u32, false).unwrap();
+    block_on(stalled).unwrap().expect("a's exec started once the runtime answered");
+    block_on(w.table.delete("b", "")).unwrap();
+    block_on(w.table.kill("a", "slow", libc::SIGKILL as u32, false)).unwrap();
     assert_eq!(w.wait_within("a", "", 10 * SECOND), Some(137), "a's init exit, after its exec's");
-    w.table.delete("a", "").unwrap();
+    block_on(w.table.delete("a", "")).unwrap();
 }
 
 #[test]
 fn a_paused_container_takes_no_exec() {
     let w = World::new();
     w.create("c1", &["sleep", "1000"]);
-    w.table.start("c1", "").unwrap();
-    w.table.pause("c1").unwrap();
+    block_on(w.table.start("c1", "")).unwrap();
+    block_on(w.table.pause("c1")).unwrap();
     let err = w.exec("c1", "e1", &["true"]).unwrap_err();
     assert_eq!(err.code(), Code::FAILED_PRECONDITION, "{err}");
     assert!(w.topics_of("e1").is_empty(), "no /tasks/exec-added for a refused exec");
-    assert_eq!(w.table.delete("c1", "").unwrap_err().code(), Code::FAILED_PRECONDITION, "a paused init stays");
-    w.table.resume("c1").unwrap();
+    assert_eq!(
+        block_on(w.table.delete("c1", "")).unwrap_err().code(),
+        Code::FAILED_PRECONDITION,
+        "a paused init stays"
+    );
+    block_on(w.table.resume("c1")).unwrap();
     assert_eq!(w.topics_of("c1"), ["/tasks/create", "/tasks/start", "/tasks/paused", "/tasks/resumed"]);
     w.remove("c1");
 }
@@ -414,14 +428,14 @@ fn a_paused_container_takes_no_exec() {
 fn kill_after_the_exit_is_not_found_and_all_still_reaches_the_cgroup() {
     let w = World::new();
     w.create("c1", &["sleep", "1000"]);
-    w.table.start("c1", "").unwrap();
-    w.table.kill("c1", "", libc::SIGKILL as u32, false).unwrap();
+    block_on(w.table.start("c1", "")).unwrap();
+    block_on(w.table.kill("c1", "", libc::SIGKILL as u32, false)).unwrap();
     assert_eq!(w.wait_within("c1", "", 10 * SECOND), Some(137));
-    assert_eq!(w.table.kill("c1", "", libc::SIGTERM as u32, false).unwrap_err().code(), Code::NOT_FOUND);
-    w.table.kill("c1", "", libc::SIGKILL as u32, true).expect("Kill all after the init's exit");
+    assert_eq!(block_on(w.table.kill("c1", "", libc::SIGTERM as u32, false)).unwrap_err().code(), Code::NOT_FOUND);
+    block_on(w.table.kill("c1", "", libc::SIGKILL as u32, true)).expect("Kill all after the init's exit");
     assert!(!w.table.is_empty());
     assert_eq!(w.table.state("c1", "").unwrap().status.enum_value(), Ok(tether_protos::api::Status::STOPPED));
-    w.table.delete("c1", "").unwrap();
+    block_on(w.table.delete("c1", "")).unwrap();
     assert!(w.table.is_empty(), "Shutdown may end the shim now");
     assert_eq!(w.table.state("c1", "").unwrap_err().code(), Code::NOT_FOUND);
 }
@@ -432,8 +446,8 @@ fn a_restored_container_that_exits_at_once_is_started_before_it_exits() {
     // Restored, its process runs (and here ends) before containerd's Start.
     w.create_from("c1", &["true"], Some(w.dir.path().join("image")));
     assert_eq!(w.wait_within("c1", "", SECOND / 2), None, "no exit before the Start that announces the process");
-    w.table.start("c1", "").unwrap();
+    block_on(w.table.start("c1", "")).unwrap();
     assert_eq!(w.wait_within("c1", "", 10 * SECOND), Some(0));
     assert_eq!(w.topics_of("c1"), ["/tasks/create", "/tasks/start", "/tasks/exit"]);
-    w.table.delete("c1", "").unwrap();
+    block_on(w.table.delete("c1", "")).unwrap();
 }

@@ -10,9 +10,11 @@
 //! (containerd made it and passes its path) and unshares a new IPC and UTS namespace, sets
 //! the pod's hostname and sysctls there. The namespaces live as long as the shim (or a
 //! container in them) does: nothing is mounted, so nothing is left to unmount when the shim
-//! is killed. Every other thread stays where it was; none of them needs the host's network
-//! (the shim only speaks over unix sockets named by path, which work from any network
-//! namespace).
+//! is killed. The shim has no other thread, and needs none of the host's namespaces: it only
+//! speaks over unix sockets named by path, which work from any network namespace. The runtime
+//! binaries it starts from then on start in the pod's namespaces; each container joins or
+//! creates what its spec names, and one the spec leaves out is one the pod shares with the
+//! node, as the shim does.
 //!
 //! A pod whose containers share one PID namespace (`shareProcessNamespace`) needs a PID 1;
 //! such a pod is refused for now (docs/sandbox.md, "Left").
@@ -238,7 +240,7 @@ pub fn platform() -> Platform {
 }
 /// Every call runs on the loop: StartSandbox must run on the main thread, which is the loop's;
 /// the others touch this service's state or read cgroup files, as the task API's Stats does.
-/// StopSandbox's kills alone run the runtime, on the blocking pool (`tasks`).
+/// StopSandbox's kills alone run the runtime, awaited like every runtime call (`tasks`).
 #[async_trait::async_trait]
 impl Sandbox for SandboxService {
     async fn create_sandbox(
@@ -364,7 +366,7 @@ mod tests {
             self.live.lock().unwrap().clone()
         }
 
-        fn kill(&self, id: &str) -> Result<()> {
+        async fn kill(&self, id: &str) -> Result<()> {
             self.killed.lock().unwrap().push(id.to_string());
             if !self.hang {
                 self.live.lock().unwrap().retain(|c| c != id);

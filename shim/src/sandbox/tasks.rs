@@ -10,7 +10,6 @@ use tether_protos::ttrpc::Code;
 use crate::{
     error::{Error, Result},
     process::Table,
-    rt,
 };
 
 /// How long StopSandbox waits for the exits of the containers it killed when containerd
@@ -23,8 +22,8 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub trait PodTasks: Send + Sync {
     /// The containers whose init has not exited.
     fn live(&self) -> Vec<String>;
-    /// SIGKILLs every process of container `id`. Runs the runtime: blocks.
-    fn kill(&self, id: &str) -> Result<()>;
+    /// SIGKILLs every process of container `id` (through the runtime).
+    async fn kill(&self, id: &str) -> Result<()>;
     /// Resolves once the init of container `id` has exited and its exit is recorded (and
     /// queued for containerd).
     async fn exited(&self, id: &str) -> Result<()>;
@@ -36,8 +35,8 @@ impl PodTasks for Table {
         self.live_containers()
     }
 
-    fn kill(&self, id: &str) -> Result<()> {
-        Table::kill(self, id, "", libc::SIGKILL as u32, true)
+    async fn kill(&self, id: &str) -> Result<()> {
+        Table::kill(self, id, "", libc::SIGKILL as u32, true).await
     }
 
     async fn exited(&self, id: &str) -> Result<()> {
@@ -55,11 +54,7 @@ pub async fn stop_all(tasks: &Arc<dyn PodTasks>, within: Duration) -> Result<()>
     log::info!("stopping the sandbox: killing the containers still running: {live:?}");
     let deadline = tokio::time::Instant::now() + within;
     for id in &live {
-        let (owned, id) = (tasks.clone(), id.clone());
-        let killed = rt::blocking(move || owned.kill(&id))
-            .await
-            .map_err(|e| Error::io("a kill on the blocking pool", std::io::Error::other(e)))?;
-        match killed {
+        match tasks.kill(id).await {
             Ok(()) => {}
             // Gone already (it exited or was deleted meanwhile): nothing is left to stop.
             Err(e) if e.code() == Code::NOT_FOUND => {}
