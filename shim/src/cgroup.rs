@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    ffi::CString,
+    ffi::{CStr, CString},
     fs, io,
     os::unix::ffi::OsStringExt,
     path::{Path, PathBuf},
@@ -422,6 +422,9 @@ fn parse_proc_cgroup(text: &str) -> HashMap<String, String> {
 /// Whether a [`start_migration_grace_period`] move is being made.
 static UNDER_WAY: AtomicBool = AtomicBool::new(false);
 
+/// The name of the child [`start_migration_grace_period`] forks.
+pub const MOVER_NAME: &CStr = c"cgroup-move";
+
 /// Starts the RCU grace period that the runtime's move of a new process into its cgroup is
 /// about to wait for, so that the wait overlaps with the runtime's start-up instead of
 /// following it.
@@ -450,10 +453,13 @@ pub fn start_migration_grace_period(reaper: &Reaper) {
         }
     };
     let spawned = Instant::now();
-    // SAFETY: the child makes only async-signal-safe system calls (open, write, _exit) on
-    // memory prepared before the fork, so it is sound even where other threads exist (tests).
+    // SAFETY: the child makes only async-signal-safe system calls (prctl, open, write, _exit)
+    // on memory prepared before the fork, so it is sound even where other threads exist (tests).
     match unsafe { libc::fork() } {
         0 => unsafe {
+            // For the few milliseconds it lives it has the shim's command line; its name
+            // (`ps -o comm`, /proc/PID/comm) tells it from a shim.
+            libc::prctl(libc::PR_SET_NAME, MOVER_NAME.as_ptr());
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd >= 0 {
                 libc::write(fd, b"0".as_ptr().cast(), 1);

@@ -152,9 +152,9 @@ impl Settings {
     }
 
     /// Resolves the runtime options of a Create request (absent, containerd's runtimeoptions
-    /// naming a config file, or containerd's runc options). Without options, or with
-    /// runtimeoptions that name no config, the node's default file applies
-    /// ([`default_config_path`]) when it exists.
+    /// naming a config file, or containerd's runc options). Without options, with runc options
+    /// that set nothing tether reads, or with runtimeoptions that name no config, the node's
+    /// default file applies ([`default_config_path`]) when it exists.
     pub fn from_options(namespace: &str, options: Option<&Any>) -> Result<Self> {
         Settings::resolve(namespace, options, default_config_path().as_deref())
     }
@@ -183,8 +183,17 @@ impl Settings {
                 settings.apply_default_file(default_file)?;
             }
         } else if url.ends_with("containerd.runc.v1.Options") {
-            let opts = runc_options::Options::parse_from_bytes(&any.value)
+            let mut opts = runc_options::Options::parse_from_bytes(&any.value)
                 .map_err(|e| Error::InvalidArgument(format!("bad runc options: {e}")))?;
+            // Runc options that set nothing of the runtime are none. containerd 2.x sends such
+            // options for every task of a sandbox (`sandboxer = "shim"`) whose handler has no
+            // options: only where the sandbox's task API is, which the shim serving it knows.
+            opts.task_api_address.clear();
+            opts.task_api_version = 0;
+            if opts == runc_options::Options::default() {
+                settings.apply_default_file(default_file)?;
+                return Ok(settings);
+            }
             if !opts.binary_name.is_empty() {
                 settings.binary = opts.binary_name.into();
             }
@@ -442,6 +451,15 @@ mod tests {
             (s.executor, s.binary.as_path(), s.log_level),
             (ExecutorKind::Runc, Path::new("/usr/local/bin/runc"), None)
         );
+        // Runc options that set nothing of the runtime are none: what containerd 2.1 sends for
+        // a sandboxed task of a handler without options (the sandbox's task API endpoint).
+        let sandboxed = runc_options::Options {
+            task_api_address: "ttrpc+unix:///run/containerd/s/x".into(),
+            task_api_version: 2,
+            ..Default::default()
+        };
+        let s = Settings::resolve("ns", Some(&any("containerd.runc.v1.Options", &sandboxed)), Some(&default)).unwrap();
+        assert_eq!((s.executor, s.log_level), (ExecutorKind::Native, Some(LogLevel::Trace)));
     }
 
     #[test]

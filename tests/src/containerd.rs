@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::cri::config::CriPlugin;
 use crate::ctr::Ctr;
 use crate::daemon::Daemon;
+use crate::env::Executor;
 use crate::process::{self, wait_until};
 use crate::runtime::{self, Runtime};
 
@@ -31,6 +32,10 @@ fn stderr_writable() -> bool {
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     n >= 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) == 0
 }
+
+/// The environment variable naming the node's default tether config, for handlers without
+/// options (shim/src/config.rs); empty means none.
+const CONFIG_ENV: &str = "TETHER_CONFIG";
 
 /// containerd's CRI plugins: off unless a test asks for them ([`Containerd::start_with_cri`]).
 /// 1.x has one; 2.x splits it into the API, the runtime and the image service.
@@ -63,6 +68,8 @@ pub struct Containerd {
     runtime: Runtime,
     /// The CRI plugin's settings, when it is on.
     cri: Option<CriPlugin>,
+    /// The node's default tether config its shims see (`TETHER_CONFIG`); none without.
+    tether_config: Option<PathBuf>,
 }
 
 impl Containerd {
@@ -80,12 +87,24 @@ impl Containerd {
     }
 
     /// [`Containerd::start`] with the CRI plugin on (see `cri::config`): its gRPC API on the
-    /// same socket, runtime handlers for tether's executors and containerd's Go shim.
-    pub fn start_with_cri(runtime: &Runtime, daemon: Daemon) -> Containerd {
-        Containerd::launch(runtime, daemon, true, LogLevel::Debug)
+    /// same socket, runtime handlers for tether's executors and containerd's Go shim. Handlers
+    /// without options (the sandbox handler) run tether on `default_executor`: containerd's
+    /// environment names that executor's config as the node's default (`TETHER_CONFIG`).
+    pub fn start_with_cri(runtime: &Runtime, daemon: Daemon, default_executor: Executor) -> Containerd {
+        let mut c = Containerd::prepare(runtime, daemon, true, LogLevel::Debug);
+        c.tether_config = c.cri.as_ref().map(|cri| cri.handler_config(default_executor));
+        c.spawn();
+        c
     }
 
     fn launch(runtime: &Runtime, daemon: Daemon, with_cri: bool, level: LogLevel) -> Containerd {
+        let mut c = Containerd::prepare(runtime, daemon, with_cri, level);
+        c.spawn();
+        c
+    }
+
+    /// Everything but the daemon itself: its temp dir, shims, config.
+    fn prepare(runtime: &Runtime, daemon: Daemon, with_cri: bool, level: LogLevel) -> Containerd {
         // SAFETY: geteuid has no preconditions.
         assert!(
             unsafe { libc::geteuid() } == 0,
@@ -112,9 +131,7 @@ impl Containerd {
         let cri = with_cri.then(|| CriPlugin::prepare(&path));
         fs::write(path.join("config.toml"), config_toml(&path, daemon, cri.as_ref(), level))
             .expect("write containerd config");
-        let mut c = Containerd { dir: Some(dir), path, child: None, daemon, runtime: runtime.clone(), cri };
-        c.spawn();
-        c
+        Containerd { dir: Some(dir), path, child: None, daemon, runtime: runtime.clone(), cri, tether_config: None }
     }
 
     /// The temp dir everything lives in.
@@ -252,7 +269,11 @@ impl Containerd {
                 .filter(|a| !a.is_empty())
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            let is_shim = argv.first().is_some_and(|a| a.contains("containerd-shim"));
+            // A shim forks a child named `cgroup-move` for a few milliseconds around a create
+            // or exec (shim/src/cgroup.rs, MOVER_NAME): it has the shim's command line, but it
+            // is not a shim.
+            let mover = fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "cgroup-move");
+            let is_shim = !mover && argv.first().is_some_and(|a| a.contains("containerd-shim"));
             let ours = argv.windows(2).any(|w| w[0] == "-address" && w[1] == address);
             if is_shim && ours {
                 found.push((pid, argv));
@@ -292,6 +313,8 @@ impl Containerd {
             .arg(self.path.join("config.toml"))
             .current_dir(&self.path)
             .env("PATH", path_env)
+            // Never the host's /etc/tether/config.toml: a test's handlers get what it chose.
+            .env(CONFIG_ENV, self.tether_config.as_deref().unwrap_or(Path::new("")))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);

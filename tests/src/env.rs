@@ -43,6 +43,14 @@ impl Executor {
             Executor::Native => "native",
         }
     }
+
+    /// How the shim's debug dump names it (the executor's own name).
+    pub fn shown_as(self) -> &'static str {
+        match self {
+            Executor::Runc => "runc",
+            Executor::Native => "libcontainer",
+        }
+    }
 }
 
 pub struct Env {

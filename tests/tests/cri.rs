@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use k8s_cri::v1::{
     security_profile::ProfileType, Capability, ContainerState, LinuxContainerResources, Mount, MountPropagation,
@@ -18,8 +17,7 @@ use tether_tests::cri::{with_pid_namespace, CriEnv, Pod, Stream, K8S_NAMESPACE};
 use tether_tests::env::skip;
 use tether_tests::env::{children_of, parent_pid, pid_alive};
 use tether_tests::mounts::{host_sh, mount_with_mark, SharedDir};
-use tether_tests::runtime::tether_ctl_binary;
-use tether_tests::{secs, wait_until, Case, Executor, Runtime, Sandboxer};
+use tether_tests::{secs, wait_until, Case, Runtime, Sandboxer};
 
 tether_tests::for_each_cri_case!(
     pod_sandbox_lifecycle,
@@ -489,15 +487,8 @@ fn runtime_config_inline_in_the_handler(case: Case) {
     env.handler = inline_handler_for(case.executor);
     let pod = env.run_pod("pod");
     let id = running(&env, &pod, "app", LOOP);
-    let bundle = env.containerd.bundle(K8S_NAMESPACE, &id);
-    let mut ctl = Command::new(tether_ctl_binary());
-    ctl.arg("--bundle").arg(&bundle).args(["--json", "dump"]);
-    let out = tether_tests::process::run(ctl, None, secs(30));
-    let dump: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
-    let expected = if case.executor == Executor::Native { "libcontainer" } else { "runc" };
-    let executors: Vec<&serde_json::Value> =
-        dump["containers"].as_array().expect("containers").iter().map(|c| &c["executor"]).collect();
-    assert_eq!(executors, [expected, expected], "the sandbox and the container: {dump}");
+    let expected = case.executor.shown_as();
+    assert_eq!(env.shim_executors(&id), [expected, expected], "the sandbox and the container");
 }
 
 /// The lines of `/proc/<pid>/status` that say how a process is confined, read by ExecSync.

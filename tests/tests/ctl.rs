@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tether_tests::env::{Env, Executor, TetherConfig};
+use tether_tests::env::{Env, TetherConfig};
 use tether_tests::process::{run, run_on_tty, Output, Proc};
 use tether_tests::runtime::tether_ctl_binary;
 use tether_tests::{secs, wait_until};
@@ -101,7 +101,7 @@ fn ctl_inspects_and_drives_a_shim_under_containerd(case: Case) {
     let out = ctl(&["--bundle", &b, "--json", "dump"], None);
     let dump: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(dump["containers"][0]["id"], "c1", "{dump}");
-    let expected_executor = if case.executor == Executor::Native { "libcontainer" } else { "runc" };
+    let expected_executor = case.executor.shown_as();
     assert_eq!(dump["containers"][0]["executor"], expected_executor, "{dump}");
 
     // SIGUSR1: the same dump in the shim's log (which containerd copies into its own).

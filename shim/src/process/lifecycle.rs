@@ -47,6 +47,8 @@ impl Table {
         // The new container's init is moved into its cgroup.
         cgroup::start_migration_grace_period(&self.reaper);
         let settings = Settings::from_options(&self.namespace, req.options.as_ref())?;
+        let options = req.options.as_ref().map(|o| (o.type_url.as_str(), o.value.len()));
+        log::debug!("{}: runtime options {options:?}: the {:?} executor", req.id, settings.executor);
         if let Some(level) = settings.log_level {
             logger::set_level(level.filter());
         }

@@ -27,10 +27,13 @@ pub const GO_RUNC_HANDLER: &str = "runc";
 /// runtimeoptions' `config_body`), per executor.
 pub const TETHER_INLINE_HANDLER: &str = "tether-inline";
 pub const TETHER_NATIVE_INLINE_HANDLER: &str = "tether-native-inline";
-/// The handlers whose pods are tether's own sandboxes, without a pause container
-/// (`sandboxer = "shim"`, containerd 2.x only), per executor.
+/// The handler whose pods are tether's own sandboxes, without a pause container
+/// (`sandboxer = "shim"`, containerd 2.x only). It has no options: containerd 2.1 fails the
+/// Task API create of a sandboxed container whose handler has runtime options other than
+/// runc's ("can't unmarshal type runtimeoptions.v1.Options"). Its executor is therefore the
+/// node's default config's, which the containerd's environment names
+/// ([`crate::Containerd::start_with_cri`]).
 pub const TETHER_SANDBOX_HANDLER: &str = "tether-sandbox";
-pub const TETHER_NATIVE_SANDBOX_HANDLER: &str = "tether-native-sandbox";
 
 /// The pause image every pod's sandbox runs (imported by the harness, never pulled).
 pub const SANDBOX_IMAGE: &str = "tether.test/pause:1";
@@ -187,28 +190,16 @@ impl CriPlugin {
             )
         };
         // 2.x: tether's Sandbox API instead of a pause container.
-        let sandboxer = |name: &str, executor: Executor| {
-            if !daemon.is_v2() {
-                return String::new();
-            }
+        let tether_sandbox = if daemon.is_v2() {
             format!(
                 r#"
-    [{runtimes}.{name}]
+    [{runtimes}.{TETHER_SANDBOX_HANDLER}]
       runtime_type = "io.containerd.tether.v2"
       sandboxer = "shim"
-{}"#,
-                // containerd 2.1 fails the Task API create of a sandboxed container whose
-                // handler has runtime options other than runc's ("can't unmarshal type
-                // runtimeoptions.v1.Options"): the runc executor's handler has none (tether's
-                // defaults), the native one names its config by runc's options.
-                match executor {
-                    Executor::Runc => String::new(),
-                    Executor::Native => format!(
-                        "      [{runtimes}.{name}.options]\n        ConfigPath = \"{}\"\n",
-                        self.handler_config(executor).display()
-                    ),
-                }
+"#
             )
+        } else {
+            String::new()
         };
         format!(
             r#"
@@ -220,7 +211,7 @@ impl CriPlugin {
   enable_selinux = false
   [{runtime}.containerd]
     default_runtime_name = "{GO_RUNC_HANDLER}"
-{containerd_keys}{tether_runc}{tether_native}{tether_inline}{tether_native_inline}{tether_sandbox}{tether_native_sandbox}
+{containerd_keys}{tether_runc}{tether_native}{tether_inline}{tether_native_inline}{tether_sandbox}
     [{runtimes}.{GO_RUNC_HANDLER}]
       runtime_type = "io.containerd.runc.v2"
       [{runtimes}.{GO_RUNC_HANDLER}.options]
@@ -238,8 +229,6 @@ impl CriPlugin {
             tether_native = tether(TETHER_NATIVE_HANDLER, Executor::Native),
             tether_inline = inline(TETHER_INLINE_HANDLER, Executor::Runc),
             tether_native_inline = inline(TETHER_NATIVE_INLINE_HANDLER, Executor::Native),
-            tether_sandbox = sandboxer(TETHER_SANDBOX_HANDLER, Executor::Runc),
-            tether_native_sandbox = sandboxer(TETHER_NATIVE_SANDBOX_HANDLER, Executor::Native),
         )
     }
 }
@@ -265,13 +254,5 @@ pub fn inline_handler_for(executor: Executor) -> &'static str {
     match executor {
         Executor::Runc => TETHER_INLINE_HANDLER,
         Executor::Native => TETHER_NATIVE_INLINE_HANDLER,
-    }
-}
-
-/// The handler of tether's `executor` whose pods are tether's sandboxes (containerd 2.x).
-pub fn sandbox_handler_for(executor: Executor) -> &'static str {
-    match executor {
-        Executor::Runc => TETHER_SANDBOX_HANDLER,
-        Executor::Native => TETHER_NATIVE_SANDBOX_HANDLER,
     }
 }

@@ -74,7 +74,7 @@ impl CriEnv {
             skip(test, &why);
             return None;
         }
-        let containerd = Containerd::start_with_cri(&runtime, daemon);
+        let containerd = Containerd::start_with_cri(&runtime, daemon, executor);
         let work = containerd.dir().join("images");
         let archive = work.join("images.tar");
         let images = [
@@ -86,7 +86,8 @@ impl CriEnv {
         let client = CriClient::connect(&containerd.address());
         let handler = match sandboxer {
             Sandboxer::Podsandbox => config::handler_for(executor, runtime.is_go_runc()),
-            Sandboxer::Shim => config::sandbox_handler_for(executor),
+            // Its executor is the containerd's default, `executor` (see the handler).
+            Sandboxer::Shim => config::TETHER_SANDBOX_HANDLER,
         };
         let env = CriEnv { handler, runtime, executor, sandboxer, client, containerd };
         if sandboxer == Sandboxer::Shim {
@@ -230,6 +231,18 @@ impl CriEnv {
         info_pid(&resp.info).unwrap_or_else(|| panic!("no pid in ContainerStatus info of {id}: {:?}", resp.info))
     }
 
+    /// The executor of every container the shim of container `id` serves, as its debug dump
+    /// (`tether-ctl --json dump`) names them, in its order.
+    pub fn shim_executors(&self, id: &str) -> Vec<String> {
+        let bundle = self.containerd.bundle(K8S_NAMESPACE, id);
+        let mut ctl = std::process::Command::new(crate::runtime::tether_ctl_binary());
+        ctl.arg("--bundle").arg(&bundle).args(["--json", "dump"]);
+        let out = crate::process::run(ctl, None, Duration::from_secs(30));
+        let dump: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let containers = dump["containers"].as_array().unwrap_or_else(|| panic!("no containers in {dump}"));
+        containers.iter().map(|c| c["executor"].as_str().unwrap_or_default().to_string()).collect()
+    }
+
     /// PodSandboxStatus of `pod` (panics on errors).
     pub fn sandbox_status(&self, pod: &Pod) -> cri::PodSandboxStatus {
         self.client
@@ -360,14 +373,7 @@ fn unsupported(case: Case, runtime: &Runtime) -> Option<String> {
     if !runtime.is_tether() {
         return Some(format!("the shim sandboxer's Sandbox API is tether's (runtime is {})", runtime.name));
     }
-    if !case.daemon.is_v2() {
-        return Some("sandboxer = \"shim\" is containerd 2.x's".into());
-    }
-    // The native executor is chosen by the handler's ConfigPath, and containerd 2.1 fails the
-    // Task API create of a sandboxed container whose handler has options other than runc's
-    // (docs/sandbox.md, "Left").
-    (case.executor == Executor::Native)
-        .then(|| "containerd 2.1 fails a sandboxed task whose handler has tether's options".into())
+    (!case.daemon.is_v2()).then(|| "sandboxer = \"shim\" is containerd 2.x's".into())
 }
 
 /// containerd puts its verbose details in `info["info"]`, a JSON document.
