@@ -41,6 +41,10 @@ const FLAT_KIB: u64 = 512;
 #[derive(Debug, Clone, Copy)]
 struct Point {
     rss_kib: u64,
+    /// The anonymous part of the RSS: what the shim holds of its own (heap, stacks). The rest
+    /// of the RSS is its binary's pages, shared page cache that rises and falls with the code
+    /// the last calls ran (and with tether's idle trim).
+    anon_kib: u64,
     cgroup_kib: u64,
 }
 
@@ -77,6 +81,12 @@ pub fn figures(env: &Env, targets: &[Target], spec: &Value, opts: &Options) -> V
             Unit::MiB,
             series(&collected, |s| s.points[k].rss_kib as f64 / 1024.0),
         );
+        let anon = Figure::new(
+            format!("exec_storm_anon_{count}"),
+            format!("exec storm: shim anonymous memory {when}"),
+            Unit::MiB,
+            series(&collected, |s| s.points[k].anon_kib as f64 / 1024.0),
+        );
         let cgroup = Figure::new(
             format!("exec_storm_cgroup_{count}"),
             format!("exec storm: shim's cgroup {when}"),
@@ -87,6 +97,7 @@ pub fn figures(env: &Env, targets: &[Target], spec: &Value, opts: &Options) -> V
             rss.notes.extend(verdicts(&collected, counts[1], *count));
         }
         out.push(rss);
+        out.push(anon);
         out.push(cgroup);
     }
     out
@@ -100,14 +111,16 @@ fn verdicts(collected: &[Collected<Storm>], first: usize, last: usize) -> Vec<St
         .filter_map(|c| {
             let s = c.values.first()?;
             let (a, b) = (s.points[1], *s.points.last()?);
-            let grew = b.rss_kib as i64 - a.rss_kib as i64;
-            let verdict = if grew > FLAT_KIB as i64 { "GROWS" } else { "flat" };
+            let grew = |x: u64, y: u64| (y as i64 - x as i64) as f64 / 1024.0;
+            let verdict = |kib: f64| if kib * 1024.0 > FLAT_KIB as f64 { "GROWS" } else { "flat" };
+            let (rss, anon) = (grew(a.rss_kib, b.rss_kib), grew(a.anon_kib, b.anon_kib));
             Some(format!(
-                "{}: RSS {:+.2} MiB, cgroup {:+.2} MiB from {first} to {last} execs: {verdict} (flat: < {FLAT_KIB} KiB); \
-                 {:.0} execs/s",
+                "{}: from {first} to {last} execs RSS {rss:+.2} MiB ({}), anonymous {anon:+.2} MiB ({}), cgroup {:+.2} MiB \
+                 (flat: < {FLAT_KIB} KiB); {:.0} execs/s",
                 c.name,
-                grew as f64 / 1024.0,
-                (b.cgroup_kib as i64 - a.cgroup_kib as i64) as f64 / 1024.0,
+                verdict(rss),
+                verdict(anon),
+                grew(a.cgroup_kib, b.cgroup_kib),
                 last as f64 / s.seconds.max(1e-9)
             ))
         })
@@ -134,9 +147,9 @@ fn storm(
     launch.create("", "")?;
     launch.start()?;
     let read = || -> Result<Point, String> {
-        let mut rss = procfs::memory(shim).ok_or_else(|| format!("shim {shim} is gone"))?.rss_kib;
-        rss += procfs::helpers(shim).iter().filter_map(|h| procfs::memory(*h)).map(|m| m.rss_kib).sum::<u64>();
-        Ok(Point { rss_kib: rss, cgroup_kib: group.charge()?.total / 1024 })
+        let own = procfs::memory(shim).ok_or_else(|| format!("shim {shim} is gone"))?;
+        let all = procfs::helpers(shim).iter().filter_map(|h| procfs::memory(*h)).fold(own, |a, b| a + b);
+        Ok(Point { rss_kib: all.rss_kib, anon_kib: all.anon_kib, cgroup_kib: group.charge()?.total / 1024 })
     };
     let mut points = vec![read()?];
     let started = Instant::now();

@@ -162,7 +162,7 @@ fn measure(shims: &BTreeSet<u32>, count: usize) -> Result<Reading, String> {
     }
     let n = count as u64;
     Ok(Reading {
-        per_container: Memory { rss_kib: total.rss_kib / n, pss_kib: total.pss_kib / n },
+        per_container: Memory { rss_kib: total.rss_kib / n, pss_kib: total.pss_kib / n, anon_kib: total.anon_kib / n },
         shims: shims.len(),
         helpers: helpers.len(),
         calls_ms: None,

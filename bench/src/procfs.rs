@@ -11,21 +11,28 @@ pub struct Memory {
     /// Proportional set: shared pages divided among the processes that map them, so that
     /// the PSS of N processes adds up to what they really cost together.
     pub pss_kib: u64,
+    /// The anonymous part of the resident set: heap, stacks, written data. What the process
+    /// holds of its own, as opposed to its binary's pages, which the page cache shares.
+    pub anon_kib: u64,
 }
 
 impl std::ops::Add for Memory {
     type Output = Memory;
     fn add(self, o: Memory) -> Memory {
-        Memory { rss_kib: self.rss_kib + o.rss_kib, pss_kib: self.pss_kib + o.pss_kib }
+        Memory {
+            rss_kib: self.rss_kib + o.rss_kib,
+            pss_kib: self.pss_kib + o.pss_kib,
+            anon_kib: self.anon_kib + o.anon_kib,
+        }
     }
 }
 
-/// Parses the `Rss:` and `Pss:` lines of smaps_rollup.
+/// Parses the `Rss:`, `Pss:` and `Anonymous:` lines of smaps_rollup.
 pub fn parse_smaps_rollup(text: &str) -> Option<Memory> {
     let field = |name: &str| -> Option<u64> {
         text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok())
     };
-    Some(Memory { rss_kib: field("Rss:")?, pss_kib: field("Pss:")? })
+    Some(Memory { rss_kib: field("Rss:")?, pss_kib: field("Pss:")?, anon_kib: field("Anonymous:")? })
 }
 
 /// The memory of `pid`, None if it is gone.
@@ -97,9 +104,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_rss_and_pss() {
-        let text = "55d0c0000000-7ffc00000000 ---p 00000000 00:00 0   [rollup]\nRss:                2048 kB\nPss:                 900 kB\nPss_Anon:            512 kB\n";
-        assert_eq!(parse_smaps_rollup(text), Some(Memory { rss_kib: 2048, pss_kib: 900 }));
+    fn reads_rss_pss_and_anonymous() {
+        let text = "55d0c0000000-7ffc00000000 ---p 00000000 00:00 0   [rollup]\nRss:                2048 kB\nPss:                 900 kB\nPss_Anon:            512 kB\nAnonymous:           600 kB\n";
+        assert_eq!(parse_smaps_rollup(text), Some(Memory { rss_kib: 2048, pss_kib: 900, anon_kib: 600 }));
         assert_eq!(parse_smaps_rollup("Rss: 1 kB\n"), None);
     }
 
