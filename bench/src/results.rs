@@ -10,6 +10,8 @@ pub const TETHER_RUNC: &str = "tether-runc";
 pub const TETHER_NATIVE: &str = "tether-native";
 /// tether's own sandbox (runc executor): a pod without a pause container.
 pub const TETHER_RUNC_NO_PAUSE: &str = "tether-runc, no pause";
+/// tether's own sandbox with its native executor.
+pub const TETHER_NATIVE_NO_PAUSE: &str = "tether-native, no pause";
 /// The stdio ceiling: a plain pipe between two processes.
 pub const RAW_PIPE: &str = "raw pipe";
 
