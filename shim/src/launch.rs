@@ -159,6 +159,8 @@ pub fn delete(args: &Args) -> Result<Vec<u8>> {
         }
     }
     mount::unmount(&bundle.join("rootfs"));
+    // A sandbox's bundle: the pod's shm, which only a clean ShutdownSandbox unmounts.
+    crate::sandbox::files::release(&bundle);
     remove_dead_socket(&bundle);
     let pid = read_init_pid(&bundle);
     let (exit_status, exited_at) = journal::read(&bundle)

@@ -164,7 +164,7 @@ fn serve(args: &cli::Args) -> Result<()> {
     };
     let service = {
         let sandbox = sandbox.clone();
-        Arc::new(TaskService::new(table, move || {
+        Arc::new(TaskService::new(table, sandbox.clone(), move || {
             // A sandbox outlives its containers: only ShutdownSandbox ends its shim.
             if !sandbox.holds_shim() {
                 end_shim("shutdown: no tasks left");

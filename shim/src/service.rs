@@ -16,6 +16,7 @@ use crate::{
     idle,
     process::{CheckpointRequest, CreateRequest, Table},
     rt,
+    sandbox::SandboxService,
     stdio::StdioSpec,
 };
 
@@ -27,14 +28,20 @@ const GENERATED_SERVICE: &str = "containerd.task.v3.Task";
 /// The task service of one shim.
 pub struct TaskService {
     table: Arc<Table>,
+    /// The shim's sandbox service: a container of its pod gets the pod's files at Create.
+    sandbox: Arc<SandboxService>,
     /// Called (once the reply is on its way) when Shutdown finds nothing left to serve.
     on_shutdown: Box<dyn Fn() + Send + Sync>,
 }
 
 impl TaskService {
-    /// A service over `table`; `on_shutdown` ends the shim.
-    pub fn new(table: Arc<Table>, on_shutdown: impl Fn() + Send + Sync + 'static) -> Self {
-        TaskService { table, on_shutdown: Box::new(on_shutdown) }
+    /// A service over `table`, next to `sandbox`; `on_shutdown` ends the shim.
+    pub fn new(
+        table: Arc<Table>,
+        sandbox: Arc<SandboxService>,
+        on_shutdown: impl Fn() + Send + Sync + 'static,
+    ) -> Self {
+        TaskService { table, sandbox, on_shutdown: Box::new(on_shutdown) }
     }
 
     /// Runs `f`, a call that changes what runs (it awaits the OCI runtime, or a container's
@@ -116,10 +123,12 @@ impl Task for TaskService {
             options: req.options.into_option(),
             checkpoint: Some(PathBuf::from(&req.checkpoint)).filter(|p| !p.as_os_str().is_empty()),
         };
+        let sandbox = self.sandbox.clone();
         self.in_task("Create", &req.id, "", |table, _, _| async move {
             if request.bundle.as_os_str().is_empty() {
                 return Err(Error::InvalidArgument("create needs a bundle path".into()));
             }
+            sandbox.prepare_container(&request.bundle)?;
             Ok(api::CreateTaskResponse { pid: table.create(request).await?, ..Default::default() })
         })
         .await

@@ -6,7 +6,7 @@
 use std::fs;
 use std::time::Instant;
 
-use k8s_cri::v1::{ContainerState, PodSandboxState};
+use k8s_cri::v1::{ContainerState, DnsConfig, PodSandboxState};
 use tether_protos::api::{self, Status};
 use tether_protos::cgroups::metrics as v1;
 use tether_protos::cgroups_v2::metrics as v2;
@@ -20,7 +20,8 @@ tether_tests::for_each_sandbox_case!(
     pod_without_pause,
     stop_pod_sandbox_stops_what_is_left,
     containerd_restart_mid_pod,
-    sandbox_metrics
+    sandbox_metrics,
+    pod_files
 );
 
 /// A container that runs until stopped.
@@ -106,10 +107,14 @@ fn stop_pod_sandbox_stops_what_is_left(case: Case) {
     let bundle = env.containerd.dir().join("work").join(id);
     fs::create_dir_all(bundle.join("rootfs")).unwrap();
     // The known container's spec (the pod's namespaces), with a command that ignores SIGTERM
-    // and a cgroup of its own.
+    // and a cgroup of its own; as another client's, without the CRI's annotations and the
+    // pod's files (its read-only rootfs has no /etc/hosts to mount them on).
     let config = env.containerd.bundle(K8S_NAMESPACE, &known).join("config.json");
     let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(config).unwrap()).unwrap();
     spec["process"]["args"] = serde_json::json!(["sh", "-c", format!("trap '' TERM; {LOOP}")]);
+    spec["annotations"] = serde_json::json!({});
+    let pod_files = ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"];
+    spec["mounts"].as_array_mut().unwrap().retain(|m| !pod_files.iter().any(|f| m["destination"] == *f));
     let cgroup = spec["linux"]["cgroupsPath"].as_str().unwrap().replace(&known, id);
     spec["linux"]["cgroupsPath"] = cgroup.into();
     fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
@@ -223,4 +228,43 @@ fn sandbox_metrics(case: Case) {
     assert!(memory > 0, "the pod's memory usage");
     let err = shim.sandbox_metrics("another-sandbox").expect_err("another sandbox");
     assert_eq!(code_of(&err), Code::NOT_FOUND, "{err}");
+}
+
+/// The pod's files, as the CRI gives a pause pod's containers: the pod's hostname in
+/// /etc/hostname, its DNS settings in /etc/resolv.conf, and one /dev/shm that the pod's
+/// containers share; the shm goes with the pod.
+fn pod_files(case: Case) {
+    let Some(env) = CriEnv::for_case("pod_files", case) else { return };
+    let mut config = env.pod_config("files");
+    config.hostname = "web-1".into();
+    config.dns_config = Some(DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["ns1.svc.cluster.local".into(), "cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    let id = env.client.run_pod_sandbox(config.clone(), env.handler).expect("RunPodSandbox");
+    let pod = Pod { id, config };
+    let run = |id: &str, script: &str| {
+        let r = env.client.exec_sync(id, &["sh", "-c", script], 10).expect("ExecSync");
+        assert_eq!(r.exit_code, 0, "{script}: {}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8_lossy(&r.stdout).into_owned()
+    };
+    let (c1, c2) = (
+        env.start_container(&pod, env.container_config("c1", 0, LOOP)),
+        env.start_container(&pod, env.container_config("c2", 0, LOOP)),
+    );
+    env.wait_running(&c1, secs(30));
+    env.wait_running(&c2, secs(30));
+    assert_eq!(run(&c1, "cat /etc/hostname"), "web-1\n");
+    assert_eq!(
+        run(&c2, "cat /etc/resolv.conf"),
+        "search ns1.svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+    );
+    run(&c1, "echo shared > /dev/shm/note");
+    assert_eq!(run(&c2, "cat /dev/shm/note"), "shared\n", "the pod's containers share its /dev/shm");
+
+    env.client.stop_pod_sandbox(&pod.id).expect("StopPodSandbox");
+    env.client.remove_pod_sandbox(&pod.id).expect("RemovePodSandbox");
+    let left = env.leftovers();
+    assert!(left.is_empty(), "the removed pod left behind:\n  {}", left.join("\n  "));
 }

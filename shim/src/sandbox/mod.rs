@@ -26,6 +26,7 @@
 //! | `tasks` | the pod's containers: StopSandbox stops what is left |
 //! | `metrics` | SandboxMetrics: the pod cgroup's metrics |
 
+pub mod files;
 mod metrics;
 mod namespaces;
 mod pod;
@@ -169,6 +170,7 @@ impl SandboxService {
                 return Err(Error::FailedPrecondition(format!("sandbox {id} was started already")));
             }
             namespaces::enter(&pod.config, &pod.netns)?;
+            files::make(&pod.bundle, &pod.config)?;
             pod.phase = Phase::Running;
             pod.created_at = SystemTime::now();
             log::info!("sandbox {id} started (bundle {})", pod.bundle.display());
@@ -219,11 +221,25 @@ impl SandboxService {
         })
     }
 
-    /// ShutdownSandbox: ends the shim, which releases the namespaces.
+    /// ShutdownSandbox: unmounts the pod's shm and ends the shim, which releases the
+    /// namespaces.
     pub fn shutdown(&self, id: &str) -> Result<()> {
-        self.with_pod(id, |_| Ok(()))?;
+        self.with_pod(id, |pod| {
+            files::release(&pod.bundle);
+            Ok(())
+        })?;
         (self.on_shutdown)();
         Ok(())
+    }
+
+    /// Binds the pod's files into the spec of a container about to be created in bundle
+    /// `container_bundle`, if it is a container of the running sandbox (see `files`).
+    pub fn prepare_container(&self, container_bundle: &Path) -> Result<()> {
+        let pod = self.lock().as_ref().filter(|p| p.phase == Phase::Running).map(|p| (p.id.clone(), p.bundle.clone()));
+        match pod {
+            Some((id, bundle)) => files::bind_into(container_bundle, &id, &bundle),
+            None => Ok(()),
+        }
     }
 }
 

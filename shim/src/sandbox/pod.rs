@@ -43,6 +43,47 @@ pub struct PodConfig {
     pub sysctls: BTreeMap<String, String>,
     /// The pod's cgroup parent (the kubelet's pod cgroup).
     pub cgroup_parent: String,
+    /// The pod's DNS settings (the kubelet's cluster DNS); `None`: the node's resolv.conf.
+    pub dns: Option<DnsConfig>,
+}
+
+/// The CRI's `DNSConfig`: what the pod's `/etc/resolv.conf` says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
+}
+
+impl DnsConfig {
+    /// `DNSConfig` on the wire: 1 servers, 2 searches, 3 options.
+    fn decode(bytes: &[u8]) -> Result<DnsConfig> {
+        let mut dns = DnsConfig::default();
+        for field in wire::fields(bytes)? {
+            match field {
+                (1, wire::Value::Bytes(b)) => dns.servers.push(wire::string(b)?),
+                (2, wire::Value::Bytes(b)) => dns.searches.push(wire::string(b)?),
+                (3, wire::Value::Bytes(b)) => dns.options.push(wire::string(b)?),
+                _ => {}
+            }
+        }
+        Ok(dns)
+    }
+
+    /// The resolv.conf the CRI writes for these settings: search, nameservers, options.
+    pub fn resolv_conf(&self) -> String {
+        let mut text = String::new();
+        if !self.searches.is_empty() {
+            text += &format!("search {}\n", self.searches.join(" "));
+        }
+        for server in &self.servers {
+            text += &format!("nameserver {server}\n");
+        }
+        if !self.options.is_empty() {
+            text += &format!("options {}\n", self.options.join(" "));
+        }
+        text
+    }
 }
 
 impl PodConfig {
@@ -54,6 +95,7 @@ impl PodConfig {
         for field in wire::fields(bytes)? {
             match field {
                 (2, wire::Value::Bytes(b)) => pod.hostname = wire::string(b)?,
+                (4, wire::Value::Bytes(dns)) => pod.dns = Some(DnsConfig::decode(dns)?),
                 (8, wire::Value::Bytes(linux)) => pod.decode_linux(linux)?,
                 _ => {}
             }
@@ -209,7 +251,21 @@ pub(super) mod tests {
             sysctl("kernel.shm_rmid_forced", "1"),
         ]
         .concat();
-        [field(1, &field(1, b"pod1")), field(2, b"pod1-host"), field(3, b"/var/log/pods/x"), field(8, &linux)].concat()
+        let dns = [
+            field(1, b"10.96.0.10"),
+            field(2, b"ns1.svc.cluster.local"),
+            field(2, b"cluster.local"),
+            field(3, b"ndots:5"),
+        ]
+        .concat();
+        [
+            field(1, &field(1, b"pod1")),
+            field(2, b"pod1-host"),
+            field(3, b"/var/log/pods/x"),
+            field(4, &dns),
+            field(8, &linux),
+        ]
+        .concat()
     }
 
     #[test]
@@ -221,6 +277,10 @@ pub(super) mod tests {
         assert_eq!(pod.sysctls["net.ipv4.ip_unprivileged_port_start"], "0");
         assert_eq!(pod.sysctls["kernel.shm_rmid_forced"], "1");
         assert!(pod.own_ipc() && pod.own_uts());
+        assert_eq!(
+            pod.dns.unwrap().resolv_conf(),
+            "search ns1.svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+        );
 
         let host = PodConfig::decode(&pod_config(2, 2, 2)).unwrap();
         assert!(!host.own_ipc() && !host.own_uts(), "hostNetwork and hostIPC: the node's namespaces");
