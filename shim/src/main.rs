@@ -41,6 +41,10 @@ fn main() -> ExitCode {
         tether_runtime::native::helper::serve();
         return ExitCode::SUCCESS;
     }
+    // A shareProcessNamespace pod's init is this binary too (`sandbox::init`).
+    if std::env::args().nth(1).as_deref() == Some(tether_shim::sandbox::init::INIT_ARG) {
+        tether_shim::sandbox::init::serve();
+    }
     let args = match cli::parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {

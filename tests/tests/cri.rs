@@ -426,9 +426,6 @@ fn attach_stream(case: Case) {
 /// A master/worker server in a PID namespace its container does not own: the pod's
 /// (shareProcessNamespace) or the host's (hostPID).
 fn stop_with_a_worker_in_the_pods_pid_namespace(case: Case) {
-    if case.sandboxer == Sandboxer::Shim {
-        return skip("shared_pid", "tether's sandboxes refuse shareProcessNamespace pods for now (docs/sandbox.md)");
-    }
     stop_with_a_worker(case, "shared_pid", NamespaceMode::Pod);
 }
 

@@ -6,12 +6,12 @@
 use std::fs;
 use std::time::Instant;
 
-use k8s_cri::v1::{ContainerState, DnsConfig, PodSandboxState};
+use k8s_cri::v1::{ContainerState, DnsConfig, NamespaceMode, PodSandboxState};
 use tether_protos::api::{self, Status};
 use tether_protos::cgroups::metrics as v1;
 use tether_protos::cgroups_v2::metrics as v2;
 use tether_protos::{protobuf::Message, ttrpc::Code};
-use tether_tests::cri::{CriClient, CriEnv, Pod, K8S_NAMESPACE};
+use tether_tests::cri::{with_pid_namespace, CriClient, CriEnv, Pod, K8S_NAMESPACE};
 use tether_tests::env::{children_of, parent_pid, pid_alive};
 use tether_tests::shim::{code_of, ShimClient};
 use tether_tests::{secs, wait_until, Case};
@@ -21,7 +21,8 @@ tether_tests::for_each_sandbox_case!(
     stop_pod_sandbox_stops_what_is_left,
     containerd_restart_mid_pod,
     sandbox_metrics,
-    pod_files
+    pod_files,
+    shared_pid_namespace
 );
 
 /// A container that runs until stopped.
@@ -267,4 +268,46 @@ fn pod_files(case: Case) {
     env.client.remove_pod_sandbox(&pod.id).expect("RemovePodSandbox");
     let left = env.leftovers();
     assert!(left.is_empty(), "the removed pod left behind:\n  {}", left.join("\n  "));
+}
+
+/// A pod whose containers share a PID namespace (shareProcessNamespace): its first process is
+/// the shim's pod init, each container sees the other's processes, and the init, the
+/// namespace and everything in it go with the pod.
+fn shared_pid_namespace(case: Case) {
+    let Some(env) = CriEnv::for_case("shared_pid_namespace", case) else { return };
+    let pod = env.run_pod_with_pid("shared", NamespaceMode::Pod);
+    let shim = env.shim_of(&pod);
+    let init = wait_until(secs(5), || children_of(shim).into_iter().find(|c| is_pod_init(*c)))
+        .unwrap_or_else(|| panic!("no pod init under the shim {shim}: {:?}", children_of(shim)));
+    assert_eq!(ns(&init.to_string(), "net"), ns(&shim.to_string(), "net"), "the init is in the pod's network");
+    assert_ne!(ns(&init.to_string(), "pid"), ns("self", "pid"), "the init has a PID namespace of its own");
+    let start = |name: &str, script: &str| {
+        let config = with_pid_namespace(env.container_config(name, 0, script), NamespaceMode::Pod);
+        let id = env.start_container(&pod, config);
+        env.wait_running(&id, secs(30));
+        id
+    };
+    let (c1, c2) = (start("c1", "while :; do sleep 100001; done"), start("c2", "while :; do sleep 100002; done"));
+    for id in [&c1, &c2] {
+        let cpid = env.container_pid(id).to_string();
+        assert_eq!(ns(&cpid, "pid"), ns(&init.to_string(), "pid"), "{id} is in the pod's PID namespace");
+    }
+    let r = env.client.exec_sync(&c1, &["sh", "-c", "cat /proc/1/cmdline; echo; ps -o args"], 10).expect("ExecSync");
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.lines().next().is_some_and(|l| l.contains("pod-init")), "PID 1 is the pod's init: {out}");
+    assert!(out.contains("sleep 100002"), "c1 sees c2's process: {out}");
+
+    env.client.stop_pod_sandbox(&pod.id).expect("StopPodSandbox");
+    for id in [&c1, &c2] {
+        assert_eq!(env.container_status(id).state, ContainerState::ContainerExited as i32, "{id}");
+    }
+    assert!(wait_until(secs(10), || (!pid_alive(init)).then_some(())).is_some(), "the init {init} ends with the pod");
+    env.client.remove_pod_sandbox(&pod.id).expect("RemovePodSandbox");
+    let left = env.leftovers();
+    assert!(left.is_empty(), "the removed pod left behind:\n  {}", left.join("\n  "));
+}
+
+/// Whether `pid` is a pod init (`containerd-shim-tether-v2 pod-init`).
+fn is_pod_init(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(&b"pod-init"[..]))
 }

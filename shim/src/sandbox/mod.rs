@@ -27,6 +27,7 @@
 //! | `metrics` | SandboxMetrics: the pod cgroup's metrics |
 
 pub mod files;
+pub mod init;
 mod metrics;
 mod namespaces;
 mod pod;
@@ -78,6 +79,25 @@ struct Pod {
     phase: Phase,
     created_at: SystemTime,
     exited_at: Option<SystemTime>,
+    /// The pod's init, for a pod whose containers share a PID namespace: its pid and handle.
+    init: Option<(u32, crate::pidfd::Handle)>,
+}
+
+impl Pod {
+    /// The pid whose `/proc/<pid>/ns` holds the pod's namespaces: the init's if it has one,
+    /// else the shim's, whose main thread entered them.
+    fn pid(&self) -> u32 {
+        self.init.as_ref().map_or_else(std::process::id, |(pid, _)| *pid)
+    }
+
+    /// Kills the pod's init, and with it whatever still runs in the pod's PID namespace.
+    fn kill_init(&self) {
+        if let Some((pid, handle)) = &self.init {
+            if let Err(e) = handle.signal(libc::SIGKILL) {
+                log::debug!("killing the pod's init {pid}: {e}");
+            }
+        }
+    }
 }
 
 /// The sandbox service of one shim. A shim serves at most one sandbox (containerd starts a
@@ -138,11 +158,6 @@ impl SandboxService {
             Some(any) => PodConfig::decode(&any.value)?,
             None => PodConfig::default(),
         };
-        if config.pid == NamespaceMode::Pod {
-            return Err(Error::Unimplemented(
-                "a sandbox whose containers share a PID namespace (shareProcessNamespace)",
-            ));
-        }
         if !req.netns_path.is_empty() && !Path::new(&req.netns_path).exists() {
             return Err(Error::InvalidArgument(format!("network namespace {}: no such file", req.netns_path)));
         }
@@ -158,6 +173,7 @@ impl SandboxService {
             phase: Phase::Created,
             created_at: SystemTime::now(),
             exited_at: None,
+            init: None,
         });
         Ok(())
     }
@@ -171,10 +187,13 @@ impl SandboxService {
             }
             namespaces::enter(&pod.config, &pod.netns)?;
             files::make(&pod.bundle, &pod.config)?;
+            if pod.config.pid == NamespaceMode::Pod {
+                pod.init = Some(init::start()?);
+            }
             pod.phase = Phase::Running;
             pod.created_at = SystemTime::now();
-            log::info!("sandbox {id} started (bundle {})", pod.bundle.display());
-            Ok((std::process::id(), pod.created_at))
+            log::info!("sandbox {id} started (bundle {}, pid {})", pod.bundle.display(), pod.pid());
+            Ok((pod.pid(), pod.created_at))
         })
     }
 
@@ -185,6 +204,7 @@ impl SandboxService {
         self.with_pod(id, |_| Ok(()))?;
         tasks::stop_all(&self.tasks, within).await?;
         let at = self.with_pod(id, |pod| {
+            pod.kill_init();
             if pod.phase != Phase::Stopped {
                 pod.phase = Phase::Stopped;
                 pod.exited_at = Some(SystemTime::now());
@@ -212,7 +232,7 @@ impl SandboxService {
             let state = if pod.phase == Phase::Running { STATE_READY } else { STATE_NOT_READY };
             Ok(api::SandboxStatusResponse {
                 sandbox_id: pod.id.clone(),
-                pid: std::process::id(),
+                pid: pod.pid(),
                 state: state.into(),
                 created_at: MessageField::some(timestamp(pod.created_at)),
                 exited_at: pod.exited_at.map(timestamp).into(),
@@ -225,6 +245,7 @@ impl SandboxService {
     /// namespaces.
     pub fn shutdown(&self, id: &str) -> Result<()> {
         self.with_pod(id, |pod| {
+            pod.kill_init();
             files::release(&pod.bundle);
             Ok(())
         })?;
@@ -443,10 +464,8 @@ mod tests {
     }
 
     #[test]
-    fn shared_pid_namespaces_and_missing_netns_are_refused() {
+    fn a_missing_netns_is_refused() {
         let service = service();
-        let err = service.create(&create_request("s1", pod_config(2, 0, 2))).unwrap_err();
-        assert_eq!(err.code(), ttrpc::Code::UNIMPLEMENTED, "{err}");
         let mut req = create_request("s1", pod_config(0, 1, 0));
         req.netns_path = "/nonexistent/netns".into();
         assert_eq!(service.create(&req).unwrap_err().code(), ttrpc::Code::INVALID_ARGUMENT);
