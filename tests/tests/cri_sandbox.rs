@@ -22,7 +22,8 @@ tether_tests::for_each_sandbox_case!(
     containerd_restart_mid_pod,
     sandbox_metrics,
     pod_files,
-    shared_pid_namespace
+    shared_pid_namespace,
+    host_ipc
 );
 
 /// A container that runs until stopped.
@@ -310,4 +311,40 @@ fn shared_pid_namespace(case: Case) {
 /// Whether `pid` is a pod init (`containerd-shim-tether-v2 pod-init`).
 fn is_pod_init(pid: u32) -> bool {
     fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(&b"pod-init"[..]))
+}
+
+/// A hostIPC pod: the shim and the pod's containers stay in the node's IPC namespace, and the
+/// pod gets no shm of its own: its containers keep the node's /dev/shm that the CRI binds for
+/// them; its network and UTS namespaces are still the pod's.
+fn host_ipc(case: Case) {
+    let Some(env) = CriEnv::for_case("host_ipc", case) else { return };
+    let ipc = |options: Option<&mut k8s_cri::v1::NamespaceOption>| {
+        options.expect("the harness' configs name their namespaces").ipc = NamespaceMode::Node as i32;
+    };
+    let mut config = env.pod_config("hostipc");
+    ipc(config.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut()));
+    let id = env.client.run_pod_sandbox(config.clone(), env.handler).expect("RunPodSandbox");
+    let pod = Pod { id, config };
+    let shim = env.shim_of(&pod).to_string();
+    assert_eq!(ns(&shim, "ipc"), ns("self", "ipc"), "the shim stays in the node's IPC namespace");
+    assert_ne!(ns(&shim, "uts"), ns("self", "uts"), "the pod has a UTS namespace of its own");
+    let mut container = env.container_config("c", 0, LOOP);
+    ipc(container.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut()));
+    let c = env.start_container(&pod, container);
+    env.wait_running(&c, secs(30));
+    let cpid = env.container_pid(&c).to_string();
+    assert_eq!(ns(&cpid, "ipc"), ns("self", "ipc"), "the container is in the node's IPC namespace");
+    let bundle = env.containerd.bundle(K8S_NAMESPACE, &c);
+    let spec: serde_json::Value = serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    let shm = spec["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/dev/shm").cloned();
+    assert_eq!(
+        shm.map(|m| m["source"].clone()),
+        Some("/dev/shm".into()),
+        "the node's /dev/shm, as the CRI binds it: {spec}"
+    );
+
+    env.client.stop_pod_sandbox(&pod.id).expect("StopPodSandbox");
+    env.client.remove_pod_sandbox(&pod.id).expect("RemovePodSandbox");
+    let left = env.leftovers();
+    assert!(left.is_empty(), "the removed pod left behind:\n  {}", left.join("\n  "));
 }
