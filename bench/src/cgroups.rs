@@ -36,6 +36,13 @@ impl Version {
         }
     }
 
+    fn usage_file(self) -> &'static str {
+        match self {
+            Version::V1 => "memory.usage_in_bytes",
+            Version::V2 => "memory.current",
+        }
+    }
+
     fn mount(self) -> &'static Path {
         match self {
             Version::V1 => Path::new("/sys/fs/cgroup/memory"),
@@ -90,18 +97,15 @@ impl Cgroup {
     fn make(path: PathBuf, version: Version, home: PathBuf) -> Result<Cgroup, String> {
         fs::create_dir(&path).map_err(|e| format!("creating cgroup {}: {e}", path.display()))?;
         let group = Cgroup { path, version, home };
-        let usage = group.path.join(group.usage_file());
+        let usage = group.path.join(version.usage_file());
         if !usage.exists() {
-            return Err(format!("{} has no {}: no memory controller there", group.path.display(), group.usage_file()));
+            return Err(format!(
+                "{} has no {}: no memory controller there",
+                group.path.display(),
+                version.usage_file()
+            ));
         }
         Ok(group)
-    }
-
-    fn usage_file(&self) -> &'static str {
-        match self.version {
-            Version::V1 => "memory.usage_in_bytes",
-            Version::V2 => "memory.current",
-        }
     }
 
     pub fn procs_file(&self) -> PathBuf {
@@ -121,14 +125,30 @@ impl Cgroup {
 
     /// What is charged to this group now.
     pub fn charge(&self) -> Result<Charge, String> {
+        Cgroup::charge_of(&self.path, self.version)
+    }
+
+    /// What is charged now to the memory cgroup `name` (a path in the hierarchy, as runtimes
+    /// name a container's cgroup), which somebody else made; None if there is none.
+    pub fn charge_of_named(name: &str) -> Result<Option<Charge>, String> {
+        let version = Version::of_host();
+        let path = version.mount().join(name.trim_start_matches('/'));
+        if !path.is_dir() {
+            return Ok(None);
+        }
+        Cgroup::charge_of(&path, version).map(Some)
+    }
+
+    fn charge_of(path: &Path, version: Version) -> Result<Charge, String> {
         let read = |name: &str| -> Result<String, String> {
-            fs::read_to_string(self.path.join(name)).map_err(|e| format!("{}/{name}: {e}", self.path.display()))
+            fs::read_to_string(path.join(name)).map_err(|e| format!("{}/{name}: {e}", path.display()))
         };
         let number = |text: String, name: &str| -> Result<u64, String> {
-            text.trim().parse().map_err(|_| format!("{}/{name}: {text:?} is not a number", self.path.display()))
+            text.trim().parse().map_err(|_| format!("{}/{name}: {text:?} is not a number", path.display()))
         };
-        let total = number(read(self.usage_file())?, self.usage_file())?;
-        let kernel = match self.version {
+        let usage = version.usage_file();
+        let total = number(read(usage)?, usage)?;
+        let kernel = match version {
             Version::V1 => read("memory.kmem.usage_in_bytes").ok().and_then(|t| t.trim().parse().ok()),
             Version::V2 => read("memory.stat").ok().and_then(|s| v2_kernel(&s)),
         };

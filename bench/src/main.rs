@@ -18,6 +18,7 @@ mod machine;
 mod memory;
 mod node_memory;
 mod options;
+mod pod_memory;
 mod pods;
 mod procfs;
 mod report;
@@ -141,8 +142,8 @@ fn run(env: &Env, targets: &[Target], opts: &Options) -> Results {
     if go_on("burst") {
         results.figures.push(through_containerd::burst(env, targets, opts));
     }
-    if go_on("pod-start") {
-        results.figures.extend(pods::figure(opts));
+    if go_on("pod-memory") || go_on("pod-start") {
+        results.figures.extend(pods::figures(opts));
     }
     let shim_level = ["stdio", "shim-start", "shim-lifecycle", "exec-storm"].iter().any(|f| go_on(f));
     if !shim_level {

@@ -75,7 +75,16 @@ struct Reading {
 /// The figures of `--only node-memory`: memory per pod, its kernel part, containerd's own
 /// growth, threads per shim, wake-ups of an idle shim.
 pub fn figures(env: &Env, targets: &[Target], opts: &Options) -> Vec<Figure> {
-    let cgroups = match NodeCgroups::set_up(env, targets) {
+    let bin = env.containerd.dir().join("bin");
+    let mut shims: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for t in targets {
+        let link = bin.join(t.runtime.shim_binary_name());
+        if !shims.iter().any(|(l, _)| *l == link) {
+            shims.push((link, t.shim_binary()));
+        }
+    }
+    let name = format!("tether-bench-{}", std::process::id());
+    let cgroups = match NodeCgroups::set_up(&name, env.containerd.dir(), &shims) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cannot set up the cgroups of node memory, skipping it: {e}");
@@ -195,7 +204,7 @@ fn measure(env: &Env, cgroups: &NodeCgroups, target: &Target, round: usize, opts
     let polling = Polling::default();
     let settle = Duration::from_secs(opts.node_settle_secs);
     let reading = std::thread::scope(|scope| {
-        scope.spawn(|| polling.run(env));
+        scope.spawn(|| polling.run(|ids| ctr_metrics(env, ids)));
         let outcome = (|| {
             let mut at = [Charge::default(); 2];
             let mut containerd_at = [Charge::default(); 2];
@@ -290,7 +299,7 @@ fn woken_by_name(before: &[procfs::ThreadSwitches], after: &[procfs::ThreadSwitc
 }
 
 /// Sleeps `d` in short steps; false if the user interrupted meanwhile.
-fn pause(d: Duration) -> bool {
+pub fn pause(d: Duration) -> bool {
     let until = Instant::now() + d;
     while Instant::now() < until {
         if interrupt::requested() {
@@ -301,10 +310,10 @@ fn pause(d: Duration) -> bool {
     !interrupt::requested()
 }
 
-/// The kubelet-like poller: `ctr task metrics` for every watched container, every
+/// The kubelet-like poller: a round of stats calls for the watched containers every
 /// [`POLL_EVERY`], the first round as soon as the set of containers grows.
 #[derive(Default)]
-struct Polling {
+pub struct Polling {
     ids: Mutex<Vec<String>>,
     /// Set when new containers are watched: poll now.
     kick: AtomicBool,
@@ -312,14 +321,20 @@ struct Polling {
     quiet: AtomicBool,
     /// Set while a round of calls is under way.
     busy: AtomicBool,
-    stop: AtomicBool,
-    calls: AtomicUsize,
-    failures: AtomicUsize,
-    first_error: Mutex<Option<String>>,
+    pub stop: AtomicBool,
+    pub calls: AtomicUsize,
+    pub failures: AtomicUsize,
+    pub first_error: Mutex<Option<String>>,
+}
+
+/// `ctr task metrics` (containerd calls the shim's Stats) for each of `ids`.
+fn ctr_metrics(env: &Env, ids: &[String]) -> Vec<Result<(), String>> {
+    ids.iter().map(|id| ctr(env, &["task", "metrics", id.as_str()].map(String::from)).map(drop)).collect()
 }
 
 impl Polling {
-    fn run(&self, env: &Env) {
+    /// Polls until stopped: `round(ids)` makes one round's calls, returning each's outcome.
+    pub fn run(&self, round: impl Fn(&[String]) -> Vec<Result<(), String>>) {
         let mut next = Instant::now() + POLL_EVERY;
         while !self.stop.load(Ordering::Relaxed) && !interrupt::requested() {
             let due = Instant::now() >= next || self.kick.swap(false, Ordering::SeqCst);
@@ -329,10 +344,9 @@ impl Polling {
             if due && !self.quiet.load(Ordering::SeqCst) {
                 next = Instant::now() + POLL_EVERY;
                 let ids = self.ids.lock().unwrap().clone();
-                for id in ids {
-                    let args = ["task", "metrics", id.as_str()].map(String::from);
+                for outcome in round(&ids) {
                     self.calls.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = ctr(env, &args) {
+                    if let Err(e) = outcome {
                         self.failures.fetch_add(1, Ordering::Relaxed);
                         self.first_error.lock().unwrap().get_or_insert(e);
                     }
@@ -344,7 +358,7 @@ impl Polling {
     }
 
     /// Polls `ids` from now on, starting at once.
-    fn watch(&self, ids: &[String]) {
+    pub fn watch(&self, ids: &[String]) {
         *self.ids.lock().unwrap() = ids.to_vec();
         self.kick.store(true, Ordering::SeqCst);
     }
@@ -361,27 +375,25 @@ impl Polling {
 /// The figure's cgroups and the wrapped shims. Dropping it puts the shim symlinks back, then
 /// removes the cgroups (moving containerd, and any shim still exiting, back to the bench's
 /// own cgroup, where containerd came from: the bench started it).
-struct NodeCgroups {
+pub struct NodeCgroups {
     wrappers: Vec<ShimWrapper>,
-    shims: Cgroup,
-    containerd: Cgroup,
+    pub shims: Cgroup,
+    pub containerd: Cgroup,
     _top: Cgroup,
 }
 
 impl NodeCgroups {
-    fn set_up(env: &Env, targets: &[Target]) -> Result<NodeCgroups, String> {
-        let top = Cgroup::create(&format!("tether-bench-{}", std::process::id()))?;
-        let shims = top.child("shims")?;
+    /// Cgroups below a new top group `name`: the bench's containerd whose temp dir is
+    /// `containerd_dir` moves into `containerd`; each `(name, shim)` of `shims`, a shim's name
+    /// in that containerd's `bin/` and the binary it runs, is wrapped to join `shims`.
+    pub fn set_up(name: &str, containerd_dir: &Path, shims: &[(PathBuf, PathBuf)]) -> Result<NodeCgroups, String> {
+        let top = Cgroup::create(name)?;
+        let shims_group = top.child("shims")?;
         let containerd = top.child("containerd")?;
-        let mut set = NodeCgroups { wrappers: Vec::new(), shims, containerd, _top: top };
-        let pid = containerd_pid(env)?;
-        set.containerd.join(pid)?;
-        let bin = env.containerd.dir().join("bin");
-        for t in targets {
-            let link = bin.join(t.runtime.shim_binary_name());
-            if !set.wrappers.iter().any(|w| w.link == link) {
-                set.wrappers.push(ShimWrapper::install(&link, &t.shim_binary(), &set.shims.procs_file())?);
-            }
+        let mut set = NodeCgroups { wrappers: Vec::new(), shims: shims_group, containerd, _top: top };
+        set.containerd.join(containerd_pid(containerd_dir)?)?;
+        for (link, shim) in shims {
+            set.wrappers.push(ShimWrapper::install(link, shim, &set.shims.procs_file())?);
         }
         Ok(set)
     }
@@ -397,9 +409,9 @@ impl Drop for NodeCgroups {
     }
 }
 
-/// The private containerd: the bench's child started with the harness's config.
-fn containerd_pid(env: &Env) -> Result<u32, String> {
-    let config = env.containerd.dir().join("config.toml").display().to_string();
+/// The private containerd in `dir`: the bench's child started with the harness's config there.
+fn containerd_pid(dir: &Path) -> Result<u32, String> {
+    let config = dir.join("config.toml").display().to_string();
     procfs::children(std::process::id())
         .into_iter()
         .find(|p| procfs::cmdline(*p).contains(&config))

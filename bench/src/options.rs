@@ -17,17 +17,18 @@ usage: tether-bench [OPTIONS]   (as root; build the shim first: cargo dist)
   --shim-start N        `start` to a served Connect                   [200]
   --shim-lifecycle N    start+Create+Start+Wait+Delete+Shutdown       [200]
   --warmup N            unrecorded iterations per target first        [3]
-  --pods N              pods of node memory: the marginal pod between
-                        N/2 and N                                     [20]
+  --pods N              pods of node memory and pod memory: the marginal
+                        pod between N/2 and N                         [20]
   --node-settle S       seconds of metrics polling (every 10 s, as
-                        kubelet) before each node-memory reading      [35]
+                        kubelet) before each node-memory or
+                        pod-memory reading                            [35]
   --idle-window S       seconds without calls over which an idle
                         shim's wake-ups are counted (per minute)      [60]
   --exec-storm A,B,...  exec counts after which the storm reads the
                         shim's memory (--only exec-storm)             [10000,100000]
   --containers N        containers of the memory figures              [50]
   --memory-rounds N     repetitions of the memory figures (node memory
-                        too)                                          [1]
+                        and pod memory too)                           [1]
   --burst N             containers per burst                          [100]
   --in-flight N         concurrent creations in a burst, execs in the
                         exec storm                                    [8]
@@ -37,7 +38,7 @@ usage: tether-bench [OPTIONS]   (as root; build the shim first: cargo dist)
   --stdio-mib N         MiB a container writes to stdout              [1024]
   --stdio-rounds N      stdio runs per target                         [3]
   --only LIST           figures to run, comma-separated, of: node-memory, memory,
-                        lifecycle, exec, burst, pod-start, stdio, shim-start,
+                        lifecycle, exec, burst, pod-memory, pod-start, stdio, shim-start,
                         shim-lifecycle, exec-storm [all but exec-storm, which is on demand]
   --targets LIST        of: go, runc, native                          [go,runc,native]
   --out DIR             where tether-bench.json and tether-bench.svg go [bench-results]
@@ -45,12 +46,13 @@ usage: tether-bench [OPTIONS]   (as root; build the shim first: cargo dist)
 ";
 
 /// The figures, as `--only` names them, in the order they run.
-pub const FIGURES: [&str; 10] = [
+pub const FIGURES: [&str; 11] = [
     "node-memory",
     "memory",
     "lifecycle",
     "exec",
     "burst",
+    "pod-memory",
     "pod-start",
     "stdio",
     "shim-start",

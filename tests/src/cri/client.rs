@@ -183,6 +183,24 @@ impl CriClient {
         self.runtime_call(|mut c| async move { c.container_stats(req).await }).map(|r| r.stats.unwrap_or_default())
     }
 
+    /// ListContainerStats and ListPodSandboxStats of every pod: what a kubelet asks every
+    /// housekeeping interval. The number of containers and of pods they reported.
+    pub fn list_all_stats(&self) -> Result<(usize, usize), Status> {
+        let containers = self
+            .runtime_call(
+                |mut c| async move { c.list_container_stats(cri::ListContainerStatsRequest::default()).await },
+            )?
+            .stats
+            .len();
+        let pods = self
+            .runtime_call(
+                |mut c| async move { c.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default()).await },
+            )?
+            .stats
+            .len();
+        Ok((containers, pods))
+    }
+
     pub fn update_container_resources(&self, id: &str, linux: cri::LinuxContainerResources) -> Result<(), Status> {
         let req =
             cri::UpdateContainerResourcesRequest { container_id: id.into(), linux: Some(linux), ..Default::default() };
