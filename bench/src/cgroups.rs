@@ -57,6 +57,10 @@ pub struct Charge {
     pub total: u64,
     /// The kernel part of `total`, where the kernel says.
     pub kernel: Option<u64>,
+    /// Its anonymous pages (v1 `total_rss`, v2 `anon`), where memory.stat says.
+    pub anon: Option<u64>,
+    /// Its page cache, tmpfs included (v1 `total_cache`, v2 `file`), where memory.stat says.
+    pub file: Option<u64>,
 }
 
 /// One memory cgroup the bench created.
@@ -148,11 +152,16 @@ impl Cgroup {
         };
         let usage = version.usage_file();
         let total = number(read(usage)?, usage)?;
-        let kernel = match version {
-            Version::V1 => read("memory.kmem.usage_in_bytes").ok().and_then(|t| t.trim().parse().ok()),
-            Version::V2 => read("memory.stat").ok().and_then(|s| v2_kernel(&s)),
+        let stat = read("memory.stat").unwrap_or_default();
+        let (kernel, anon, file) = match version {
+            Version::V1 => (
+                read("memory.kmem.usage_in_bytes").ok().and_then(|t| t.trim().parse().ok()),
+                stat_field(&stat, "total_rss"),
+                stat_field(&stat, "total_cache"),
+            ),
+            Version::V2 => (v2_kernel(&stat), stat_field(&stat, "anon"), stat_field(&stat, "file")),
         };
-        Ok(Charge { total, kernel })
+        Ok(Charge { total, kernel, anon, file })
     }
 }
 
@@ -202,14 +211,16 @@ fn read_pids(path: &Path) -> Vec<u32> {
     fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
 }
 
+/// Field `name` of a memory.stat text.
+fn stat_field(stat: &str, name: &str) -> Option<u64> {
+    stat.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+}
+
 /// The kernel part of a v2 memory.stat: its `kernel` line (6.x), else the sum of the kernel
 /// fields older kernels list.
 pub fn v2_kernel(stat: &str) -> Option<u64> {
-    let field = |name: &str| {
-        stat.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')).and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    field("kernel").or_else(|| {
-        let parts = ["kernel_stack", "pagetables", "percpu", "sock", "slab", "vmalloc"].map(field);
+    stat_field(stat, "kernel").or_else(|| {
+        let parts = ["kernel_stack", "pagetables", "percpu", "sock", "slab", "vmalloc"].map(|f| stat_field(stat, f));
         parts.iter().any(Option::is_some).then(|| parts.iter().flatten().sum())
     })
 }
@@ -232,5 +243,8 @@ mod tests {
         assert_eq!(v2_kernel("anon 4096\nfile 0\nkernel 12288\nkernel_stack 8192\n"), Some(12288));
         assert_eq!(v2_kernel("anon 1\nkernel_stack 100\npagetables 20\nslab 3\n"), Some(123));
         assert_eq!(v2_kernel("anon 1\n"), None);
+        assert_eq!(stat_field("cache 5\nrss 7\ntotal_rss 9\n", "rss"), Some(7));
+        assert_eq!(stat_field("cache 5\nrss 7\ntotal_rss 9\n", "total_rss"), Some(9));
+        assert_eq!(stat_field("rss_huge 0\n", "rss"), None);
     }
 }

@@ -67,9 +67,7 @@ struct Reading {
     wakeups_per_minute: f64,
     /// The threads that woke in the idle window, summed by name over the shims, most first.
     woken: Vec<(String, u64)>,
-    polls: usize,
-    poll_failures: usize,
-    first_poll_error: Option<String>,
+    polled: Polled,
 }
 
 /// The figures of `--only node-memory`: memory per pod, its kernel part, containerd's own
@@ -119,15 +117,11 @@ pub fn figures(env: &Env, targets: &[Target], opts: &Options) -> Vec<Figure> {
     for c in &collected {
         if let Some(r) = c.values.first() {
             memory.notes.push(format!(
-                "{}: shims' cgroup {:.2} MiB at {m} pods, {:.2} MiB at {n}; {} metrics calls{}",
+                "{}: shims' cgroup {:.2} MiB at {m} pods, {:.2} MiB at {n}; {}",
                 c.name,
                 r.at[0],
                 r.at[1],
-                r.polls,
-                match (&r.first_poll_error, r.poll_failures) {
-                    (Some(e), f) if f > 0 => format!(", {f} failed (first: {e})"),
-                    _ => String::new(),
-                }
+                r.polled.describe("metrics calls")
             ));
         }
     }
@@ -243,9 +237,7 @@ fn measure(env: &Env, cgroups: &NodeCgroups, target: &Target, round: usize, opts
                 threads_per_shim: threads,
                 wakeups_per_minute: woke,
                 woken,
-                polls: 0,
-                poll_failures: 0,
-                first_poll_error: None,
+                polled: Polled::default(),
             })
         })();
         polling.stop.store(true, Ordering::Relaxed);
@@ -253,9 +245,7 @@ fn measure(env: &Env, cgroups: &NodeCgroups, target: &Target, round: usize, opts
     });
     containers::remove(env, &ids, opts.in_flight);
     let mut reading = reading?;
-    reading.polls = polling.calls.load(Ordering::Relaxed);
-    reading.poll_failures = polling.failures.load(Ordering::Relaxed);
-    reading.first_poll_error = polling.first_error.lock().unwrap().take();
+    reading.polled = polling.polled();
     Ok(reading)
 }
 
@@ -322,9 +312,28 @@ pub struct Polling {
     /// Set while a round of calls is under way.
     busy: AtomicBool,
     pub stop: AtomicBool,
-    pub calls: AtomicUsize,
-    pub failures: AtomicUsize,
-    pub first_error: Mutex<Option<String>>,
+    calls: AtomicUsize,
+    failures: AtomicUsize,
+    first_error: Mutex<Option<String>>,
+}
+
+/// What a [`Polling`] did, for the notes.
+#[derive(Debug, Default)]
+pub struct Polled {
+    calls: usize,
+    failures: usize,
+    first_error: Option<String>,
+}
+
+impl Polled {
+    /// `8 stats calls`, or `8 stats calls, 2 failed (first: ...)`, where `calls` is what
+    /// one call is.
+    pub fn describe(&self, calls: &str) -> String {
+        match (&self.first_error, self.failures) {
+            (Some(e), f) if f > 0 => format!("{} {calls}, {f} failed (first: {e})", self.calls),
+            _ => format!("{} {calls}", self.calls),
+        }
+    }
 }
 
 /// `ctr task metrics` (containerd calls the shim's Stats) for each of `ids`.
@@ -354,6 +363,15 @@ impl Polling {
             }
             self.busy.store(false, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What it did so far.
+    pub fn polled(&self) -> Polled {
+        Polled {
+            calls: self.calls.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            first_error: self.first_error.lock().unwrap().clone(),
         }
     }
 

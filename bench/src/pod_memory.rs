@@ -24,7 +24,7 @@ use tether_tests::cri::CriEnv;
 
 use crate::alternate::{alternate, series};
 use crate::cgroups::{Cgroup, Charge};
-use crate::node_memory::{pause, NodeCgroups, Polling, POLL_EVERY};
+use crate::node_memory::{pause, NodeCgroups, Polled, Polling, POLL_EVERY};
 use crate::options::Options;
 use crate::pods::{remove_pod, run_pod, Kind};
 use crate::results::{Figure, Unit};
@@ -39,9 +39,10 @@ struct Reading {
     containerd_kib: f64,
     /// Shims plus pause containers at M and at N pods (MiB), for the notes.
     at: [f64; 2],
-    polls: usize,
-    poll_failures: usize,
-    first_poll_error: Option<String>,
+    /// The shims' cgroup's growth per pod by kind of memory (KiB): anonymous, page cache,
+    /// kernel, where the kernel says.
+    shims_by_kind: [Option<f64>; 3],
+    polled: Polled,
 }
 
 /// The figures of `--only pod-memory`: shim plus pause per pod, the pause part, containerd's
@@ -88,16 +89,14 @@ pub fn figures(envs: &[&CriEnv], kinds: &[Kind], opts: &Options) -> Vec<Figure> 
     ));
     for c in &collected {
         if let Some(r) = c.values.first() {
+            let [anon, file, kernel] = r.shims_by_kind.map(|v| v.map_or("?".to_string(), |v| format!("{v:.0}")));
             memory.notes.push(format!(
-                "{}: shims + pause {:.2} MiB at {m} pods, {:.2} MiB at {n}; {} stats calls{}",
+                "{}: shims + pause {:.2} MiB at {m} pods, {:.2} MiB at {n}; the shims' growth per pod: anon {anon}, \
+                 page cache {file}, kernel {kernel} KiB; {}",
                 c.name,
                 r.at[0],
                 r.at[1],
-                r.polls,
-                match (&r.first_poll_error, r.poll_failures) {
-                    (Some(e), f) if f > 0 => format!(", {f} failed (first: {e})"),
-                    _ => String::new(),
-                }
+                r.polled.describe("rounds of stats calls")
             ));
         }
     }
@@ -146,7 +145,7 @@ fn measure(kind: &Kind, cgroups: &NodeCgroups, round: usize, opts: &Options) -> 
         let (polling, poller) = (&polling, &poller);
         scope.spawn(move || polling.run(|_| vec![poller.list_all_stats().map(drop).map_err(|e| e.to_string())]));
         let outcome = (|| {
-            let mut at = [(0, 0); 2];
+            let mut at = [(Charge::default(), 0); 2];
             let mut containerd_at = [Charge::default(); 2];
             for (step, range) in [(0, 0..m), (1, m..n)] {
                 for name in &names[range] {
@@ -156,20 +155,20 @@ fn measure(kind: &Kind, cgroups: &NodeCgroups, round: usize, opts: &Options) -> 
                 if !pause(settle) {
                     return Err("interrupted".to_string());
                 }
-                at[step] = (cgroups.shims.charge()?.total, pause_containers(kind, &pods)?);
+                at[step] = (cgroups.shims.charge()?, pause_containers(kind, &pods)?);
                 containerd_at[step] = cgroups.containerd.charge()?;
             }
             let pods = (n - m) as f64;
             let grown = |a: u64, b: u64| (b as f64 - a as f64) / 1024.0 / pods;
-            let both = |(shims, pause): &(u64, u64)| shims + pause;
+            let both = |(shims, pause): &(Charge, u64)| shims.total + pause;
+            let part = |f: fn(&Charge) -> Option<u64>| f(&at[0].0).zip(f(&at[1].0)).map(|(a, b)| grown(a, b));
             Ok(Reading {
                 per_pod_kib: grown(both(&at[0]), both(&at[1])),
                 pause_kib: grown(at[0].1, at[1].1),
                 containerd_kib: grown(containerd_at[0].total, containerd_at[1].total),
                 at: at.map(|c| both(&c) as f64 / (1024.0 * 1024.0)),
-                polls: 0,
-                poll_failures: 0,
-                first_poll_error: None,
+                shims_by_kind: [part(|c| c.anon), part(|c| c.file), part(|c| c.kernel)],
+                polled: Polled::default(),
             })
         })();
         polling.stop.store(true, Ordering::Relaxed);
@@ -183,9 +182,7 @@ fn measure(kind: &Kind, cgroups: &NodeCgroups, round: usize, opts: &Options) -> 
     }
     let mut reading = reading?;
     removed?;
-    reading.polls = polling.calls.load(Ordering::Relaxed);
-    reading.poll_failures = polling.failures.load(Ordering::Relaxed);
-    reading.first_poll_error = polling.first_error.lock().unwrap().take();
+    reading.polled = polling.polled();
     Ok(reading)
 }
 

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use tether_tests::cri::config::{GO_RUNC_HANDLER, TETHER_HANDLER, TETHER_NATIVE_HANDLER, TETHER_SANDBOX_HANDLER};
 use tether_tests::cri::CriEnv;
-use tether_tests::{Case, Daemon, Executor, Sandboxer};
+use tether_tests::{Case, Daemon, Executor, LogLevel, Sandboxer};
 
 use crate::alternate::{alternate, series};
 use crate::interrupt;
@@ -36,7 +36,9 @@ pub struct Kind<'a> {
 /// A private containerd 2.x with the CRI plugin whose sandbox handler runs `executor`.
 fn containerd(executor: Executor) -> Option<CriEnv> {
     eprintln!("  pods: a private containerd 2.x with the CRI plugin ({} sandboxes)", executor.name());
-    CriEnv::for_case("tether-bench pods", Case { daemon: Daemon::V2, executor, sandboxer: Sandboxer::Shim })
+    // At containerd's default log level, as nodes run it: the shims then do not log at debug.
+    let case = Case { daemon: Daemon::V2, executor, sandboxer: Sandboxer::Shim };
+    CriEnv::for_case_at("tether-bench pods", case, LogLevel::Info)
 }
 
 /// The figures of pods through the CRI that `opts` asks for: node memory per pod

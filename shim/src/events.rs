@@ -298,9 +298,12 @@ impl Publisher {
     /// any thread, under other locks: it never waits on containerd or on the loop (only on
     /// the queue's lock, and on the spill file's write once memory is full).
     pub fn publish<M: Named>(&self, topic: &str, event: &M) {
-        log::debug!("event {topic}: {event}");
         let at = SystemTime::now();
         let any = to_any(event);
+        // The topic and size only: a message's text takes reflection (see `Named`), which
+        // would keep a third of a MiB in every shim that logs at debug level. `tether-ctl
+        // events` shows the fields.
+        log::debug!("event {topic} ({} bytes)", any.value.len());
         let recorded = any.value.clone();
         let mut env = Envelope::new();
         env.timestamp = Some(timestamp(at)).into();

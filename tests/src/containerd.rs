@@ -90,8 +90,14 @@ impl Containerd {
     /// same socket, runtime handlers for tether's executors and containerd's Go shim. Handlers
     /// without options (the sandbox handler) run tether on `default_executor`: containerd's
     /// environment names that executor's config as the node's default (`TETHER_CONFIG`).
-    pub fn start_with_cri(runtime: &Runtime, daemon: Daemon, default_executor: Executor) -> Containerd {
-        let mut c = Containerd::prepare(runtime, daemon, true, LogLevel::Debug);
+    /// containerd and its shims log at `level`.
+    pub fn start_with_cri(
+        runtime: &Runtime,
+        daemon: Daemon,
+        default_executor: Executor,
+        level: LogLevel,
+    ) -> Containerd {
+        let mut c = Containerd::prepare(runtime, daemon, true, level);
         c.tether_config = c.cri.as_ref().map(|cri| cri.handler_config(default_executor));
         c.spawn();
         c

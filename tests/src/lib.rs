@@ -26,7 +26,7 @@ pub mod rootfs;
 pub mod runtime;
 pub mod shim;
 
-pub use containerd::Containerd;
+pub use containerd::{Containerd, LogLevel};
 pub use ctr::{Ctr, Event, Events, PsRow, TaskRow};
 pub use daemon::Daemon;
 pub use env::{skip, Env, Executor, RunBuilder, TetherConfig};

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 
-use crate::containerd::{cgroup_mount_points, mounted_below, Containerd};
+use crate::containerd::{cgroup_mount_points, mounted_below, Containerd, LogLevel};
 use crate::env::{skip, Executor, CONTAINER_PATH};
 use crate::process::wait_until;
 use crate::runtime::Runtime;
@@ -68,13 +68,19 @@ impl CriEnv {
     /// tether executor or sandboxer when the runtime under test is not tether, tether's
     /// sandboxes on containerd 1.x or with the native executor.
     pub fn for_case(test: &str, case: Case) -> Option<CriEnv> {
+        CriEnv::for_case_at(test, case, LogLevel::Debug)
+    }
+
+    /// [`CriEnv::for_case`] with containerd and its shims logging at `level` (the bench
+    /// measures at containerd's default, info, as nodes run it).
+    pub fn for_case_at(test: &str, case: Case, level: LogLevel) -> Option<CriEnv> {
         let Case { daemon, executor, sandboxer } = case;
         let runtime = Runtime::from_env();
         if let Some(why) = unsupported(case, &runtime) {
             skip(test, &why);
             return None;
         }
-        let containerd = Containerd::start_with_cri(&runtime, daemon, executor);
+        let containerd = Containerd::start_with_cri(&runtime, daemon, executor, level);
         let work = containerd.dir().join("images");
         let archive = work.join("images.tar");
         let images = [
