@@ -193,11 +193,17 @@ fn drop_stack_below_here() {
 /// below the page under `sp`'s own page: what a thread whose stack pointer is `sp` does not use.
 fn unused_stack(maps: &str, sp: usize, page: usize) -> Option<(usize, usize)> {
     maps.lines().find_map(|line| {
-        let (start, end) = line.split_whitespace().next()?.split_once('-')?;
-        let (start, end) = (usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?);
+        let (start, end) = address_range(line)?;
         let below = (sp & !(page - 1)).checked_sub(page)?;
         (start <= sp && sp < end && start < below).then_some((start, below))
     })
+}
+
+/// The `start-end` addresses a line of /proc/PID/maps, or a mapping's header line in
+/// /proc/PID/smaps, begins with; `None` for any other line.
+fn address_range(line: &str) -> Option<(usize, usize)> {
+    let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+    Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?))
 }
 
 fn page_size() -> usize {
@@ -225,9 +231,8 @@ struct Candidate {
 impl Candidate {
     /// `start-end perms offset dev inode [path]`, or `None` if `line` is not a mapping header.
     fn from_header(line: &str) -> Option<Candidate> {
-        let mut words = line.split_whitespace();
-        let (start, end) = words.next()?.split_once('-')?;
-        let (start, end) = (usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?);
+        let (start, end) = address_range(line)?;
+        let mut words = line.split_whitespace().skip(1);
         let perms = words.next()?.as_bytes();
         let inode = words.nth(2)?;
         let eligible = perms.len() == 4 && perms[1] == b'-' && perms[3] == b'p' && inode != "0";
@@ -436,13 +441,9 @@ VmFlags: rd ex mr mw me de sd
             let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
             let mut inside = false;
             for line in smaps.lines() {
-                if let Some(range) = line.split_whitespace().next().and_then(|w| w.split_once('-')) {
-                    if let (Ok(start), Ok(end)) =
-                        (usize::from_str_radix(range.0, 16), usize::from_str_radix(range.1, 16))
-                    {
-                        inside = start <= sp && sp < end;
-                        continue;
-                    }
+                if let Some((start, end)) = address_range(line) {
+                    inside = start <= sp && sp < end;
+                    continue;
                 }
                 if let Some(kib) = line.strip_prefix("Rss:").filter(|_| inside) {
                     return kib.trim().trim_end_matches(" kB").parse().unwrap();

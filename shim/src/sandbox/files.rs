@@ -51,8 +51,7 @@ pub fn make(bundle: &Path, pod: &PodConfig) -> Result<()> {
         Some(dns) => dns.resolv_conf(),
         None => read("/etc/resolv.conf")?,
     };
-    for (name, text) in [("hostname", format!("{hostname}\n")), ("hosts", read("/etc/hosts")?), ("resolv.conf", resolv)]
-    {
+    for ((_, name), text) in FILES.iter().zip([format!("{hostname}\n"), read("/etc/hosts")?, resolv]) {
         fs::write(bundle.join(name), text).map_err(|e| Error::io(format!("writing the pod's {name}"), e))?;
     }
     if !pod.own_ipc() {

@@ -9,20 +9,24 @@
 //! thread group leader that `/proc/<pid>/ns` shows) joins the pod's network namespace
 //! (containerd made it and passes its path) and unshares a new IPC and UTS namespace, sets
 //! the pod's hostname and sysctls there. The namespaces live as long as the shim (or a
-//! container in them) does: nothing is mounted, so nothing is left to unmount when the shim
-//! is killed. The shim has no other thread, and needs none of the host's namespaces: it only
-//! speaks over unix sockets named by path, which work from any network namespace. The runtime
-//! binaries it starts from then on start in the pod's namespaces; each container joins or
-//! creates what its spec names, and one the spec leaves out is one the pod shares with the
-//! node, as the shim does.
+//! container in them) does: they are held by no mount, so nothing of them is left when the
+//! shim is killed. The shim has no other thread, and needs none of the host's namespaces: it
+//! only speaks over unix sockets named by path, which work from any network namespace. The
+//! runtime binaries it starts from then on start in the pod's namespaces; each container
+//! joins or creates what its spec names, and one the spec leaves out is one the pod shares
+//! with the node, as the shim does.
 //!
-//! A pod whose containers share one PID namespace (`shareProcessNamespace`) needs a PID 1;
-//! such a pod is refused for now (docs/sandbox.md, "Left").
+//! A pod whose containers share one PID namespace (`shareProcessNamespace`) gets a PID 1 of
+//! tether's own (`init`), whose pid StartSandbox answers instead. The pod's files (`files`)
+//! include its one mount, the pod's shm, which ShutdownSandbox and the `delete` subcommand
+//! unmount.
 //!
 //! | module | what |
 //! | --- | --- |
 //! | `pod` | what of the CRI's PodSandboxConfig the shim acts on |
 //! | `namespaces` | the pod's namespaces, hostname and sysctls, entered at StartSandbox |
+//! | `files` | the pod's hostname, hosts, resolv.conf and shm, bound into its containers |
+//! | `init` | the PID 1 of a pod whose containers share a PID namespace |
 //! | `tasks` | the pod's containers: StopSandbox stops what is left |
 //! | `metrics` | SandboxMetrics: the pod cgroup's metrics |
 
@@ -275,6 +279,7 @@ pub fn platform() -> Platform {
     };
     Platform { os: "linux".into(), architecture: architecture.into(), ..Default::default() }
 }
+
 /// Every call runs on the loop: StartSandbox must run on the main thread, which is the loop's;
 /// the others touch this service's state or read cgroup files, as the task API's Stats does.
 /// StopSandbox's kills alone run the runtime, awaited like every runtime call (`tasks`).

@@ -159,8 +159,11 @@ impl PodConfig {
     }
 }
 
-/// A minimal protobuf wire reader: the fields of one message, nested messages left encoded.
+/// The fields of one protobuf message, read with rust-protobuf's wire reader; nested messages
+/// are left encoded.
 mod wire {
+    use tether_protos::protobuf::{rt::WireType, CodedInputStream};
+
     use crate::error::{Error, Result};
 
     /// One field's value: a varint, or the bytes of a length-delimited field.
@@ -172,48 +175,31 @@ mod wire {
         Fixed,
     }
 
-    fn bad(what: &str) -> Error {
+    fn bad(what: impl std::fmt::Display) -> Error {
         Error::InvalidArgument(format!("malformed PodSandboxConfig: {what}"))
     }
 
-    fn varint(bytes: &[u8], at: &mut usize) -> Result<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *bytes.get(*at).ok_or_else(|| bad("truncated varint"))?;
-            *at += 1;
-            value |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(bad("varint too long"))
-    }
-
-    fn take<'a>(bytes: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8]> {
-        let end = at.checked_add(n).filter(|e| *e <= bytes.len()).ok_or_else(|| bad("truncated field"))?;
-        let slice = &bytes[*at..end];
-        *at = end;
-        Ok(slice)
-    }
-
-    /// Every (field number, value) of the message `bytes`, in wire order.
+    /// Every (field number, value) of the message `bytes`, in wire order. Groups, which no
+    /// CRI message has, are refused.
     pub fn fields(bytes: &[u8]) -> Result<Vec<(u32, Value<'_>)>> {
+        let mut input = CodedInputStream::from_bytes(bytes);
         let mut out = Vec::new();
-        let mut at = 0;
-        while at < bytes.len() {
-            let key = varint(bytes, &mut at)?;
-            let number = u32::try_from(key >> 3).map_err(|_| bad("field number"))?;
-            let value = match key & 7 {
-                0 => Value::Varint(varint(bytes, &mut at)?),
-                1 => take(bytes, &mut at, 8).map(|_| Value::Fixed)?,
-                2 => {
-                    let n = usize::try_from(varint(bytes, &mut at)?).map_err(|_| bad("length"))?;
-                    Value::Bytes(take(bytes, &mut at, n)?)
+        while let Some(key) = input.read_raw_tag_or_eof().map_err(bad)? {
+            let value = match WireType::new(key & 7) {
+                Some(WireType::Varint) => Value::Varint(input.read_raw_varint64().map_err(bad)?),
+                Some(WireType::LengthDelimited) => {
+                    let n = input.read_raw_varint32().map_err(bad)?;
+                    // The bytes are sliced out of `bytes` itself: the reader is at their start.
+                    let at = usize::try_from(input.pos()).map_err(bad)?;
+                    input.skip_raw_bytes(n).map_err(bad)?;
+                    Value::Bytes(&bytes[at..at + n as usize])
                 }
-                5 => take(bytes, &mut at, 4).map(|_| Value::Fixed)?,
-                t => return Err(bad(&format!("wire type {t}"))),
+                Some(w @ (WireType::Fixed32 | WireType::Fixed64)) => {
+                    input.skip_field(w).map(|()| Value::Fixed).map_err(bad)?
+                }
+                _ => return Err(bad(format!("wire type {}", key & 7))),
             };
-            out.push((number, value));
+            out.push((key >> 3, value));
         }
         Ok(out)
     }
