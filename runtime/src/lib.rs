@@ -15,11 +15,28 @@ pub mod native;
 pub mod runc;
 pub mod waiter;
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::fd::{AsRawFd, BorrowedFd},
+    path::{Path, PathBuf},
+};
 
 pub use error::{Error, Result};
 pub use executor::{CheckpointOpts, ContainerState, CreateOpts, CriuOpts, ExecOpts, Executor, RestoreOpts, Stdio};
-pub use waiter::{exit_code, reaping, spawn, ChildWaiter, DirectWaiter};
+pub use waiter::{exit_code, pidfd_open, reaping, spawn, ChildWaiter, DirectWaiter};
+
+/// Makes the open file description of `fd` non-blocking, for a loop that awaits its
+/// readiness. Other descriptors of the same description (a child's copy) see it too, so only
+/// for a description that is this process's alone.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: F_GETFL and F_SETFL with integer arguments on a descriptor the caller holds.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// Fails with [`Error::MissingTool`] unless the CRIU binary (`criu`, default `criu` on PATH)
 /// can be found, so that a host without CRIU gets a plain answer instead of an exec error

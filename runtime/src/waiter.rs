@@ -74,15 +74,21 @@ impl ChildWaiter for DirectWaiter {
     }
 }
 
-/// A pidfd of `pid` registered with the current runtime, `None` where the kernel has none.
-fn pidfd(pid: i32) -> Option<AsyncFd<OwnedFd>> {
+/// A pidfd of `pid` (pidfd_open): ENOSYS where the kernel has none, ESRCH when no process
+/// (not even a zombie) has the pid.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open with no flags returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
-        return None;
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just gave this process the descriptor; nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A pidfd of `pid` registered with the current runtime, `None` where the kernel has none.
+fn pidfd(pid: i32) -> Option<AsyncFd<OwnedFd>> {
+    let fd = pidfd_open(pid).ok()?;
     // SAFETY: the AsyncFd owns `fd`, so it stays open, and the same pidfd, while registered.
     unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
 }

@@ -7,7 +7,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
 };
 
 /// How the shim names one container process (an init or an exec).
@@ -106,13 +106,7 @@ impl Pidfd {
     /// Opens a pidfd for `pid`: ENOSYS where the kernel has none, ESRCH when no process
     /// (not even a zombie) has the pid.
     pub fn open(pid: i32) -> io::Result<Pidfd> {
-        // SAFETY: pidfd_open takes a pid and flags; on success it returns an fd we own.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd from the kernel, owned by nobody else.
-        Ok(Pidfd { fd: unsafe { OwnedFd::from_raw_fd(fd as i32) }, pid })
+        Ok(Pidfd { fd: tether_runtime::pidfd_open(pid)?, pid })
     }
 
     /// pidfd_send_signal: ESRCH once the process has been reaped.

@@ -520,28 +520,16 @@ fn registered(from: File, to: File) -> io::Result<(AsyncFd<File>, End)> {
 }
 
 /// Makes `file` non-blocking and registers it with the reactor of the current context; on
-/// failure, gives it back with the error.
+/// failure, gives it back with the error. Each stream is an open file description of the
+/// shim's alone (its end of a pipe, its open of a FIFO, the pty master), so the process's
+/// blocking ends are unaffected.
 fn register(file: File) -> std::result::Result<AsyncFd<File>, (File, io::Error)> {
-    if let Err(e) = set_nonblocking(&file) {
+    if let Err(e) = tether_runtime::set_nonblocking(file.as_fd()) {
         return Err((file, e));
     }
     // SAFETY: a `File` owns its descriptor, which stays open and the same until it is dropped
     // with the `AsyncFd`.
     unsafe { AsyncFd::register(file) }.map_err(|e| e.into_parts())
-}
-
-/// Makes the shim's own open of a stream non-blocking. Each of these is an open file
-/// description of the shim's alone (its end of a pipe, its open of a FIFO, the pty master),
-/// so the process's blocking ends are unaffected.
-fn set_nonblocking(file: &File) -> io::Result<()> {
-    let fd = file.as_raw_fd();
-    // SAFETY: F_GETFL and F_SETFL on a descriptor we hold.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Runs `op` again while a signal interrupts it.

@@ -38,7 +38,7 @@
 
 use std::{
     os::{
-        fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
         unix::process::CommandExt,
     },
     path::PathBuf,
@@ -163,13 +163,7 @@ impl Helper {
 /// with the current runtime. The other end stays blocking: the helper and its workers wait
 /// on their own single thread.
 fn registered(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
-    let raw = fd.as_raw_fd();
-    // SAFETY: fcntl with integer arguments on a descriptor this process owns.
-    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    crate::set_nonblocking(fd.as_fd())?;
     // SAFETY: the AsyncFd owns `fd`, so it stays open, and the same socket, while registered.
     unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)
 }
